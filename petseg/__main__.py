@@ -1,0 +1,3 @@
+from petseg.cli import main
+
+raise SystemExit(main())

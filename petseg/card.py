@@ -1,0 +1,286 @@
+"""The model card (`model.json`): the one description of a trained ensemble.
+
+Architecture, preprocessing, fold weight files, sliding-window settings and provenance live here and
+nowhere else; training writes a card, inference reads it, so the two cannot drift apart. The card is
+validated field by field before anything else is loaded, and every problem is reported as one line that
+names the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from petseg.errors import ModelError
+
+CARD_FORMAT = "petseg-model-card"
+CARD_VERSION = 1
+CARD_NAME = "model.json"
+CHANNELS = ("ct", "pet")
+AVERAGING = ("probabilities", "logits")
+BLEND_MODES = ("gaussian", "constant")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Network preset name plus keyword overrides passed to its constructor."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Everything that turns a PET/CT pair into the network's input grid.
+
+    Training and inference both read these from the card, so a model is always fed what it learned on.
+    """
+
+    channels: tuple[str, ...] = CHANNELS
+    orientation: str = "RAS"
+    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    ct_window_hu: tuple[float, float] = (-1024.0, 1024.0)
+    ct_fill_hu: float = -1024.0
+    body_threshold_hu: float = -500.0
+    body_margin_mm: float = 10.0
+
+
+@dataclass(frozen=True)
+class Fold:
+    fold: int
+    weights: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """The sliding-window pass and how fold outputs are combined."""
+
+    roi_size: tuple[int, int, int] = (192, 192, 192)
+    overlap: float = 0.5
+    blend_mode: str = "gaussian"
+    sw_batch_size: int = 1
+    average: str = "probabilities"
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    architecture: Architecture
+    preprocessing: PreprocessSettings
+    folds: tuple[Fold, ...]
+    ensemble: EnsembleSettings
+    provenance: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.provenance.get("trained", False))
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "format": CARD_FORMAT,
+            "version": CARD_VERSION,
+            "name": self.name,
+            "architecture": asdict(self.architecture),
+            "preprocessing": asdict(self.preprocessing),
+            "folds": [asdict(fold) for fold in self.folds],
+            "ensemble": asdict(self.ensemble),
+            "provenance": dict(self.provenance),
+        }
+        return json.loads(json.dumps(data))  # tuples -> lists
+
+
+class _Reader:
+    """Typed access to one JSON object, with errors that name file and field."""
+
+    def __init__(self, data: Any, where: str, source: str) -> None:
+        if not isinstance(data, dict):
+            raise ModelError(f"{source}: {where or 'card'} must be a JSON object")
+        self.data = data
+        self.where = where
+        self.source = source
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, problem: str) -> ModelError:
+        return ModelError(f"{self.source}: {self._name(key)} {problem}")
+
+    def get(self, key: str, kinds: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise self.fail(key, "is missing")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+            raise self.fail(key, f"must be {_kind_names(kinds)}, got {value!r}")
+        if not isinstance(value, kinds):
+            raise self.fail(key, f"must be {_kind_names(kinds)}, got {value!r}")
+        return value
+
+    def number(
+        self, key: str, default: Any = ..., low: float | None = None, high: float | None = None
+    ) -> float:
+        value = float(self.get(key, (int, float), default))
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self.fail(key, f"must be in [{low}, {high}], got {value}")
+        return value
+
+    def numbers(self, key: str, length: int, default: Any = ..., positive: bool = False) -> tuple:
+        value = self.get(key, list, list(default) if isinstance(default, tuple) else default)
+        if len(value) != length or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise self.fail(key, f"must be a list of {length} numbers, got {value!r}")
+        if positive and any(v <= 0 for v in value):
+            raise self.fail(key, f"must be positive, got {value!r}")
+        return tuple(value)
+
+    def choice(self, key: str, options: tuple[str, ...], default: Any = ...) -> str:
+        value = self.get(key, str, default)
+        if value not in options:
+            raise self.fail(key, f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def unknown_keys(self, allowed: set[str]) -> None:
+        extra = sorted(set(self.data) - allowed)
+        if extra:
+            raise ModelError(f"{self.source}: unknown field(s) {', '.join(self._name(k) for k in extra)}")
+
+
+def _kind_names(kinds: type | tuple[type, ...]) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    names[dict] = "an object"
+    names[type(None)] = "null"
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
+    """Validate a card's JSON and build the typed card."""
+    root = _Reader(data, "", source)
+    root.unknown_keys(
+        {"format", "version", "name", "architecture", "preprocessing", "folds", "ensemble", "provenance"}
+    )
+    if root.get("format", str) != CARD_FORMAT:
+        raise root.fail("format", f"must be {CARD_FORMAT!r}")
+    version = root.get("version", int)
+    if version != CARD_VERSION:
+        raise root.fail("version", f"is {version}; this petseg reads version {CARD_VERSION}")
+
+    arch = _Reader(root.get("architecture", dict), "architecture", source)
+    arch.unknown_keys({"name", "args"})
+    architecture = Architecture(name=arch.get("name", str), args=dict(arch.get("args", dict, {})))
+
+    defaults = PreprocessSettings()
+    pre = _Reader(root.get("preprocessing", dict, {}), "preprocessing", source)
+    pre.unknown_keys(set(asdict(defaults)))
+    channels = tuple(pre.get("channels", list, list(defaults.channels)))
+    if channels != CHANNELS:
+        raise pre.fail("channels", f"must be {list(CHANNELS)} (CT first, then PET), got {list(channels)}")
+    window = pre.numbers("ct_window_hu", 2, defaults.ct_window_hu)
+    if window[0] >= window[1]:
+        raise pre.fail("ct_window_hu", f"must be [low, high] with low < high, got {list(window)}")
+    preprocessing = PreprocessSettings(
+        channels=channels,
+        orientation=pre.choice("orientation", ("RAS",), defaults.orientation),
+        spacing_mm=pre.numbers("spacing_mm", 3, defaults.spacing_mm, positive=True),
+        ct_window_hu=window,
+        ct_fill_hu=pre.number("ct_fill_hu", defaults.ct_fill_hu),
+        body_threshold_hu=pre.number("body_threshold_hu", defaults.body_threshold_hu),
+        body_margin_mm=pre.number("body_margin_mm", defaults.body_margin_mm, low=0.0),
+    )
+
+    raw_folds = root.get("folds", list)
+    if not raw_folds:
+        raise root.fail("folds", "must list at least one fold")
+    folds = []
+    for index, raw in enumerate(raw_folds):
+        reader = _Reader(raw, f"folds[{index}]", source)
+        reader.unknown_keys({"fold", "weights", "sha256"})
+        weights = reader.get("weights", str)
+        check_relative_path(weights, f"{source}: folds[{index}].weights")
+        folds.append(
+            Fold(
+                fold=reader.get("fold", int),
+                weights=weights,
+                sha256=reader.get("sha256", (str, type(None)), None),
+            )
+        )
+    if len({f.fold for f in folds}) != len(folds) or len({f.weights for f in folds}) != len(folds):
+        raise root.fail("folds", "must not repeat a fold number or a weights file")
+
+    ens_defaults = EnsembleSettings()
+    ens = _Reader(root.get("ensemble", dict, {}), "ensemble", source)
+    ens.unknown_keys(set(asdict(ens_defaults)))
+    roi = ens.numbers("roi_size", 3, ens_defaults.roi_size, positive=True)
+    if not all(isinstance(v, int) for v in roi):
+        raise ens.fail("roi_size", f"must be whole numbers, got {list(roi)}")
+    sw_batch = ens.get("sw_batch_size", int, ens_defaults.sw_batch_size)
+    if sw_batch < 1:
+        raise ens.fail("sw_batch_size", f"must be at least 1, got {sw_batch}")
+    ensemble = EnsembleSettings(
+        roi_size=roi,
+        overlap=ens.number("overlap", ens_defaults.overlap, low=0.0, high=0.95),
+        blend_mode=ens.choice("blend_mode", BLEND_MODES, ens_defaults.blend_mode),
+        sw_batch_size=sw_batch,
+        average=ens.choice("average", AVERAGING, ens_defaults.average),
+        threshold=ens.number("threshold", ens_defaults.threshold, low=0.0, high=1.0),
+    )
+
+    card = ModelCard(
+        name=root.get("name", str),
+        architecture=architecture,
+        preprocessing=preprocessing,
+        folds=tuple(folds),
+        ensemble=ensemble,
+        provenance=dict(root.get("provenance", dict, {})),
+    )
+    _check_roi_fits_network(card, source)
+    return card
+
+
+def _check_roi_fits_network(card: ModelCard, source: str) -> None:
+    # Imported here: networks imports torch/monai, which card validation alone should not need.
+    from petseg.networks import input_divisor
+
+    try:
+        divisor = input_divisor(card.architecture)
+    except ModelError as error:
+        raise ModelError(f"{source}: {error}") from None
+    if any(size % divisor for size in card.ensemble.roi_size):
+        raise ModelError(
+            f"{source}: ensemble.roi_size {list(card.ensemble.roi_size)} must be a multiple of {divisor} "
+            f"for architecture {card.architecture.name!r}"
+        )
+
+
+def check_relative_path(name: str, what: str) -> None:
+    """Card paths stay inside the model folder: no absolute paths, no `..`."""
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts or not name.strip():
+        raise ModelError(f"{what} must be a file name inside the model folder, got {name!r}")
+
+
+def load_card(model_dir: Path) -> ModelCard:
+    """Read and validate `model_dir/model.json`."""
+    path = Path(model_dir) / CARD_NAME
+    if not path.is_file():
+        raise ModelError(f"{path}: model card not found (is {model_dir} a petseg model folder?)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelError(f"{path}: cannot read model card: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ModelError(f"{path}: not valid JSON: {error.msg} at line {error.lineno}") from None
+    return replace(parse_card(data, str(path)), path=path)
+
+
+def save_card(card: ModelCard, model_dir: Path) -> Path:
+    from petseg.io import write_json
+
+    return write_json(card.to_json(), Path(model_dir) / CARD_NAME)

@@ -1,0 +1,276 @@
+"""Command-line entry points: `petseg <command>` and the Grand-Challenge `process.py`.
+
+Both are thin: they parse arguments, set up logging and call the library. User errors (`PetsegError`)
+end as one line on stderr and a non-zero exit code; nothing else is printed as a traceback unless
+PETSEG_DEBUG=1 is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from petseg import __version__
+from petseg.errors import PetsegError
+
+log = logging.getLogger("petseg")
+
+CONTAINER_MODEL_DIR = Path("/opt/ml/model")
+REPO_MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
+
+
+def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; turn every failure into one line and an exit code."""
+    try:
+        return run(args)
+    except PetsegError as error:
+        print(f"petseg: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("petseg: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("petseg: error: out of memory", file=sys.stderr)
+        return 137
+    except Exception as error:
+        if os.environ.get("PETSEG_DEBUG"):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(
+            f"petseg: internal error: {type(error).__name__}: {message} (PETSEG_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def default_model_dir(script_dir: Path | None = None) -> Path:
+    """`/opt/ml/model` when the platform provides a model there, else `model/` beside the code."""
+    candidates = [CONTAINER_MODEL_DIR]
+    if script_dir is not None:
+        candidates.append(Path(script_dir) / "model")
+    candidates.append(REPO_MODEL_DIR)
+    for candidate in candidates:
+        if (candidate / "model.json").is_file():
+            return candidate
+    return candidates[1] if script_dir is not None else REPO_MODEL_DIR
+
+
+def _load_predictor(model_dir: Path, device: str, timer):  # -> Predictor (torch imported lazily)
+    from petseg.predict import Predictor
+
+    with timer.stage("load model"):
+        predictor = Predictor.load(model_dir, device)
+    card = predictor.card
+    log.info(
+        "model %s: %s, %d fold(s), window %s, overlap %s, on %s",
+        card.name,
+        card.architecture.name,
+        len(card.folds),
+        "x".join(map(str, card.ensemble.roi_size)),
+        card.ensemble.overlap,
+        predictor.compute.describe(),
+    )
+    if not card.trained:
+        log.warning("UNTRAINED model (%s): its masks are meaningless", model_dir)
+    return predictor
+
+
+# ---------------------------------------------------------------- process.py (Grand Challenge)
+
+
+def process_parser(default_model: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="process.py",
+        description="Segment the PET/CT case in a Grand-Challenge input folder (autoPET contract).",
+    )
+    parser.add_argument("--input", type=Path, default=Path("/input"), help="input folder (default /input)")
+    parser.add_argument(
+        "--output", type=Path, default=Path("/output"), help="output folder (default /output)"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=default_model,
+        help=f"model folder with model.json (default {default_model})",
+    )
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--progress", action="store_true", help="show the sliding-window progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _process(args: argparse.Namespace) -> int:
+    from petseg.console import StageTimer
+    from petseg.pipeline import run_grand_challenge
+
+    timer = StageTimer()
+    predictor = _load_predictor(args.model, args.device, timer)
+    mask_path = run_grand_challenge(args.input, args.output, predictor, timer, progress=args.progress)
+    log.info("wrote %s (total %.2f s)", mask_path, timer.total)
+    return 0
+
+
+def process_main(argv: Sequence[str] | None = None, script_dir: Path | None = None) -> int:
+    """The Grand-Challenge entry point (`process.py`)."""
+    from petseg.console import setup_logging
+
+    args = process_parser(default_model_dir(script_dir)).parse_args(argv)
+    setup_logging(args.verbose)
+    return _guarded(_process, args)
+
+
+# ---------------------------------------------------------------- petseg <command>
+
+
+def _phantoms(args: argparse.Namespace) -> int:
+    from petseg.phantoms import generate
+
+    try:
+        rows = generate(
+            args.out,
+            cases=args.cases,
+            seed=args.seed,
+            tracer=args.tracer,
+            size=args.size,
+            layout=args.layout,
+            organs_dir=args.organs,
+            progress=not args.quiet,
+        )
+    except ValueError as error:
+        raise PetsegError(str(error)) from None
+    log.info("wrote %d phantom case(s) to %s", len(rows), args.out)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from petseg.cases import discover_cases
+    from petseg.console import StageTimer
+    from petseg.io import DATA_CENTRIC_JSON, write_json
+    from petseg.pipeline import run_to_file
+
+    cases = discover_cases(args.input)
+    log.info("%d case(s) in %s", len(cases), args.input)
+    timer = StageTimer()
+    predictor = _load_predictor(args.model, args.device, timer)
+    failed: list[str] = []
+    skipped = 0
+    for case in tqdm(cases, desc="cases", unit="case", disable=args.quiet or len(cases) < 2):
+        destination = case.output_path(args.output)
+        if destination.exists() and not args.overwrite:
+            skipped += 1
+            continue
+        try:
+            run_to_file(case.files, destination, predictor, StageTimer(prefix=f"{case.name}: "))
+            if case.layout == "gc":
+                write_json(False, args.output / case.name / DATA_CENTRIC_JSON)
+        except PetsegError as error:
+            log.error("%s: %s", case.name, error)
+            failed.append(case.name)
+    if skipped:
+        log.info("skipped %d case(s) whose output exists (use --overwrite to redo them)", skipped)
+    done = len(cases) - len(failed) - skipped
+    log.info("segmented %d case(s) into %s", done, args.output)
+    if failed:
+        print(
+            f"petseg: error: {len(failed)} of {len(cases)} case(s) failed: {', '.join(failed)}",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
+
+
+def _random_model(args: argparse.Namespace) -> int:
+    from petseg.untrained import create_untrained_model
+
+    card = create_untrained_model(args.out, architecture=args.arch, folds=args.folds, seed=args.seed)
+    log.info(
+        "wrote an UNTRAINED %s ensemble of %d folds to %s", card.architecture.name, len(card.folds), args.out
+    )
+    return 0
+
+
+def _check_model(args: argparse.Namespace) -> int:
+    from petseg.networks import count_parameters
+    from petseg.predict import Predictor
+
+    predictor = Predictor.load(args.model, device="cpu")
+    card = predictor.card
+    parameters = count_parameters(predictor.ensemble.networks[0])
+    print(f"{args.model}: {card.name}")
+    print(f"  architecture  {card.architecture.name} ({parameters:,} parameters per fold)")
+    print(f"  folds         {len(card.folds)} ({', '.join(f.weights for f in card.folds)})")
+    window = "x".join(map(str, card.ensemble.roi_size))
+    print(f"  window        {window}, overlap {card.ensemble.overlap}, {card.ensemble.blend_mode} blending")
+    print(f"  averaging     mean of {card.ensemble.average}, threshold {card.ensemble.threshold}")
+    print(f"  trained       {'yes' if card.trained else 'NO (untrained)'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from petseg.demo import run_demo
+
+    return run_demo(args.out, cases=args.cases, seed=args.seed, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from petseg.phantoms import LAYOUTS, SIZES, TRACERS
+
+    parser = argparse.ArgumentParser(prog="petseg", description="Whole-body PET/CT lesion segmentation.")
+    parser.add_argument("--version", action="version", version=f"petseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="segment sample phantoms end to end with an untrained ensemble")
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for all demo files")
+    demo.add_argument("--cases", type=int, default=2)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    demo.set_defaults(run=_demo)
+
+    phantoms = commands.add_parser("phantoms", help="generate synthetic whole-body PET/CT cases")
+    phantoms.add_argument("--out", type=Path, required=True)
+    phantoms.add_argument("--cases", type=int, default=10)
+    phantoms.add_argument("--seed", type=int, default=0)
+    phantoms.add_argument("--tracer", choices=TRACERS, default="mixed")
+    phantoms.add_argument("--size", choices=SIZES, default="tiny")
+    phantoms.add_argument("--layout", choices=LAYOUTS, default="gc")
+    phantoms.add_argument("--organs", type=Path, default=None, help="folder of organ label maps (NIfTI)")
+    phantoms.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    phantoms.set_defaults(run=_phantoms)
+
+    predict = commands.add_parser("predict", help="segment every case in a folder (gc or nnU-Net layout)")
+    predict.add_argument("--input", type=Path, required=True)
+    predict.add_argument("--output", type=Path, required=True)
+    predict.add_argument("--model", type=Path, default=None, help="model folder (default: as process.py)")
+    predict.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    predict.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(run=_predict)
+
+    random_model = commands.add_parser("random-model", help="write an untrained ensemble (demos, tests)")
+    random_model.add_argument("--out", type=Path, required=True)
+    random_model.add_argument("--arch", default="resunet-tiny")
+    random_model.add_argument("--folds", type=int, default=5)
+    random_model.add_argument("--seed", type=int, default=0)
+    random_model.set_defaults(run=_random_model)
+
+    check = commands.add_parser("check-model", help="validate a model folder: card, weights, checksums")
+    check.add_argument("model", type=Path, nargs="?", default=None)
+    check.set_defaults(run=_check_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from petseg.console import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if getattr(args, "model", "unset") is None:
+        args.model = default_model_dir()
+    return _guarded(args.run, args)

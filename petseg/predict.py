@@ -1,0 +1,131 @@
+"""One sliding-window pass that runs every fold on each window.
+
+The seed ran five separate sliding-window passes; here the predictor handed to MONAI's
+`sliding_window_inference` is the whole ensemble, so each window is read, padded and stitched once and
+the folds are averaged before stitching. Stitching buffers live on the compute device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from petseg.card import ModelCard, load_card
+from petseg.errors import ModelError
+from petseg.networks import load_fold
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ComputeDevice:
+    """Where the networks run and which autocast precision they use (None: full fp32)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    def describe(self) -> str:
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+            precision = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
+            return f"{name} ({self.device}, autocast {precision})"
+        return "CPU (fp32)"
+
+
+def select_device(preference: str = "auto") -> ComputeDevice:
+    """CUDA when available (fp16 autocast below compute capability 8, bf16 from 8 on), else CPU.
+
+    bf16 is emulated, and slow, on pre-Ampere cards such as the T4 that Grand Challenge uses.
+    """
+    if preference not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu, got {preference!r}")
+    if preference != "cpu" and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+        major, _ = torch.cuda.get_device_capability(device)
+        return ComputeDevice(device, torch.bfloat16 if major >= 8 else torch.float16)
+    if preference == "cuda":
+        raise ModelError("--device cuda was requested but no CUDA device is available")
+    log.warning("no CUDA GPU available: running on the CPU, which is much slower")
+    return ComputeDevice(torch.device("cpu"), None)
+
+
+class FoldEnsemble(torch.nn.Module):
+    """All folds on one window batch, combined into one lesion score per voxel.
+
+    average="probabilities": the mean of the folds' softmax lesion probabilities.
+    average="logits": the mean of the folds' logit differences (lesion - background); its sigmoid,
+    thresholded at 0.5, is the argmax of the mean logits, which is what the seed computed.
+    """
+
+    def __init__(self, networks: Sequence[torch.nn.Module], average: str = "probabilities") -> None:
+        super().__init__()
+        if not networks:
+            raise ValueError("an ensemble needs at least one network")
+        if average not in ("probabilities", "logits"):
+            raise ValueError(f"average must be 'probabilities' or 'logits', got {average!r}")
+        self.networks = torch.nn.ModuleList(networks)
+        self.average = average
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for network in self.networks:
+            logits = network(window).float()
+            if self.average == "probabilities":
+                score = torch.softmax(logits, dim=1)[:, 1:2]
+            else:
+                score = logits[:, 1:2] - logits[:, 0:1]
+            total = score if total is None else total + score
+        assert total is not None
+        return total / len(self.networks)
+
+    def to_probability(self, stitched: torch.Tensor) -> torch.Tensor:
+        """Stitched ensemble scores -> lesion probability."""
+        return torch.sigmoid(stitched) if self.average == "logits" else stitched
+
+
+class Predictor:
+    """A loaded ensemble on a compute device, ready to segment network-grid volumes."""
+
+    def __init__(self, card: ModelCard, ensemble: FoldEnsemble, compute: ComputeDevice) -> None:
+        self.card = card
+        self.ensemble = ensemble.to(compute.device).eval()
+        self.compute = compute
+
+    @classmethod
+    def load(cls, model_dir: Path, device: str = "auto") -> Predictor:
+        """Read the card, then every fold's weights (all validated before anything runs)."""
+        card = load_card(model_dir)
+        networks = [load_fold(card, model_dir, fold.weights, fold.sha256) for fold in card.folds]
+        return cls(card, FoldEnsemble(networks, card.ensemble.average), select_device(device))
+
+    def __call__(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
+        """Lesion probability (X, Y, Z) float32 for a network-grid image (2, X, Y, Z)."""
+        settings = self.card.ensemble
+        device = self.compute.device
+        inputs = torch.from_numpy(image)[None].to(device)
+        autocast = torch.autocast(
+            device_type=device.type,
+            dtype=self.compute.amp_dtype or torch.float32,
+            enabled=self.compute.amp_dtype is not None,
+        )
+        with torch.inference_mode(), autocast:
+            stitched = sliding_window_inference(
+                inputs,
+                roi_size=settings.roi_size,
+                sw_batch_size=settings.sw_batch_size,
+                predictor=self.ensemble,
+                overlap=settings.overlap,
+                mode=settings.blend_mode,
+                sw_device=device,
+                device=device,
+                progress=progress,
+            )
+        del inputs
+        probability = self.ensemble.to_probability(stitched[0, 0].float())
+        return probability.cpu().numpy()

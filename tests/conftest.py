@@ -1,0 +1,53 @@
+"""Shared fixtures: an untrained tiny ensemble, phantom cases written in the Grand-Challenge layout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from petseg.io import CT_FOLDER, PET_FOLDER, write_image
+from petseg.untrained import create_untrained_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised five-fold resunet-tiny ensemble (real card, real safetensors)."""
+    model_dir = tmp_path_factory.mktemp("tiny-model")
+    create_untrained_model(model_dir, architecture="resunet-tiny", folds=5, seed=0)
+    return model_dir
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present beside the repository")
+    return SHARED_DATA
+
+
+def write_gc_input(root: Path, ct: sitk.Image, pet: sitk.Image, ct_name: str = "ct-uuid", pet_name: str = "pet-uuid") -> Path:
+    """Write a CT/PET pair as a Grand-Challenge /input folder; returns that folder."""
+    write_image(ct, root / CT_FOLDER / f"{ct_name}.mha")
+    write_image(pet, root / PET_FOLDER / f"{pet_name}.mha")
+    return root
+
+
+def run_process(*args: str | Path) -> subprocess.CompletedProcess:
+    """Run process.py exactly as the container does, in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "process.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def all_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).exists() else []

@@ -1,0 +1,94 @@
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from petseg.card import CARD_NAME, load_card, parse_card, save_card
+from petseg.errors import ModelError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shipped() -> dict:
+    return json.loads((REPO / "model" / CARD_NAME).read_text())
+
+
+def test_shipped_card_is_valid_and_describes_the_seed_ensemble():
+    card = load_card(REPO / "model")
+    assert card.architecture.name == "resunet"
+    assert len(card.folds) == 5
+    assert card.ensemble.roi_size == (192, 192, 192)
+    assert card.ensemble.overlap == 0.5
+    assert card.preprocessing.spacing_mm == (2.0, 2.0, 2.0)
+    assert card.preprocessing.ct_window_hu == (-1024.0, 1024.0)
+    assert card.preprocessing.channels == ("ct", "pet")
+
+
+def test_round_trip(tmp_path):
+    card = load_card(REPO / "model")
+    save_card(card, tmp_path)
+    again = load_card(tmp_path)
+    assert again.to_json() == card.to_json()
+
+
+def edit(path: str, value):
+    """A copy of the shipped card with one field set (value ... deletes it)."""
+    data = copy.deepcopy(shipped())
+    keys = path.split(".")
+    target = data
+    for key in keys[:-1]:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if value is ...:
+        del target[keys[-1]]
+    elif isinstance(target, list):
+        target[int(keys[-1])] = value
+    else:
+        target[keys[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("format", "something-else", "format must be 'petseg-model-card'"),
+        ("version", 2, "version is 2; this petseg reads version 1"),
+        ("architecture", ..., "architecture is missing"),
+        ("architecture.name", "vnet", "unknown architecture 'vnet'"),
+        ("architecture.name", 3, "architecture.name must be a string"),
+        ("ensemble.roi_size", [100, 192, 192], "must be a multiple of 16"),
+        ("ensemble.roi_size", [192, 192], "ensemble.roi_size must be a list of 3 numbers"),
+        ("ensemble.overlap", 1.5, "ensemble.overlap must be in [0.0, 0.95]"),
+        ("ensemble.average", "median", "ensemble.average must be one of probabilities, logits"),
+        ("ensemble.sw_batch_size", 0, "ensemble.sw_batch_size must be at least 1"),
+        ("ensemble.threshold", True, "ensemble.threshold must be"),
+        ("preprocessing.channels", ["pet", "ct"], "CT first, then PET"),
+        ("preprocessing.spacing_mm", [2, 0, 2], "preprocessing.spacing_mm must be positive"),
+        ("preprocessing.ct_window_hu", [100, -100], "low < high"),
+        ("preprocessing.orientation", "LPS", "preprocessing.orientation must be one of RAS"),
+        ("folds", [], "folds must list at least one fold"),
+        ("folds.0.weights", "../../etc/passwd", "must be a file name inside the model folder"),
+        ("folds.0.weights", "/abs/fold0.safetensors", "must be a file name inside the model folder"),
+        ("folds.1.fold", 0, "must not repeat a fold number"),
+        ("folds.0.sha256", 12, "folds[0].sha256 must be a string or null"),
+        ("ensemble.window", 3, "unknown field(s) ensemble.window"),
+    ],
+)
+def test_invalid_cards_are_rejected_with_the_field_named(path, value, message):
+    with pytest.raises(ModelError) as raised:
+        parse_card(edit(path, value), "model.json")
+    text = str(raised.value)
+    assert message in text
+    assert text.startswith("model.json")
+    assert "\n" not in text
+
+
+def test_missing_and_malformed_card_files(tmp_path):
+    with pytest.raises(ModelError, match="model card not found"):
+        load_card(tmp_path)
+    (tmp_path / CARD_NAME).write_text("{ not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_card(tmp_path)
+    (tmp_path / CARD_NAME).write_text("[1, 2]")
+    with pytest.raises(ModelError, match="card must be a JSON object"):
+        load_card(tmp_path)

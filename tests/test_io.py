@@ -1,0 +1,187 @@
+import json
+import logging
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import petseg.io as pio
+from petseg.errors import InputError, OutputError
+from petseg.io import (
+    CaseFiles,
+    find_case,
+    find_image,
+    read_case,
+    read_image,
+    write_image,
+    write_json,
+    write_outputs,
+)
+
+from conftest import all_files
+
+LFS_POINTER = (
+    b"version https://git-lfs.github.com/spec/v1\n"
+    b"oid sha256:4ef7ec6924009bf35e9ca400d97bee0ee154969dfa0e31f846755fce917100ac\nsize 52648\n"
+)
+
+
+def volume(shape=(6, 7, 8), value=1.0, spacing=(2.0, 2.0, 3.0), origin=(0.0, 0.0, 0.0)) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.full(shape, value, dtype=np.float32))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+    return image
+
+
+def test_find_image_errors(tmp_path):
+    with pytest.raises(InputError, match="input folder not found"):
+        find_image(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="no image file"):
+        find_image(tmp_path / "empty")
+    two = tmp_path / "two"
+    two.mkdir()
+    sitk.WriteImage(volume(), str(two / "a.mha"))
+    sitk.WriteImage(volume(), str(two / "b.nii.gz"))
+    with pytest.raises(InputError, match=r"expected exactly one image, found 2: a.mha, b.nii.gz"):
+        find_image(two)
+
+
+def test_find_image_ignores_hidden_files(tmp_path):
+    sitk.WriteImage(volume(), str(tmp_path / "x.mha"))
+    (tmp_path / ".petseg-partial.mha").write_text("half")
+    assert find_image(tmp_path).name == "x.mha"
+
+
+def test_case_pet_uuid_is_the_file_stem(tmp_path):
+    files = CaseFiles(ct=tmp_path / "a.mha", pet=tmp_path / "b1c2-d3.nii.gz")
+    assert files.pet_uuid == "b1c2-d3"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (LFS_POINTER, "Git LFS pointer"),
+        (b"", "file is empty"),
+        (b"ObjectType = Image\nNDims = 3\n garbage \x00\x01", "cannot read PET image"),
+        (b"\x89PNG not really", "cannot read PET image"),
+    ],
+)
+def test_unreadable_files_give_one_line(tmp_path, content, message):
+    path = tmp_path / "pet.mha"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as raised:
+        read_image(path, "PET")
+    assert message in str(raised.value)
+    assert str(raised.value).startswith(str(path))
+    assert "\n" not in str(raised.value)
+
+
+def test_truncated_file_is_reported(tmp_path):
+    good = tmp_path / "good.mha"
+    sitk.WriteImage(volume((20, 20, 20)), str(good), False)
+    cut = tmp_path / "cut.mha"
+    cut.write_bytes(good.read_bytes()[:-5000])
+    with pytest.raises(InputError, match="cannot read CT image"):
+        read_image(cut, "CT")
+
+
+def test_2d_and_4d_images_are_rejected(tmp_path):
+    flat = sitk.GetImageFromArray(np.zeros((5, 5), np.float32))
+    sitk.WriteImage(flat, str(tmp_path / "flat.mha"))
+    with pytest.raises(InputError, match=r"PET image is 2D .* expected 3D"):
+        read_image(tmp_path / "flat.mha", "PET")
+    four = sitk.JoinSeries([volume(), volume()])
+    sitk.WriteImage(four, str(tmp_path / "four.mha"))
+    with pytest.raises(InputError, match=r"CT image is 4D .* expected 3D"):
+        read_image(tmp_path / "four.mha", "CT")
+    vector = sitk.Compose([volume(), volume()])
+    sitk.WriteImage(vector, str(tmp_path / "vector.mha"))
+    with pytest.raises(InputError, match="2 components per voxel"):
+        read_image(tmp_path / "vector.mha", "PET")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_voxels_are_rejected(tmp_path, bad):
+    array = np.ones((6, 7, 8), np.float32)
+    array[2, 3, 4] = bad
+    array[1, 1, 1] = bad
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "pet.mha"))
+    with pytest.raises(InputError, match="PET image has 2 NaN or infinite voxels"):
+        read_image(tmp_path / "pet.mha", "PET")
+
+
+def test_integer_images_are_read_as_float32(tmp_path):
+    sitk.WriteImage(sitk.Cast(volume(value=-1000), sitk.sitkInt16), str(tmp_path / "ct.mha"))
+    image = read_image(tmp_path / "ct.mha", "CT")
+    assert image.GetPixelID() == sitk.sitkFloat32
+    assert float(sitk.GetArrayViewFromImage(image).min()) == -1000.0
+
+
+def _pair(tmp_path, pet_value=2.0, ct_origin=(0.0, 0.0, 0.0)):
+    ct_path, pet_path = tmp_path / "ct.mha", tmp_path / "pet.mha"
+    sitk.WriteImage(volume(value=40.0, origin=ct_origin), str(ct_path))
+    sitk.WriteImage(volume(value=pet_value), str(pet_path))
+    return CaseFiles(ct=ct_path, pet=pet_path)
+
+
+def test_pet_in_bqml_is_warned_about(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="petseg"):
+        read_case(_pair(tmp_path, pet_value=5300.0))
+    assert any("looks like Bq/ml" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="petseg"):
+        read_case(_pair(tmp_path, pet_value=2.5))
+    assert not any("Bq/ml" in r.message for r in caplog.records)
+
+
+def test_ct_and_pet_that_do_not_overlap_are_rejected(tmp_path):
+    with pytest.raises(InputError, match="CT does not overlap the PET"):
+        read_case(_pair(tmp_path, ct_origin=(5000.0, 0.0, 0.0)))
+
+
+def test_find_case_uses_the_interface_folders(tmp_path):
+    sitk.WriteImage(volume(), str(tmp_path / "x.mha"))
+    with pytest.raises(InputError, match="images/ct: input folder not found"):
+        find_case(tmp_path)
+
+
+def test_write_image_is_atomic_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    destination = tmp_path / "out" / "mask.mha"
+    write_image(volume(), destination)
+    assert all_files(tmp_path / "out") == [destination]
+
+    def broken_write(image, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"half a file")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pio.sitk, "WriteImage", broken_write)
+    with pytest.raises(OutputError, match="cannot write image: disk full"):
+        write_image(volume(), tmp_path / "out" / "other.mha")
+    assert all_files(tmp_path / "out") == [destination]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mask.mha"]
+
+
+def test_outputs_are_both_written_or_neither(tmp_path, monkeypatch):
+    mask = sitk.Cast(volume(value=1), sitk.sitkUInt8)
+    path = write_outputs(mask, tmp_path / "ok", "pet-uuid")
+    assert path == tmp_path / "ok" / "images" / "automated-petct-lesion-segmentation" / "pet-uuid.mha"
+    assert json.loads((tmp_path / "ok" / "data-centric-model.json").read_text()) is False
+
+    def failing_json(data, path):
+        raise OutputError(f"{path}: cannot write: No space left on device")
+
+    monkeypatch.setattr(pio, "write_json", failing_json)
+    with pytest.raises(OutputError, match="No space left"):
+        write_outputs(mask, tmp_path / "bad", "pet-uuid")
+    assert all_files(tmp_path / "bad") == []
+
+
+def test_unwritable_output_is_an_output_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError):
+        write_json(False, blocker / "x.json")

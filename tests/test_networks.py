@@ -1,0 +1,86 @@
+import pickle
+
+import pytest
+import torch
+
+from petseg.card import Architecture, load_card
+from petseg.errors import ModelError
+from petseg.networks import build_network, count_parameters, input_divisor, load_fold, save_weights
+from petseg.untrained import create_untrained_model
+
+
+def test_resunet_is_exactly_the_seed_network():
+    network = build_network(Architecture("resunet"))
+    assert count_parameters(network) == 19_223_525
+    assert input_divisor(Architecture("resunet")) == 16
+    # Batch norm, PReLU, 2 residual units: the seed's MONAI UNet.
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
+    assert any(isinstance(m, torch.nn.PReLU) for m in network.modules())
+
+
+def test_tiny_preset_runs_and_keeps_the_shape():
+    network = build_network(Architecture("resunet-tiny")).eval()
+    with torch.inference_mode():
+        out = network(torch.zeros(1, 2, 32, 32, 32))
+    assert out.shape == (1, 2, 32, 32, 32)
+    assert count_parameters(network) < 1_000_000
+
+
+def test_unknown_architecture_is_a_model_error():
+    with pytest.raises(ModelError, match="unknown architecture 'nope'"):
+        build_network(Architecture("nope"))
+    with pytest.raises(ModelError, match="resunet-tiny"):
+        build_network(Architecture("resunet-tiny", {"not_an_argument": 1}))
+
+
+def test_weights_round_trip_through_safetensors(tmp_path):
+    card = create_untrained_model(tmp_path, folds=2, seed=3)
+    torch.manual_seed(3000)
+    reference = build_network(card.architecture).eval()
+    loaded = load_fold(card, tmp_path, "fold0.safetensors", card.folds[0].sha256)
+    x = torch.rand(1, 2, 16, 16, 16)
+    with torch.inference_mode():
+        assert torch.equal(reference(x), loaded(x))
+    assert not loaded.training
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path):
+    card = create_untrained_model(tmp_path, folds=1)
+    (tmp_path / "fold0.safetensors").unlink()
+    with pytest.raises(ModelError, match="petseg random-model"):
+        load_fold(card, tmp_path, "fold0.safetensors", None)
+
+
+def test_checksum_mismatch_is_reported(tmp_path):
+    card = create_untrained_model(tmp_path, folds=1)
+    with pytest.raises(ModelError, match="sha256 does not match"):
+        load_fold(card, tmp_path, "fold0.safetensors", "0" * 64)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    card = create_untrained_model(tmp_path, folds=1)
+    save_weights(build_network(Architecture("resunet-tiny", {"channels": (4, 8, 16, 32)})), tmp_path / "x.safetensors")
+    with pytest.raises(ModelError, match="do not fit architecture 'resunet-tiny'"):
+        load_fold(card, tmp_path, "x.safetensors", None)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_a_pickle_posing_as_weights_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    card = create_untrained_model(tmp_path, folds=1)
+    (tmp_path / "fold0.safetensors").write_bytes(pickle.dumps({"state": _Exploit()}))
+    with pytest.raises(ModelError, match="not a readable safetensors file"):
+        load_fold(card, tmp_path, "fold0.safetensors", None)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_card_of_untrained_model_says_so(tmp_path):
+    create_untrained_model(tmp_path, folds=2)
+    card = load_card(tmp_path)
+    assert not card.trained
+    assert [f.weights for f in card.folds] == ["fold0.safetensors", "fold1.safetensors"]
+    assert all(len(f.sha256) == 64 for f in card.folds)
