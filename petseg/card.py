@@ -21,6 +21,7 @@ CARD_NAME = "model.json"
 CHANNELS = ("ct", "pet")
 AVERAGING = ("probabilities", "logits")
 BLEND_MODES = ("gaussian", "constant")
+BACK_INTERPOLATIONS = ("nearest", "linear")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,12 @@ class Fold:
 
 @dataclass(frozen=True)
 class EnsembleSettings:
-    """The sliding-window pass and how fold outputs are combined."""
+    """The sliding-window pass, how fold outputs are combined, and how they return to the PET grid.
+
+    `back_interpolation` "nearest" is the exact inverse of the nearest-neighbour label sampling used in
+    training whenever the network grid is at least as fine as the PET grid (true for every autoPET grid);
+    "linear" shaves the corners of sharp (Dice-trained, near-binary) probability maps.
+    """
 
     roi_size: tuple[int, int, int] = (192, 192, 192)
     overlap: float = 0.5
@@ -64,6 +70,7 @@ class EnsembleSettings:
     sw_batch_size: int = 1
     average: str = "probabilities"
     threshold: float = 0.5
+    back_interpolation: str = "nearest"
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,9 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
         sw_batch_size=sw_batch,
         average=ens.choice("average", AVERAGING, ens_defaults.average),
         threshold=ens.number("threshold", ens_defaults.threshold, low=0.0, high=1.0),
+        back_interpolation=ens.choice(
+            "back_interpolation", BACK_INTERPOLATIONS, ens_defaults.back_interpolation
+        ),
     )
 
     card = ModelCard(

@@ -31,7 +31,10 @@ def segment(files: CaseFiles, predictor: Predictor, timer: StageTimer, progress:
         probability = predictor(case.image, progress=progress)
     del case.image
     with timer.stage("postprocess"):
-        return probability_to_mask(probability, case.back_map, predictor.card.ensemble.threshold)
+        settings = predictor.card.ensemble
+        return probability_to_mask(
+            probability, case.back_map, settings.threshold, settings.back_interpolation
+        )
 
 
 def run_grand_challenge(

@@ -102,6 +102,9 @@ class Box:
         return Grid(size=self.size, spacing=grid.spacing, origin=tuple(origin), direction=grid.direction)
 
 
+INTERPOLATORS = {"nearest": sitk.sitkNearestNeighbor, "linear": sitk.sitkLinear}
+
+
 @dataclass(frozen=True)
 class BackMap:
     """Maps arrays on the network grid back onto the original PET grid."""
@@ -110,7 +113,7 @@ class BackMap:
     pet_grid: Grid
     body_box: Box
 
-    def to_body_box(self, array: np.ndarray, interpolator: int = sitk.sitkLinear) -> np.ndarray:
+    def to_body_box(self, array: np.ndarray, interpolation: str = "nearest") -> np.ndarray:
         """`array` (x, y, z on the network grid) resampled onto the PET grid's body box, as (z, y, x).
 
         Outside the body box the model sees only air, so callers fill the rest of the PET grid with 0.
@@ -121,12 +124,12 @@ class BackMap:
         image.SetSpacing(self.network_grid.spacing)
         image.SetOrigin(self.network_grid.origin)
         image.SetDirection(self.network_grid.direction)
-        region = self.body_box.subgrid(self.pet_grid).resample(image, interpolator, 0.0)
+        region = self.body_box.subgrid(self.pet_grid).resample(image, INTERPOLATORS[interpolation], 0.0)
         return sitk.GetArrayFromImage(region)
 
-    def to_pet_grid(self, array: np.ndarray, interpolator: int = sitk.sitkLinear) -> np.ndarray:
+    def to_pet_grid(self, array: np.ndarray, interpolation: str = "nearest") -> np.ndarray:
         """`array` on the whole PET grid, as (z, y, x), zero outside the body box."""
-        region = self.to_body_box(array, interpolator)
+        region = self.to_body_box(array, interpolation)
         full = np.zeros(tuple(reversed(self.pet_grid.size)), dtype=region.dtype)
         full[self.body_box.slices_zyx] = region
         return full

@@ -62,6 +62,11 @@ def edit(path: str, value):
         ("ensemble.average", "median", "ensemble.average must be one of probabilities, logits"),
         ("ensemble.sw_batch_size", 0, "ensemble.sw_batch_size must be at least 1"),
         ("ensemble.threshold", True, "ensemble.threshold must be"),
+        (
+            "ensemble.back_interpolation",
+            "cubic",
+            "ensemble.back_interpolation must be one of nearest, linear",
+        ),
         ("preprocessing.channels", ["pet", "ct"], "CT first, then PET"),
         ("preprocessing.spacing_mm", [2, 0, 2], "preprocessing.spacing_mm must be positive"),
         ("preprocessing.ct_window_hu", [100, -100], "low < high"),
