@@ -18,9 +18,17 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised five-fold resunet-tiny ensemble (real card, real safetensors)."""
+    """A randomly initialised two-fold resunet-tiny ensemble (real card, real safetensors): fast."""
     model_dir = tmp_path_factory.mktemp("tiny-model")
-    create_untrained_model(model_dir, architecture="resunet-tiny", folds=5, seed=0)
+    create_untrained_model(model_dir, architecture="resunet-tiny", folds=2, seed=0)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def five_fold_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised five-fold resunet-tiny ensemble, as shipped ensembles are."""
+    model_dir = tmp_path_factory.mktemp("five-fold-model")
+    create_untrained_model(model_dir, architecture="resunet-tiny", folds=5, seed=1)
     return model_dir
 
 
@@ -31,7 +39,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def write_gc_input(root: Path, ct: sitk.Image, pet: sitk.Image, ct_name: str = "ct-uuid", pet_name: str = "pet-uuid") -> Path:
+def write_gc_input(
+    root: Path, ct: sitk.Image, pet: sitk.Image, ct_name: str = "ct-uuid", pet_name: str = "pet-uuid"
+) -> Path:
     """Write a CT/PET pair as a Grand-Challenge /input folder; returns that folder."""
     write_image(ct, root / CT_FOLDER / f"{ct_name}.mha")
     write_image(pet, root / PET_FOLDER / f"{pet_name}.mha")

@@ -4,6 +4,7 @@ import logging
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import all_files
 
 import petseg.io as pio
 from petseg.errors import InputError, OutputError
@@ -17,8 +18,6 @@ from petseg.io import (
     write_json,
     write_outputs,
 )
-
-from conftest import all_files
 
 LFS_POINTER = (
     b"version https://git-lfs.github.com/spec/v1\n"

@@ -59,7 +59,9 @@ def test_checksum_mismatch_is_reported(tmp_path):
 
 def test_weights_of_another_architecture_are_refused(tmp_path):
     card = create_untrained_model(tmp_path, folds=1)
-    save_weights(build_network(Architecture("resunet-tiny", {"channels": (4, 8, 16, 32)})), tmp_path / "x.safetensors")
+    save_weights(
+        build_network(Architecture("resunet-tiny", {"channels": (4, 8, 16, 32)})), tmp_path / "x.safetensors"
+    )
     with pytest.raises(ModelError, match="do not fit architecture 'resunet-tiny'"):
         load_fold(card, tmp_path, "x.safetensors", None)
 

@@ -68,7 +68,9 @@ def test_cpu_is_fp32_with_a_visible_warning(caplog, monkeypatch):
         select_device("cuda")
 
 
-@pytest.mark.parametrize(("capability", "dtype"), [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("capability", "dtype"), [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)]
+)
 def test_autocast_precision_follows_compute_capability(monkeypatch, capability, dtype):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -85,5 +87,6 @@ def test_predictor_handles_volumes_smaller_than_the_window(tiny_model_dir):
     probability = predictor(image)
     assert probability.shape == (20, 70, 33)
     assert probability.dtype == np.float32
-    assert 0.0 <= probability.min() and probability.max() <= 1.0
-    assert len(predictor.ensemble.networks) == 5
+    assert probability.min() >= 0.0
+    assert probability.max() <= 1.0
+    assert len(predictor.ensemble.networks) == 2

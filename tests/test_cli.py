@@ -1,0 +1,150 @@
+"""The `petseg` command line: batch prediction, model tools, the demo."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import all_files
+
+from petseg.cli import main
+from petseg.io import MASK_FOLDER
+from petseg.phantoms import generate
+
+
+@pytest.fixture(scope="module")
+def gc_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gc")
+    generate(root, cases=3, seed=21, tracer="mixed", size="tiny", layout="gc", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def nnunet_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nnunet")
+    generate(root, cases=2, seed=22, tracer="mixed", size="tiny", layout="nnunet", progress=False)
+    return root
+
+
+def case_names(root):
+    return sorted(p.name for p in root.iterdir() if (p / "input").is_dir())
+
+
+def test_predict_gc_folder_writes_one_output_folder_per_case(tmp_path, gc_folder, tiny_model_dir):
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["predict", "--input", str(gc_folder), "--output", str(out), "--model", str(tiny_model_dir), "-q"]
+        )
+        == 0
+    )
+    names = case_names(gc_folder)
+    assert len(names) == 3
+    for name in names:
+        pet = next((gc_folder / name / "input" / "images" / "pet").iterdir())
+        mask_path = out / name / MASK_FOLDER / pet.name
+        mask = sitk.ReadImage(str(mask_path))
+        reference = sitk.ReadImage(str(pet))
+        assert mask.GetSize() == reference.GetSize()
+        assert mask.GetOrigin() == reference.GetOrigin()
+        assert mask.GetPixelID() == sitk.sitkUInt8
+        assert json.loads((out / name / "data-centric-model.json").read_text()) is False
+
+
+def test_predict_nnunet_folder_names_masks_like_labels(tmp_path, nnunet_folder, tiny_model_dir):
+    out = tmp_path / "out"
+    assert (
+        main(["predict", "--input", str(nnunet_folder), "--output", str(out), "--model", str(tiny_model_dir)])
+        == 0
+    )
+    labels = sorted(p.name for p in (nnunet_folder / "labelsTr").iterdir())
+    assert sorted(p.name for p in all_files(out)) == labels
+    for name in labels:
+        mask = sitk.ReadImage(str(out / name))
+        label = sitk.ReadImage(str(nnunet_folder / "labelsTr" / name))
+        assert mask.GetSize() == label.GetSize()
+        np.testing.assert_allclose(mask.GetOrigin(), label.GetOrigin(), atol=1e-4)
+
+
+def test_existing_outputs_are_kept_and_a_bad_case_does_not_stop_the_others(
+    tmp_path, gc_folder, tiny_model_dir, capsys
+):
+    work = tmp_path / "cases"
+    generate(work, cases=3, seed=21, tracer="mixed", size="tiny", layout="gc", progress=False)
+    names = case_names(work)
+    broken = next((work / names[1] / "input" / "images" / "pet").iterdir())
+    broken.write_text("version https://git-lfs.github.com/spec/v1\n")
+    out = tmp_path / "out"
+    first_pet = next((work / names[0] / "input" / "images" / "pet").iterdir())
+    kept = out / names[0] / MASK_FOLDER / first_pet.name
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"an earlier result")
+
+    code = main(["predict", "--input", str(work), "--output", str(out), "--model", str(tiny_model_dir), "-q"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert f"1 of 3 case(s) failed: {names[1]}" in err
+    assert "Git LFS pointer" in err
+    assert kept.read_bytes() == b"an earlier result"  # skipped, not overwritten
+    assert (out / names[2] / MASK_FOLDER).is_dir()
+    assert not (out / names[1]).exists()
+
+
+def test_predict_on_a_folder_without_cases(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "nothing").mkdir()
+    code = main(
+        [
+            "predict",
+            "--input",
+            str(tmp_path / "nothing"),
+            "--output",
+            str(tmp_path / "o"),
+            "--model",
+            str(tiny_model_dir),
+        ]
+    )
+    assert code == 3
+    assert "no cases found" in capsys.readouterr().err
+
+
+def test_random_model_and_check_model(tmp_path, capsys):
+    assert main(["random-model", "--out", str(tmp_path / "m"), "--folds", "2", "--seed", "4"]) == 0
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "fold0.safetensors",
+        "fold1.safetensors",
+        "model.json",
+    ]
+    assert main(["check-model", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "resunet-tiny" in out
+    assert "NO (untrained)" in out
+    assert "2 (fold0.safetensors, fold1.safetensors)" in out
+
+
+def test_check_model_on_the_shipped_card_reports_missing_weights(capsys):
+    assert main(["check-model"]) == 4
+    assert "fold weights not found" in capsys.readouterr().err
+
+
+def test_phantoms_command_writes_cases(tmp_path):
+    args = ["phantoms", "--out", str(tmp_path), "--cases", "2", "--seed", "1", "--size", "tiny", "-q"]
+    assert main(args) == 0
+    assert len(case_names(tmp_path)) == 2
+
+
+def test_module_entry_point_and_version():
+    result = subprocess.run(
+        [sys.executable, "-m", "petseg", "--version"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("petseg ")
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--cases", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "UNTRAINED" in out
+    masks = [p for p in all_files(tmp_path / "output") if p.suffix == ".mha"]
+    assert len(masks) == 2
