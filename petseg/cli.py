@@ -146,6 +146,14 @@ def _phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _samples(args: argparse.Namespace) -> int:
+    from petseg.phantoms.samples import write_samples
+
+    rows = write_samples(args.out)
+    log.info("wrote %d sample case(s) to %s: %s", len(rows), args.out, ", ".join(r["case_id"] for r in rows))
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -243,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--organs", type=Path, default=None, help="folder of organ label maps (NIfTI)")
     phantoms.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     phantoms.set_defaults(run=_phantoms)
+
+    samples = commands.add_parser("samples", help="write the two sample cases of test/ (for test.sh)")
+    samples.add_argument("--out", type=Path, default=Path("test"))
+    samples.set_defaults(run=_samples)
 
     predict = commands.add_parser("predict", help="segment every case in a folder (gc or nnU-Net layout)")
     predict.add_argument("--input", type=Path, required=True)

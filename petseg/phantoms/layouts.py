@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from petseg.io import write_image, write_json
 from petseg.phantoms.case import Phantom
+from petseg.preprocess import Grid
 from petseg.splits import grouped_folds, write_splits
 
 log = logging.getLogger(__name__)
@@ -33,17 +34,11 @@ def write_gc(phantom: Phantom, out_dir: Path) -> dict[str, str]:
 
 
 def ct_on_pet_grid(phantom: Phantom) -> sitk.Image:
-    """The CT resampled onto the PET grid (linear; -1024 HU outside the CT's field of view)."""
-    ct, pet = phantom.ct, phantom.pet
-    same = (
-        ct.GetSize() == pet.GetSize()
-        and ct.GetSpacing() == pet.GetSpacing()
-        and ct.GetOrigin() == pet.GetOrigin()
-        and ct.GetDirection() == pet.GetDirection()
-    )
-    if same:
-        return ct
-    resampled = sitk.Resample(ct, pet, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    """The CT resampled onto the PET grid (linear; -1024 HU outside the CT's field of view), as int16."""
+    grid = Grid.of(phantom.pet)
+    if Grid.of(phantom.ct).matches(grid):
+        return phantom.ct
+    resampled = grid.resample(phantom.ct, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
     return sitk.Cast(sitk.Round(resampled), sitk.sitkInt16)
 
 
