@@ -177,6 +177,8 @@ def _predict(args: argparse.Namespace) -> int:
             run_to_file(case.files, destination, predictor, StageTimer(prefix=f"{case.name}: "))
             if case.layout == "gc":
                 write_json(False, args.output / case.name / DATA_CENTRIC_JSON)
+            if args.preview:
+                _write_case_preview(case, destination, args.output / "preview" / f"{case.name}.png")
         except PetsegError as error:
             log.error("%s: %s", case.name, error)
             failed.append(case.name)
@@ -191,6 +193,15 @@ def _predict(args: argparse.Namespace) -> int:
         )
         return 3
     return 0
+
+
+def _write_case_preview(case, mask_path: Path, destination: Path) -> None:
+    import SimpleITK as sitk
+
+    from petseg.io import read_image
+    from petseg.preview import write_preview
+
+    write_preview(read_image(case.files.pet, "PET"), sitk.ReadImage(str(mask_path)), None, destination)
 
 
 def _random_model(args: argparse.Namespace) -> int:
@@ -262,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", type=Path, default=None, help="model folder (default: as process.py)")
     predict.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    predict.add_argument(
+        "--preview", action="store_true", help="also write OUTPUT/preview/<case>.png (PET MIP)"
+    )
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(run=_predict)
 

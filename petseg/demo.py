@@ -17,6 +17,7 @@ from petseg.cases import discover_cases
 from petseg.console import StageTimer
 from petseg.io import find_image
 from petseg.pipeline import run_grand_challenge
+from petseg.preview import write_preview
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,27 @@ def run_demo(out_dir: Path, cases: int = 2, seed: int = 0, device: str = "auto")
         start = time.perf_counter()
         mask_path = run_grand_challenge(case_root, output, predictor, StageTimer(prefix=f"{case.name}: "))
         seconds = time.perf_counter() - start
-        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))).astype(bool)
-        truth_path = find_image(case_root.parent / "ground-truth")
-        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path))).astype(bool)
-        rows.append((case.name, int(truth.sum()), int(mask.sum()), _dice(mask, truth), seconds, mask_path))
+        mask_image = sitk.ReadImage(str(mask_path))
+        truth_image = sitk.ReadImage(str(find_image(case_root.parent / "ground-truth")))
+        preview = write_preview(
+            sitk.ReadImage(str(case.files.pet)),
+            mask_image,
+            truth_image,
+            out_dir / "preview" / f"{case.name}.png",
+        )
+        mask = sitk.GetArrayFromImage(mask_image).astype(bool)
+        truth = sitk.GetArrayFromImage(truth_image).astype(bool)
+        rows.append((case.name, int(truth.sum()), int(mask.sum()), _dice(mask, truth), seconds, preview))
 
     device_name = predictor.compute.describe()
+    width = max(len("case"), *(len(row[0]) for row in rows))
     print(f"\npetseg demo: {len(rows)} case(s), UNTRAINED resunet-tiny ensemble on {device_name}")
-    print(f"{'case':<36} {'lesion voxels':>13} {'predicted':>10} {'Dice':>6} {'time':>7}")
+    print(f"{'case':<{width}}  {'lesion voxels':>13}  {'predicted':>10}  {'Dice':>8}  {'time':>6}")
     for name, truth_voxels, mask_voxels, dice, seconds, _ in rows:
-        print(f"{name:<36} {truth_voxels:>13} {mask_voxels:>10} {dice:>6.3f} {seconds:>6.1f}s")
-    print(f"masks: {out_dir / 'output'}/<case>/images/automated-petct-lesion-segmentation/")
-    print("The ensemble is untrained: Dice is meaningless until trained fold weights are in model/.")
+        score = "negative" if truth_voxels == 0 else f"{dice:.3f}"
+        print(f"{name:<{width}}  {truth_voxels:>13}  {mask_voxels:>10}  {score:>8}  {seconds:>5.1f}s")
+    print(f"masks:    {out_dir / 'output'}/<case>/images/automated-petct-lesion-segmentation/")
+    legend = "coronal PET MIP; truth red, prediction blue, both purple"
+    print(f"previews: {out_dir / 'preview'}/<case>.png ({legend})")
+    print("The ensemble is untrained: its masks are meaningless until trained fold weights are in model/.")
     return 0

@@ -55,12 +55,12 @@ def test_predict_gc_folder_writes_one_output_folder_per_case(tmp_path, gc_folder
 
 def test_predict_nnunet_folder_names_masks_like_labels(tmp_path, nnunet_folder, tiny_model_dir):
     out = tmp_path / "out"
-    assert (
-        main(["predict", "--input", str(nnunet_folder), "--output", str(out), "--model", str(tiny_model_dir)])
-        == 0
-    )
+    args = ["predict", "--input", str(nnunet_folder), "--output", str(out), "--model", str(tiny_model_dir)]
+    assert main([*args, "--preview"]) == 0
     labels = sorted(p.name for p in (nnunet_folder / "labelsTr").iterdir())
-    assert sorted(p.name for p in all_files(out)) == labels
+    assert sorted(p.name for p in all_files(out) if p.parent == out) == labels
+    previews = sorted(p.name for p in (out / "preview").iterdir())
+    assert previews == sorted(name.replace(".nii.gz", ".png") for name in labels)
     for name in labels:
         mask = sitk.ReadImage(str(out / name))
         label = sitk.ReadImage(str(nnunet_folder / "labelsTr" / name))
