@@ -13,9 +13,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from petseg import __version__
 from petseg.errors import PetsegError
+
+if TYPE_CHECKING:  # heavy imports (torch) stay out of `petseg --help`
+    from petseg.cases import Case
+    from petseg.console import StageTimer
+    from petseg.predict import Predictor
 
 log = logging.getLogger("petseg")
 
@@ -59,7 +65,7 @@ def default_model_dir(script_dir: Path | None = None) -> Path:
     return candidates[1] if script_dir is not None else REPO_MODEL_DIR
 
 
-def _load_predictor(model_dir: Path, device: str, timer):  # -> Predictor (torch imported lazily)
+def _load_predictor(model_dir: Path, device: str, timer: StageTimer) -> Predictor:
     from petseg.predict import Predictor
 
     with timer.stage("load model"):
@@ -195,7 +201,7 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_case_preview(case, mask_path: Path, destination: Path) -> None:
+def _write_case_preview(case: Case, mask_path: Path, destination: Path) -> None:
     import SimpleITK as sitk
 
     from petseg.io import read_image

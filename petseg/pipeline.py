@@ -29,7 +29,7 @@ def segment(files: CaseFiles, predictor: Predictor, timer: StageTimer, progress:
     log.debug("network grid %s at %s mm", case.back_map.network_grid.size, case.back_map.network_grid.spacing)
     with timer.stage("predict"):
         probability = predictor(case.image, progress=progress)
-    del case.image
+    del case.image  # the network input is not needed any more: free it before the back-map
     with timer.stage("postprocess"):
         settings = predictor.card.ensemble
         return probability_to_mask(
