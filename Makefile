@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint format clean
 
-$(STAMP): requirements-torch.txt requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements-torch.txt requirements.txt requirements-train.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-torch.txt

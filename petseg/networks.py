@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from monai.networks.layers import Norm
-from monai.networks.nets import UNet
+from monai.networks.nets import UNETR, AttentionUnet, SegResNet, UNet
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -44,20 +44,85 @@ def _resunet_tiny(**overrides: Any) -> torch.nn.Module:
     return _resunet(**args)
 
 
-# name -> (constructor, default strides); training adds its comparison architectures here.
+def _segresnet(**overrides: Any) -> torch.nn.Module:
+    """Paper 000: encoder blocks (1, 2, 2, 4), 16 initial filters doubling per level, GroupNorm, ReLU."""
+    args: dict[str, Any] = {
+        "blocks_down": (1, 2, 2, 4),
+        "init_filters": 16,
+        "norm": ("group", {"num_groups": 8}),
+    }
+    args.update(overrides)
+    return SegResNet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, act="RELU", **args)
+
+
+def _attention_unet(**overrides: Any) -> torch.nn.Module:
+    """Paper 000: five levels of 16-256 channels, batch norm, attention gates."""
+    args: dict[str, Any] = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2)}
+    args.update(overrides)
+    return AttentionUnet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, **args)
+
+
+def _unet(**overrides: Any) -> torch.nn.Module:
+    """Paper 000: six levels of 16-512 channels, residual units, batch norm, transposed-conv decoder."""
+    args: dict[str, Any] = {
+        "channels": (16, 32, 64, 128, 256, 512),
+        "strides": (2, 2, 2, 2, 2),
+        "num_res_units": 2,
+        "norm": Norm.BATCH,
+    }
+    args.update(overrides)
+    return UNet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, **args)
+
+
+def _unetr(roi_size: tuple[int, int, int] = (128, 128, 128), **overrides: Any) -> torch.nn.Module:
+    """Paper 000: ViT encoder, hidden size 256, MLP 1024, 4 heads, convolutional patch embedding.
+
+    A transformer's input size is fixed: it is the card's sliding-window size.
+    """
+    args: dict[str, Any] = {"hidden_size": 256, "mlp_dim": 1024, "num_heads": 4, "proj_type": "conv"}
+    args.update(overrides)
+    return UNETR(
+        in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, img_size=tuple(roi_size), spatial_dims=3, **args
+    )
+
+
+# name -> constructor. Every architecture a card can name is here, so inference can build any trained model.
 PRESETS: dict[str, Callable[..., torch.nn.Module]] = {
     "resunet": _resunet,
     "resunet-tiny": _resunet_tiny,
+    "segresnet": _segresnet,
+    "attention-unet": _attention_unet,
+    "unet": _unet,
+    "unetr": _unetr,
 }
-_DEFAULT_STRIDES = {"resunet": (2, 2, 2, 2), "resunet-tiny": (2, 2, 2)}
+_NEEDS_ROI = {"unetr"}
 
 
-def build_network(architecture: Architecture) -> torch.nn.Module:
-    """Instantiate the card's network (random weights)."""
+def _divisor_from_args(name: str, args: dict[str, Any]) -> int:
+    if name in ("resunet", "resunet-tiny", "attention-unet", "unet"):
+        defaults = {"resunet": (2, 2, 2, 2), "resunet-tiny": (2, 2, 2), "attention-unet": (2, 2, 2, 2)}
+        strides = args.get("strides", defaults.get(name, (2, 2, 2, 2, 2)))
+        return math.prod(int(s) for s in strides)
+    if name == "segresnet":
+        return 2 ** (len(args.get("blocks_down", (1, 2, 2, 4))) - 1)
+    return 16  # unetr: the ViT's 16^3 patches
+
+
+def _check_known(architecture: Architecture) -> None:
     if architecture.name not in PRESETS:
         raise ModelError(f"unknown architecture {architecture.name!r}; known: {', '.join(sorted(PRESETS))}")
+
+
+def build_network(
+    architecture: Architecture, roi_size: tuple[int, int, int] | None = None
+) -> torch.nn.Module:
+    """Instantiate the card's network (random weights). `roi_size` sizes transformers (UNETR)."""
+    _check_known(architecture)
+    args = dict(architecture.args)
+    if architecture.name in _NEEDS_ROI and roi_size is not None:
+        args.setdefault("roi_size", tuple(roi_size))
     try:
-        return PRESETS[architecture.name](**architecture.args)
+        return PRESETS[architecture.name](**args)
     except (TypeError, ValueError, AssertionError) as error:
         raise ModelError(
             f"architecture {architecture.name!r} with args {architecture.args}: {error}"
@@ -65,11 +130,9 @@ def build_network(architecture: Architecture) -> torch.nn.Module:
 
 
 def input_divisor(architecture: Architecture) -> int:
-    """Window sizes must be multiples of this (the product of the encoder strides)."""
-    if architecture.name not in PRESETS:
-        raise ModelError(f"unknown architecture {architecture.name!r}; known: {', '.join(sorted(PRESETS))}")
-    strides = architecture.args.get("strides", _DEFAULT_STRIDES[architecture.name])
-    return math.prod(int(s) for s in strides)
+    """Window sizes must be multiples of this (the network's total downsampling)."""
+    _check_known(architecture)
+    return _divisor_from_args(architecture.name, architecture.args)
 
 
 def count_parameters(network: torch.nn.Module) -> int:
@@ -118,7 +181,7 @@ def load_fold(card: ModelCard, model_dir: Path, weights: str, sha256: str | None
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelError(f"{path}: not a readable safetensors file: {error}") from None
-    network = build_network(card.architecture)
+    network = build_network(card.architecture, card.ensemble.roi_size)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as error:

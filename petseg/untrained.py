@@ -33,7 +33,7 @@ def create_untrained_model(
     fold_entries = []
     for fold in range(folds):
         torch.manual_seed(seed * 1000 + fold)
-        network = build_network(arch)
+        network = build_network(arch, ensemble.roi_size)
         name = f"fold{fold}.safetensors"
         fold_entries.append(Fold(fold=fold, weights=name, sha256=save_weights(network, out_dir / name)))
     card = ModelCard(

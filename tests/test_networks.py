@@ -86,3 +86,33 @@ def test_card_of_untrained_model_says_so(tmp_path):
     assert not card.trained
     assert [f.weights for f in card.folds] == ["fold0.safetensors", "fold1.safetensors"]
     assert all(len(f.sha256) == 64 for f in card.folds)
+
+
+@pytest.mark.parametrize(
+    ("name", "window", "norm"),
+    [
+        ("segresnet", 32, torch.nn.GroupNorm),
+        ("attention-unet", 32, torch.nn.BatchNorm3d),
+        ("unet", 32, torch.nn.BatchNorm3d),
+        ("unetr", 32, torch.nn.LayerNorm),
+    ],
+)
+def test_comparison_architectures_of_the_l1dfl_paper(name, window, norm):
+    architecture = Architecture(name)
+    assert window % input_divisor(architecture) == 0
+    network = build_network(architecture, roi_size=(window,) * 3).eval()
+    assert any(isinstance(m, norm) for m in network.modules())
+    with torch.inference_mode():
+        out = network(torch.zeros(1, 2, window, window, window))
+    assert out.shape == (1, 2, window, window, window)
+
+
+def test_paper_settings_of_the_comparison_architectures():
+    unetr = build_network(Architecture("unetr"), roi_size=(128, 128, 128))
+    assert unetr.vit.blocks[0].mlp.linear1.out_features == 1024
+    assert len(unetr.vit.blocks[0].attn.out_proj.weight) == 256
+    assert unetr.vit.blocks[0].attn.num_heads == 4
+    segresnet = build_network(Architecture("segresnet"))
+    blocks = [sum(type(m).__name__ == "ResBlock" for m in layer) for layer in segresnet.down_layers]
+    assert blocks == [1, 2, 2, 4]
+    assert input_divisor(Architecture("unet")) == 32
