@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from petseg.card import ModelCard, load_card
+from petseg.card import EnsembleSettings, ModelCard, load_card
 from petseg.errors import ModelError
 from petseg.networks import load_fold
 
@@ -106,26 +106,39 @@ class Predictor:
 
     def __call__(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
         """Lesion probability (X, Y, Z) float32 for a network-grid image (2, X, Y, Z)."""
-        settings = self.card.ensemble
-        device = self.compute.device
-        inputs = torch.from_numpy(image)[None].to(device)
-        autocast = torch.autocast(
-            device_type=device.type,
-            dtype=self.compute.amp_dtype or torch.float32,
-            enabled=self.compute.amp_dtype is not None,
+        return sliding_window_probability(image, self.ensemble, self.card.ensemble, self.compute, progress)
+
+
+def sliding_window_probability(
+    image: np.ndarray,
+    ensemble: FoldEnsemble,
+    settings: EnsembleSettings,
+    compute: ComputeDevice,
+    progress: bool = False,
+) -> np.ndarray:
+    """The card's sliding-window pass over one network-grid volume: lesion probability (X, Y, Z).
+
+    Inference and training validation both call this, so a validation score measures what the shipped
+    ensemble will do.
+    """
+    device = compute.device
+    inputs = torch.from_numpy(image)[None].to(device)
+    autocast = torch.autocast(
+        device_type=device.type,
+        dtype=compute.amp_dtype or torch.float32,
+        enabled=compute.amp_dtype is not None,
+    )
+    with torch.inference_mode(), autocast:
+        stitched = sliding_window_inference(
+            inputs,
+            roi_size=settings.roi_size,
+            sw_batch_size=settings.sw_batch_size,
+            predictor=ensemble,
+            overlap=settings.overlap,
+            mode=settings.blend_mode,
+            sw_device=device,
+            device=device,
+            progress=progress,
         )
-        with torch.inference_mode(), autocast:
-            stitched = sliding_window_inference(
-                inputs,
-                roi_size=settings.roi_size,
-                sw_batch_size=settings.sw_batch_size,
-                predictor=self.ensemble,
-                overlap=settings.overlap,
-                mode=settings.blend_mode,
-                sw_device=device,
-                device=device,
-                progress=progress,
-            )
-        del inputs
-        probability = self.ensemble.to_probability(stitched[0, 0].float())
-        return probability.cpu().numpy()
+    del inputs
+    return ensemble.to_probability(stitched[0, 0].float()).cpu().numpy()
