@@ -14,8 +14,9 @@ class PetsegError(Exception):
     exit_code = 1
 
     def __init__(self, message: str) -> None:
-        # One line, always: multi-line library messages (SimpleITK, torch) are folded.
-        super().__init__(" ".join(str(message).split()))
+        # One line, always: multi-line library messages (SimpleITK, torch) are folded. Spaces inside a line
+        # stay as they are: real case ids contain double spaces, and a message must name the file exactly.
+        super().__init__(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))
 
 
 class InputError(PetsegError):

@@ -184,3 +184,11 @@ def test_unwritable_output_is_an_output_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(OutputError):
         write_json(False, blocker / "x.json")
+
+
+def test_messages_keep_double_spaces_of_real_case_ids(tmp_path):
+    folder = tmp_path / "fdg_0c13e4df10_10-11-2003-NA-PET-CT Ganzkoerper  primaer mit KM-12345"
+    with pytest.raises(InputError) as raised:
+        find_image(folder)
+    assert "Ganzkoerper  primaer" in str(raised.value)
+    assert "\n" not in str(raised.value)
