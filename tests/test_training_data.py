@@ -1,0 +1,473 @@
+"""Training data: dataset discovery, folds, the preprocessed cache, patch sampling and augmentation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.transforms import RandAffined
+
+import petseg.preprocess
+import training.data
+from petseg.card import PreprocessSettings
+from petseg.errors import InputError, OutputError
+from petseg.io import read_image, write_image
+from petseg.phantoms import generate
+from petseg.splits import grouped_folds, leaking_patients, read_splits
+from training.data import (
+    CaseRecord,
+    PatchDataset,
+    PreprocessedCache,
+    RandCTGammad,
+    RandElasticd,
+    discover_dataset,
+    displace,
+    load_folds,
+    train_transforms,
+    validation_items,
+)
+
+PATCH = (48, 48, 48)
+SPACED_ID = "fdg_0123456789_05-22-2005-NA-PET-CT Ganzkoerper  primaer mit KM-12345"
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """Eight tiny phantoms (nnU-Net layout): cases with and without lesions, patients with two studies."""
+    root = tmp_path_factory.mktemp("phantoms")
+    rows = generate(root, cases=8, seed=3, tracer="mixed", size="tiny", layout="nnunet", progress=False)
+    return root, rows
+
+
+@pytest.fixture(scope="module")
+def records(phantoms: tuple[Path, list[dict]]) -> list[CaseRecord]:
+    return discover_dataset(phantoms[0])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory, records: list[CaseRecord]) -> PreprocessedCache:
+    cache = PreprocessedCache(tmp_path_factory.mktemp("cache"), PreprocessSettings())
+    cache.prepare(records, progress=False, workers=2)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def lesion_records(phantoms: tuple[Path, list[dict]], records: list[CaseRecord]) -> list[CaseRecord]:
+    with_lesions = {row["case_id"] for row in phantoms[1] if not row["lesion_free"]}
+    chosen = [record for record in records if record.case_id in with_lesions]
+    assert len(chosen) >= 2
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def lesion_free_record(phantoms: tuple[Path, list[dict]], records: list[CaseRecord]) -> CaseRecord:
+    free = {row["case_id"] for row in phantoms[1] if row["lesion_free"]}
+    return next(record for record in records if record.case_id in free)
+
+
+def direct(record: CaseRecord, settings: PreprocessSettings) -> petseg.preprocess.PreprocessedCase:
+    """The inference path, called directly on the record's files."""
+    ct, pet = read_image(record.ct, "CT"), read_image(record.pet, "PET")
+    return petseg.preprocess.preprocess(ct, pet, settings, label=read_image(record.label, "label"))
+
+
+def touch_dataset(root: Path, images: list[str], labels: list[str]) -> Path:
+    """An nnU-Net folder of empty files: discovery looks at names only."""
+    for folder, names in (("imagesTr", images), ("labelsTr", labels)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (root / folder / name).touch()
+    return root
+
+
+def dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.bool(), b.bool()
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+
+
+def test_discover_dataset_sorted_with_all_three_files(
+    phantoms: tuple[Path, list[dict]], records: list[CaseRecord]
+) -> None:
+    root, rows = phantoms
+    assert [r.case_id for r in records] == sorted(row["case_id"] for row in rows)
+    for record in records:
+        assert record.ct == root / "imagesTr" / f"{record.case_id}_0000.nii.gz"
+        assert record.pet == root / "imagesTr" / f"{record.case_id}_0001.nii.gz"
+        assert record.label == root / "labelsTr" / f"{record.case_id}.nii.gz"
+
+
+def test_discover_dataset_keeps_ids_with_spaces(tmp_path: Path) -> None:
+    ids = [SPACED_ID, "psma_0123456789abcdef_2019-01-02", "fdg_0123456789_05-22-2005"]
+    images = [f"{case}_{channel}.nii.gz" for case in ids for channel in ("0000", "0001")]
+    labels = [f"{case}.nii.gz" for case in ids]
+    root = touch_dataset(tmp_path, [*images, ".hidden_0000.nii.gz", "notes.txt"], labels)
+    found = discover_dataset(root)
+    assert [r.case_id for r in found] == sorted(ids)
+    spaced = next(r for r in found if r.case_id == SPACED_ID)
+    assert spaced.pet.name == f"{SPACED_ID}_0001.nii.gz"
+    assert spaced.label.name == f"{SPACED_ID}.nii.gz"
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "named"),
+    [
+        (["a_0000.nii.gz"], ["a.nii.gz"], "a_0001.nii.gz"),
+        (["a_0001.nii.gz"], ["a.nii.gz"], "a_0000.nii.gz"),
+        (["a_0000.nii.gz", "a_0001.nii.gz"], [], "a.nii.gz"),
+        (["a_0000.nii.gz", "a_0001.nii.gz"], ["a.nii.gz", "b  c.nii.gz"], "b  c.nii.gz"),
+        (["a_0000.nii.gz", "a_0001.nii.gz", "a_0002.nii.gz"], ["a.nii.gz"], "a_0002.nii.gz"),
+        (["a.nii.gz"], [], "a.nii.gz"),
+    ],
+    ids=["missing-pet", "missing-ct", "missing-label", "orphan-label", "third-channel", "no-channel"],
+)
+def test_discover_dataset_refuses_incomplete_cases(
+    tmp_path: Path, images: list[str], labels: list[str], named: str
+) -> None:
+    root = touch_dataset(tmp_path, images, labels)
+    with pytest.raises(InputError) as raised:
+        discover_dataset(root)
+    message = str(raised.value)
+    assert named in message  # exactly, double spaces included
+    assert "\n" not in message
+
+
+def test_discover_dataset_refuses_empty_or_missing_folders(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no training cases"):
+        discover_dataset(touch_dataset(tmp_path / "empty", [], []))
+    with pytest.raises(InputError, match="not found"):
+        discover_dataset(tmp_path / "nowhere")
+    (tmp_path / "no-labels" / "imagesTr").mkdir(parents=True)
+    with pytest.raises(InputError, match="labelsTr"):
+        discover_dataset(tmp_path / "no-labels")
+
+
+# ----------------------------------------------------------------------------------------------- folds
+
+# Seven patients, three of them with two studies.
+FOLD_IDS = [
+    f"{patient}_{date}"
+    for patient, dates in [
+        ("fdg_00000000a1", ["01-02-2003", "05-06-2004"]),
+        ("fdg_00000000a2", ["01-02-2003"]),
+        ("fdg_00000000a3", ["01-02-2003", "03-04-2005"]),
+        ("psma_00000000000000b1", ["2019-01-02"]),
+        ("psma_00000000000000b2", ["2019-01-02", "2020-02-03"]),
+        ("psma_00000000000000b3", ["2019-01-02"]),
+        ("psma_00000000000000b4", ["2019-01-02"]),
+    ]
+    for date in dates
+]
+
+
+def test_load_folds_uses_the_dataset_splits_file(tmp_path: Path) -> None:
+    own = grouped_folds(FOLD_IDS, n_folds=3, seed=42)
+    (tmp_path / "splits_final.json").write_text(json.dumps(own))
+    assert load_folds(tmp_path, FOLD_IDS, n_folds=5, seed=0) == own
+
+
+def test_load_folds_writes_patient_grouped_folds(tmp_path: Path) -> None:
+    folds = load_folds(tmp_path, list(reversed(FOLD_IDS)), n_folds=5, seed=1)
+    assert len(folds) == 5
+    assert read_splits(tmp_path / "splits_final.json", FOLD_IDS) == folds
+    assert leaking_patients(folds) == []
+    assert sorted(case for fold in folds for case in fold["val"]) == sorted(FOLD_IDS)
+    # Written once, the file wins over a later seed.
+    assert load_folds(tmp_path, FOLD_IDS, n_folds=5, seed=99) == folds
+
+
+def test_load_folds_survives_a_read_only_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(path: Path, folds: object) -> Path:
+        raise OutputError(f"{path}: cannot write: Read-only file system")
+
+    monkeypatch.setattr(training.data, "write_splits", refuse)
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        folds = load_folds(tmp_path, FOLD_IDS, n_folds=5)
+    assert folds == grouped_folds(FOLD_IDS, 5, 0)
+    assert not (tmp_path / "splits_final.json").exists()
+    assert "not written" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        json.dumps([{"train": FOLD_IDS[1:], "val": [FOLD_IDS[0], "fdg_ffffffffff_01-01-2001"]}]),
+        json.dumps([{"train": FOLD_IDS[2:], "val": FOLD_IDS[1:2]}]),
+        "[{",
+    ],
+    ids=["unknown-case", "case-in-no-val-fold", "broken-json"],
+)
+def test_load_folds_refuses_an_invalid_splits_file(tmp_path: Path, content: str) -> None:
+    (tmp_path / "splits_final.json").write_text(content)
+    with pytest.raises(InputError, match=r"splits_final\.json"):
+        load_folds(tmp_path, FOLD_IDS)
+
+
+def test_load_folds_refuses_too_few_patients(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="patients"):
+        load_folds(tmp_path, FOLD_IDS[:3], n_folds=5)
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+def test_cache_equals_direct_preprocessing(cache: PreprocessedCache, records: list[CaseRecord]) -> None:
+    for record in records:
+        cached, expected = cache.get(record), direct(record, cache.settings)
+        assert cached["image"].dtype == np.float32
+        assert cached["label"].dtype == np.uint8
+        assert cached["image"].shape == expected.image.shape
+        # Bit for bit the float16 rounding of the inference path's array: one code path, one rounding.
+        np.testing.assert_array_equal(cached["image"], expected.image.astype(np.float16).astype(np.float32))
+        np.testing.assert_allclose(cached["image"], expected.image, rtol=2**-11, atol=2**-25)
+        np.testing.assert_array_equal(cached["label"], expected.label)
+
+
+def test_cache_hit_reads_disk_without_preprocessing(
+    cache: PreprocessedCache, records: list[CaseRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = cache.get(records[0])
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("preprocess called on a cache hit")
+
+    monkeypatch.setattr(petseg.preprocess, "preprocess", fail)
+    after = cache.get(records[0])
+    np.testing.assert_array_equal(after["image"], before["image"])
+    np.testing.assert_array_equal(after["label"], before["label"])
+
+
+def test_changed_setting_gives_a_new_entry(cache: PreprocessedCache, records: list[CaseRecord]) -> None:
+    coarse = dataclasses.replace(cache.settings, spacing_mm=(3.0, 3.0, 3.0))
+    assert PreprocessedCache.settings_hash(PreprocessSettings()) == PreprocessedCache.settings_hash(
+        cache.settings
+    )
+    assert PreprocessedCache.settings_hash(coarse) != PreprocessedCache.settings_hash(cache.settings)
+    other = PreprocessedCache(cache.cache_dir, coarse)
+    assert other.path(records[0]) != cache.path(records[0])
+    recomputed = other.get(records[0])
+    np.testing.assert_array_equal(recomputed["label"], direct(records[0], coarse).label)
+    assert recomputed["image"].shape != cache.get(records[0])["image"].shape
+    assert cache.path(records[0]).is_file()
+
+
+def test_modified_source_invalidates_its_entry(
+    tmp_path: Path, records: list[CaseRecord], lesion_records: list[CaseRecord]
+) -> None:
+    source = lesion_records[0]
+    copy = CaseRecord(
+        SPACED_ID,
+        ct=tmp_path / "data" / f"{SPACED_ID}_0000.nii.gz",
+        pet=tmp_path / "data" / f"{SPACED_ID}_0001.nii.gz",
+        label=tmp_path / "data" / f"{SPACED_ID}.nii.gz",
+    )
+    copy.ct.parent.mkdir()
+    for src, dst in ((source.ct, copy.ct), (source.pet, copy.pet), (source.label, copy.label)):
+        shutil.copy2(src, dst)
+    cache = PreprocessedCache(tmp_path / "cache", PreprocessSettings())
+    first_path = cache.path(copy)
+    assert cache.get(copy)["label"].any()
+
+    label = read_image(copy.label, "label")
+    emptied = sitk.Image(label.GetSize(), label.GetPixelID())
+    emptied.CopyInformation(label)
+    write_image(emptied, copy.label)
+    stat = copy.label.stat()
+    os.utime(copy.label, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+
+    assert cache.path(copy) != first_path
+    assert not cache.get(copy)["label"].any()
+    names = sorted(p.name for p in cache.directory.iterdir())
+    assert names == sorted([cache.path(copy).name, "settings.json"])  # old entry gone, no temporary files
+    assert " " not in cache.path(copy).name
+
+
+def test_cache_leaves_no_temporary_files(cache: PreprocessedCache, records: list[CaseRecord]) -> None:
+    names = sorted(p.name for p in cache.directory.iterdir())
+    assert names == sorted([cache.path(r).name for r in records] + ["settings.json"])
+
+
+def test_damaged_entry_is_rebuilt(
+    tmp_path: Path, records: list[CaseRecord], caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = PreprocessedCache(tmp_path, PreprocessSettings())
+    good = cache.get(records[1])
+    cache.path(records[1]).write_bytes(b"PK\x03\x04 truncated")
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        rebuilt = cache.get(records[1])
+    assert "unreadable cache entry" in caplog.text
+    np.testing.assert_array_equal(rebuilt["image"], good["image"])
+
+
+def test_validation_items_are_whole_cached_cases(cache: PreprocessedCache, records: list[CaseRecord]) -> None:
+    items = list(validation_items(records[:2], cache))
+    assert [item["case_id"] for item in items] == [r.case_id for r in records[:2]]
+    for item, record in zip(items, records[:2], strict=True):
+        assert item["voxel_ml"] == pytest.approx(0.008)  # 2 mm isotropic
+        np.testing.assert_array_equal(item["image"], cache.get(record)["image"])
+        assert item["label"].dtype == np.uint8
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+
+
+def test_patches_have_patch_size_and_binary_labels(
+    cache: PreprocessedCache, lesion_records: list[CaseRecord], lesion_free_record: CaseRecord
+) -> None:
+    transforms = train_transforms(PATCH, augment=True, seed=0)
+    for draw in range(16):
+        record = [*lesion_records, lesion_free_record][draw % (len(lesion_records) + 1)]
+        patch = transforms(cache.get(record))
+        assert patch["image"].shape == (2, *PATCH)
+        assert patch["label"].shape == (1, *PATCH)
+        assert patch["image"].dtype == patch["label"].dtype == torch.float32
+        assert set(torch.unique(patch["label"]).tolist()) <= {0.0, 1.0}
+        assert torch.isfinite(patch["image"]).all()
+
+
+def test_augmentation_keeps_label_aligned_with_image() -> None:
+    """The label is PET > 5 before augmentation, so it must stay (augmented PET) > 5 after it."""
+    grid = np.stack(np.meshgrid(*[np.arange(48.0)] * 3, indexing="ij"))
+    pet = np.zeros(PATCH, np.float32)
+    for centre in ((15, 16, 17), (32, 30, 30), (16, 33, 32)):
+        distance2 = ((grid - np.reshape(centre, (3, 1, 1, 1))) ** 2).sum(axis=0)
+        pet += 10.0 * np.exp(-distance2 / (2 * 8.0**2))
+    ct = np.random.default_rng(0).random(PATCH, dtype=np.float32)
+    data = {"image": np.stack([ct, pet]), "label": (pet > 5.0)[None].astype(np.uint8)}
+    moved = 0
+    for seed in range(12):
+        patch = train_transforms(PATCH, augment=True, seed=seed)(data)
+        truth = patch["image"][1:] > 5.0
+        # Aligned, only boundary voxels differ (nearest label, linear PET): Dice 0.96-0.99 here.
+        assert dice(patch["label"], truth) >= 0.94, f"seed {seed}"
+        # A label three voxels off would fail the check (Dice about 0.85).
+        assert dice(torch.roll(patch["label"], 3, dims=1), truth) < 0.9
+        moved += int(not np.array_equal(patch["label"].numpy(), data["label"]))
+    assert moved >= 5  # most draws did move the label (affine or elastic, p 0.75)
+
+
+def test_labels_are_always_resampled_nearest_neighbour() -> None:
+    """The final threshold would hide a linearly interpolated label; check the modes themselves."""
+    spatial = [t for t in train_transforms(PATCH).transforms if isinstance(t, (RandAffined, RandElasticd))]
+    assert len(spatial) == 2
+    for transform in spatial:
+        modes = dict(zip(transform.keys, transform.mode, strict=True))
+        assert modes == {"image": "bilinear", "label": "nearest"}
+
+
+def test_gamma_changes_the_ct_channel_only() -> None:
+    ct, suv = torch.linspace(0.0, 1.0, 1000), torch.linspace(0.0, 30.0, 1000)
+    image = torch.stack([ct, suv]).reshape(2, 10, 10, 10)
+    out = RandCTGammad("image", prob=1.0, gamma=(2.0, 2.0))({"image": image})["image"]
+    torch.testing.assert_close(out[0], image[0] ** 2)
+    torch.testing.assert_close(out[1], image[1], atol=0, rtol=0)
+
+
+def test_displace_moves_content_along_the_right_axes() -> None:
+    image = torch.rand(2, 9, 10, 11)
+    for axis in range(3):
+        field = np.zeros((3, 9, 10, 11), np.float32)
+        field[axis] = 2.0
+        moved = displace(image, field, "bilinear")
+        # out[p] = image[p + 2 along `axis`]; the last two slices come from outside the volume.
+        kept = [slice(None)] * 4
+        kept[axis + 1] = slice(0, -2)
+        source = [slice(None)] * 4
+        source[axis + 1] = slice(2, None)
+        torch.testing.assert_close(moved[tuple(kept)], image[tuple(source)], atol=1e-5, rtol=0)
+        outside = [slice(None)] * 4
+        outside[axis + 1] = slice(-2, None)
+        assert not moved[tuple(outside)].any()
+    nearest = displace(image, np.full((3, 9, 10, 11), 0.3, np.float32), "nearest")
+    torch.testing.assert_close(nearest[:, :-1, :-1, :-1], image[:, :-1, :-1, :-1], atol=0, rtol=0)
+
+
+def test_lesion_probability_one_always_shows_lesion(
+    cache: PreprocessedCache, lesion_records: list[CaseRecord]
+) -> None:
+    transforms = train_transforms(PATCH, lesion_probability=1.0, augment=False, seed=1)
+    for record in lesion_records:
+        for _ in range(5):
+            assert transforms(cache.get(record))["label"].sum() > 0, record.case_id
+
+
+def test_lesion_free_case_still_yields_patches(
+    cache: PreprocessedCache, lesion_free_record: CaseRecord
+) -> None:
+    transforms = train_transforms(PATCH, lesion_probability=1.0, augment=True, seed=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        patches = [transforms(cache.get(lesion_free_record)) for _ in range(4)]
+    assert not [w for w in caught if "Num foregrounds" in str(w.message)]
+    for patch in patches:
+        assert patch["image"].shape == (2, *PATCH)
+        assert patch["label"].sum() == 0
+        assert patch["image"][0].max() > 0  # body in view, not just padding
+
+
+def test_transforms_are_reproducible_with_a_seed(
+    cache: PreprocessedCache, lesion_records: list[CaseRecord]
+) -> None:
+    data = cache.get(lesion_records[0])
+
+    def draws(seed: int) -> list[torch.Tensor]:
+        transforms = train_transforms(PATCH, augment=True, seed=seed)
+        return [transforms(data)["image"] for _ in range(3)]
+
+    first, again, other = draws(5), draws(5), draws(6)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_train_transforms_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="patch_size"):
+        train_transforms((64, 64))
+    with pytest.raises(ValueError, match="lesion_probability"):
+        train_transforms(PATCH, lesion_probability=1.5)
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+
+
+def test_patch_dataset_through_two_dataloader_workers(
+    cache: PreprocessedCache, lesion_records: list[CaseRecord]
+) -> None:
+    dataset = PatchDataset(lesion_records[:2], cache, train_transforms(PATCH, seed=0), samples_per_epoch=8)
+    assert len(dataset) == 8
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert len(batches) == 4
+    for batch in batches:
+        assert batch["image"].shape == (2, 2, *PATCH)
+        assert batch["label"].shape == (2, 1, *PATCH)
+        assert batch["image"].dtype == batch["label"].dtype == torch.float32
+        assert set(torch.unique(batch["label"]).tolist()) <= {0.0, 1.0}
+    # Batches 0 and 1 hold the same cases, drawn by different workers: the workers must not repeat each other.
+    assert not torch.equal(batches[0]["image"], batches[1]["image"])
+
+
+def test_patch_dataset_cycles_records_in_process(cache: PreprocessedCache, records: list[CaseRecord]) -> None:
+    dataset = PatchDataset(records[:3], cache, train_transforms(PATCH, augment=False, seed=0))
+    assert len(dataset) == 3
+    with pytest.raises(IndexError):
+        dataset[3]
+    longer = PatchDataset(
+        records[:3], cache, train_transforms(PATCH, augment=False, seed=0), samples_per_epoch=7
+    )
+    sample = longer[6]  # record 0 again
+    assert sample["image"].shape == (2, *PATCH)
+    assert sample["label"].dtype == torch.float32

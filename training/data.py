@@ -1,0 +1,614 @@
+"""Training data: the nnU-Net dataset on disk, its folds, a preprocessed cache, and patch sampling.
+
+Every training case goes through `petseg.io.read_case` and `petseg.preprocess.preprocess`, the very functions
+inference calls, so the network is trained on exactly the grid and intensities it will see in the container.
+Preprocessing a whole-body case takes seconds; `PreprocessedCache` does it once per case and settings and
+keeps the result on disk, so an epoch costs only a file read and the random patch augmentation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import re
+import uuid
+import warnings
+import zipfile
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.ndimage
+import torch
+from monai.transforms import (
+    CastToTyped,
+    Compose,
+    MapTransform,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandGaussianNoised,
+    RandomizableTransform,
+    SpatialPadd,
+)
+from monai.utils import convert_to_tensor
+from tqdm import tqdm
+
+import petseg.preprocess
+from petseg.card import PreprocessSettings
+from petseg.errors import InputError, OutputError
+from petseg.io import CaseFiles, read_case, read_image
+from petseg.splits import Folds, grouped_folds, read_splits, write_splits
+
+log = logging.getLogger(__name__)
+
+IMAGES_FOLDER = "imagesTr"
+LABELS_FOLDER = "labelsTr"
+SPLITS_FILE = "splits_final.json"
+FILE_ENDING = ".nii.gz"
+CHANNELS = {"0000": "CT", "0001": "PET"}
+
+# Bumped whenever the layout of a cache entry changes, so old entries are never misread.
+CACHE_FORMAT = 1
+_SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_SAFE_LENGTH = 120
+# Preprocessing workers run only SimpleITK (whose default "Platform" threader keeps no thread pool to break)
+# and numpy, so forking is safe, as it is for DataLoader workers; a spawned worker would first spend seconds
+# importing torch and MONAI.
+_POOL_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """The three files of one training case."""
+
+    case_id: str
+    ct: Path
+    pet: Path
+    label: Path
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+
+
+def discover_dataset(root: Path) -> list[CaseRecord]:
+    """All cases of an nnU-Net raw dataset, sorted by case id.
+
+    A dataset with a missing file is refused as a whole rather than silently trained on a subset: a lost PET
+    or label is almost always a broken copy, and a model trained without those cases would be hard to trace.
+    """
+    root = Path(root)
+    images, labels = root / IMAGES_FOLDER, root / LABELS_FOLDER
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset folder not found")
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise InputError(
+                f"{folder}: folder not found (expected the nnU-Net layout imagesTr/ + labelsTr/)"
+            )
+
+    channel_name = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(FILE_ENDING)}$")
+    channels: dict[str, dict[str, Path]] = {}
+    for path in sorted(_dataset_files(images)):
+        match = channel_name.match(path.name)
+        if match is None:
+            raise InputError(
+                f"{path}: not named <case>_<channel>{FILE_ENDING} (channel 0000 = CT, 0001 = PET)"
+            )
+        if match["channel"] not in CHANNELS:
+            raise InputError(
+                f"{path}: unexpected channel {match['channel']}; expected 0000 (CT) and 0001 (PET)"
+            )
+        channels.setdefault(match["case"], {})[match["channel"]] = path
+    label_files = {path.name[: -len(FILE_ENDING)]: path for path in _dataset_files(labels)}
+
+    records = []
+    for case_id in sorted(channels):
+        found = channels[case_id]
+        for channel, role in CHANNELS.items():
+            if channel not in found:
+                missing = images / f"{case_id}_{channel}{FILE_ENDING}"
+                present = next(iter(found.values()))
+                raise InputError(f"{missing}: {role} of case {case_id!r} not found (beside {present.name})")
+        if case_id not in label_files:
+            raise InputError(f"{labels / (case_id + FILE_ENDING)}: label of case {case_id!r} not found")
+        records.append(CaseRecord(case_id, ct=found["0000"], pet=found["0001"], label=label_files[case_id]))
+    orphans = sorted(set(label_files) - set(channels))
+    if orphans:
+        raise InputError(f"{label_files[orphans[0]]}: label without images ({len(orphans)} such labels)")
+    if not records:
+        raise InputError(f"{images}: no training cases (no *_0000{FILE_ENDING} files)")
+    return records
+
+
+def _dataset_files(folder: Path) -> Iterator[Path]:
+    """Image files of one dataset folder; hidden files (macOS `._*`, editor backups) are not cases."""
+    for path in folder.iterdir():
+        if not path.name.startswith(".") and path.name.endswith(FILE_ENDING) and path.is_file():
+            yield path
+
+
+# ----------------------------------------------------------------------------------------------- folds
+
+
+def load_folds(root: Path, case_ids: Sequence[str], n_folds: int = 5, seed: int = 0) -> Folds:
+    """The dataset's own `splits_final.json` when it has one, else new patient-grouped folds.
+
+    New folds are written beside the data so that every later run (and every fold trained on another
+    machine) uses the same split; a read-only dataset only costs that guarantee, with a warning.
+    """
+    path = Path(root) / SPLITS_FILE
+    case_ids = list(case_ids)
+    if path.is_file():
+        folds = read_splits(path, case_ids)
+        if len(folds) != n_folds:
+            log.warning("%s holds %d folds, not %d: using the file's folds", path, len(folds), n_folds)
+        return folds
+    try:
+        folds = grouped_folds(case_ids, n_folds=n_folds, seed=seed)
+    except ValueError as error:
+        raise InputError(f"{root}: cannot build folds: {error}") from None
+    try:
+        write_splits(path, folds)
+        log.info("wrote %d patient-grouped folds to %s", n_folds, path)
+    except (OutputError, OSError) as error:
+        log.warning("%s not written (%s): the folds hold for this run only", path, error)
+    return folds
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+def _read_and_preprocess(record: CaseRecord, settings: PreprocessSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly the inference path (`read_case` + `preprocess`), plus the label."""
+    ct, pet = read_case(CaseFiles(ct=record.ct, pet=record.pet))
+    label = read_image(record.label, "label")
+    case = petseg.preprocess.preprocess(ct, pet, settings, label=label)
+    return case.image, case.label
+
+
+class PreprocessedCache:
+    """Preprocessed cases on disk: `cache_dir/<settings hash>/<case>.<source hash>.npz`.
+
+    The image is stored as float16, half the disk and read time of float32, at a relative rounding error of
+    at most 1/2048 (0.05%; below 6e-5 an absolute error of at most 3e-8): CT in [0, 1] to within 2.4e-4
+    (0.5 HU), SUV below 2048 to within 0.5 or far better, both far below PET noise. Only above SUV 2048 do
+    the steps reach 2 and more. A case beyond float16's range (65504: PET in Bq/ml, not SUV) is stored as
+    float32 instead, with a warning. The label is stored as uint8. `get` returns float32 either way, and the
+    same values on a cache hit as on the miss that filled it.
+
+    The key holds a hash of the settings and of the code of `petseg.preprocess` (either changing gives a new
+    directory) and of the source files' path, size and modification time (a re-exported case gives a new
+    entry, and its old entry is deleted). Entries are written under a temporary name and renamed, so a reader,
+    a concurrent writer or an interrupted run never sees half a file.
+    """
+
+    def __init__(self, cache_dir: Path, settings: PreprocessSettings) -> None:
+        self.settings = settings
+        self.cache_dir = Path(cache_dir)
+        self.directory = self.cache_dir / f"{self.settings_hash(settings)}-{_preprocess_code_hash()}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(
+                f"{self.directory}: cannot create the cache: {error.strerror or error}"
+            ) from None
+        description = self.directory / "settings.json"
+        if not description.is_file():
+            _atomic_write(description, lambda f: f.write(json.dumps(asdict(settings), indent=2).encode()))
+
+    @staticmethod
+    def settings_hash(settings: PreprocessSettings) -> str:
+        """16 hex digits that change with any preprocessing setting (or the cache format)."""
+        text = json.dumps({"format": CACHE_FORMAT, "settings": asdict(settings)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def path(self, record: CaseRecord) -> Path:
+        """Where `record`'s entry lives for the current state of its source files."""
+        identity = [record.case_id]
+        for source in (record.ct, record.pet, record.label):
+            try:
+                stat = Path(source).stat()
+            except OSError as error:
+                raise InputError(f"{source}: cannot read: {error.strerror or error}") from None
+            identity.append(f"{Path(source).resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+        digest = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
+        return self.directory / f"{safe_name(record.case_id)}.{digest}.npz"
+
+    def get(self, record: CaseRecord) -> dict[str, np.ndarray]:
+        """{"image": float32 (2, X, Y, Z), "label": uint8 (1, X, Y, Z)}, preprocessing on a miss."""
+        path = self.path(record)
+        if path.is_file():
+            loaded = _load_entry(path)
+            if loaded is not None:
+                return loaded
+            log.warning("%s: unreadable cache entry, preprocessing %r again", path, record.case_id)
+        return self._fill(record, path)
+
+    def prepare(self, records: Sequence[CaseRecord], progress: bool = True, workers: int = 2) -> None:
+        """Preprocess every record not cached yet, in `workers` processes (1: in this process)."""
+        missing = [record for record in records if not self.path(record).is_file()]
+        if not missing:
+            return
+        bar = tqdm(total=len(missing), desc="preprocess", unit="case", disable=not progress)
+        with bar:
+            if workers <= 1 or len(missing) <= workers:
+                for record in missing:
+                    self._fill(record, self.path(record))
+                    bar.update()
+                return
+            context = multiprocessing.get_context(_POOL_START_METHOD)
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = [pool.submit(self._fill_quietly, record) for record in missing]
+                try:
+                    for future in as_completed(futures):
+                        future.result()
+                        bar.update()
+                except BaseException:
+                    # The first broken case stops the run; the rest would only delay the message.
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+
+    def _fill_quietly(self, record: CaseRecord) -> None:
+        self._fill(record, self.path(record))
+
+    def _fill(self, record: CaseRecord, path: Path) -> dict[str, np.ndarray]:
+        image, label = _read_and_preprocess(record, self.settings)
+        stored = image.astype(np.float16)
+        if not np.isfinite(stored).all():
+            log.warning(
+                "%s: values beyond float16 range (max %.0f; PET in Bq/ml?): cached as float32",
+                record.pet,
+                float(np.abs(image).max()),
+            )
+            stored = image
+        label = np.ascontiguousarray(label, dtype=np.uint8)
+        _atomic_write(path, lambda f: np.savez(f, image=stored, label=label))
+        self._remove_stale(record, path)
+        return {"image": stored.astype(np.float32), "label": label}
+
+    def _remove_stale(self, record: CaseRecord, current: Path) -> None:
+        """Entries of this case made from earlier versions of its files can never be read again."""
+        safe = safe_name(record.case_id)
+        pattern = re.compile(rf"{re.escape(safe)}\.[0-9a-f]{{16}}\.npz")
+        for entry in self.directory.iterdir():
+            if entry != current and pattern.fullmatch(entry.name):
+                entry.unlink(missing_ok=True)
+
+
+def safe_name(case_id: str) -> str:
+    """A file name for a case id; a hash of the id is added whenever it had to be altered, so two ids that
+    differ only in spaces or punctuation never share a name."""
+    safe = _SAFE_CHARS.sub("_", case_id).strip("._") or "case"
+    if safe != case_id or len(safe) > _MAX_SAFE_LENGTH:
+        safe = f"{safe[:_MAX_SAFE_LENGTH]}~{hashlib.sha256(case_id.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def _preprocess_code_hash() -> str:
+    """A cache made by other preprocessing code is other data, even under the same settings."""
+    return hashlib.sha256(Path(petseg.preprocess.__file__).read_bytes()).hexdigest()[:8]
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """`write(file)` into a hidden temporary file beside `path`, then rename it onto `path`."""
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with open(partial, "wb") as file:
+            write(file)
+        os.replace(partial, path)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write cache entry: {error.strerror or error}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of one entry, or None when the file is damaged (it is then rebuilt)."""
+    try:
+        with np.load(path, allow_pickle=False) as entry:
+            image, label = entry["image"], entry["label"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        log.debug("%s: %s", path, error)
+        return None
+    if image.ndim != 4 or image.shape[0] != 2 or label.shape != (1, *image.shape[1:]):
+        return None
+    return {"image": image.astype(np.float32), "label": label.astype(np.uint8, copy=False)}
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+
+ELASTIC_SIGMA = (5.0, 8.0)
+ELASTIC_MAGNITUDE = (100.0, 200.0)
+
+
+class LesionCentredCropd(RandCropByPosNegLabeld):
+    """`RandCropByPosNegLabeld` without its warning on lesion-free labels, where it falls back to background
+    centres: that fallback is what a lesion-free case (a third of autoPET) should get, not a problem."""
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> list[dict[Hashable, Any]]:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
+            return super().__call__(data, lazy=lazy)
+
+
+class RandCTGammad(RandomizableTransform, MapTransform):
+    """Gamma correction of the CT channel only: `ct ** gamma` on its fixed [0, 1] window.
+
+    MONAI's `RandAdjustContrastd` rescales by the patch's joint min and max, which mixes CT (0..1) with SUV
+    (0..tens) and changes with the content of the patch. PET is left alone on purpose: absolute SUV carries
+    meaning (lesions are judged against fixed SUV levels), and gamma would move every uptake value.
+    """
+
+    def __init__(
+        self,
+        keys: str = "image",
+        prob: float = 0.3,
+        gamma: tuple[float, float] = (0.7, 1.5),
+        channel: int = 0,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.gamma_range = gamma
+        self.channel = channel
+        self.gamma = 1.0
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            self.gamma = float(self.R.uniform(*self.gamma_range))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            image = convert_to_tensor(d[key], track_meta=False).clone()
+            image[self.channel] = image[self.channel].clamp(0.0, 1.0) ** self.gamma
+            d[key] = image
+        return d
+
+
+class RandElasticd(RandomizableTransform, MapTransform):
+    """Elastic deformation of image and label through one displacement field, each key with its own mode.
+
+    The field follows MONAI's `Rand3DElasticd`: uniform(-1, 1) noise per voxel and axis, smoothed with
+    a Gaussian of `sigma` voxels (truncated at 3 sigma), times `magnitude`, in voxels. Only the smoothing
+    differs: scipy takes 0.25-0.4 s for a 128^3 patch on one CPU thread where MONAI's conv3d takes 1.4-2.4 s,
+    which made the elastic step most of the cost of a training patch.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        sigma_range: tuple[float, float],
+        magnitude_range: tuple[float, float],
+        prob: float,
+        mode: Sequence[str],
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        if len(mode) != len(self.keys):
+            raise ValueError(f"one mode per key expected, got {mode!r} for {self.keys!r}")
+        self.sigma_range = sigma_range
+        self.magnitude_range = magnitude_range
+        self.mode = tuple(mode)
+        self.sigma = self.magnitude = 0.0
+        self.noise = np.zeros((3, 0, 0, 0), np.float32)
+
+    def randomize(self, data: Any = None) -> None:
+        """`data`: the spatial shape of the patch."""
+        super().randomize(None)
+        if self._do_transform:
+            self.sigma = float(self.R.uniform(*self.sigma_range))
+            self.magnitude = float(self.R.uniform(*self.magnitude_range))
+            self.noise = self.R.uniform(-1.0, 1.0, (3, *data)).astype(np.float32)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(tuple(d[self.first_key(d)].shape[1:]))
+        if not self._do_transform:
+            return d
+        sigma = (0.0, self.sigma, self.sigma, self.sigma)
+        field = scipy.ndimage.gaussian_filter(self.noise, sigma, truncate=3.0, mode="constant")
+        field *= self.magnitude
+        grid = _sampling_grid(field)  # one grid for all keys: image and label move together
+        for key, mode in self.key_iterator(d, self.mode):
+            d[key] = _sample(d[key], grid, mode)
+        return d
+
+
+def displace(image: Any, field: np.ndarray, mode: str) -> torch.Tensor:
+    """`image` (C, X, Y, Z) sampled at index + displacement: out[c, p] = image[c, p + field[:, p]].
+
+    `mode` "bilinear" (trilinear) or "nearest"; outside the volume is 0.
+    """
+    return _sample(image, _sampling_grid(field), mode)
+
+
+def _sampling_grid(field: np.ndarray) -> torch.Tensor:
+    """`grid_sample`'s grid (1, X, Y, Z, 3) for a displacement field (3, X, Y, Z) in voxels."""
+    shape = field.shape[1:]
+    axes = []
+    for axis, size in enumerate(shape):
+        index = torch.arange(size, dtype=torch.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+        position = index + torch.from_numpy(np.ascontiguousarray(field[axis], dtype=np.float32))
+        axes.append(position * (2.0 / max(size - 1, 1)) - 1.0)
+    # grid_sample reads (N, C, D, H, W) with grid[..., 0] along W: our (X, Y, Z) is (D, H, W), so reversed.
+    return torch.stack(axes[::-1], dim=-1)[None]
+
+
+def _sample(image: Any, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    image = convert_to_tensor(image, dtype=torch.float32, track_meta=False)
+    resampled = torch.nn.functional.grid_sample(
+        image[None], grid, mode=mode, padding_mode="zeros", align_corners=True
+    )
+    return resampled[0]
+
+
+class AsTrainingTensorsd(MapTransform):
+    """Plain float32 tensors, the label thresholded back to exactly {0, 1}."""
+
+    def __init__(self, image_key: str = "image", label_key: str = "label") -> None:
+        super().__init__([image_key, label_key])
+        self.image_key, self.label_key = image_key, label_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d[self.image_key] = convert_to_tensor(d[self.image_key], dtype=torch.float32, track_meta=False)
+        label = convert_to_tensor(d[self.label_key], track_meta=False)
+        d[self.label_key] = (label > 0.5).to(torch.float32)
+        return d
+
+
+class PatchCompose(Compose):
+    """A `Compose` that returns the one patch as a dict, not as the crop's one-element list."""
+
+    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+        output = super().__call__(input_, *args, **kwargs)
+        if isinstance(output, list) and len(output) == 1:
+            return output[0]
+        return output
+
+
+def train_transforms(
+    patch_size: tuple[int, int, int],
+    lesion_probability: float = 0.8,
+    augment: bool = True,
+    seed: int | None = None,
+) -> Compose:
+    """One random patch of a cached case, {"image": (2, P, P, P), "label": (1, P, P, P)} float32 tensors.
+
+    1. zero-pad to at least `patch_size` (0 is air in the CT's [0, 1] window, and no uptake in PET);
+    2. crop `patch_size` centred on a lesion voxel with probability `lesion_probability`, else on a random
+       background voxel (about uniform: lesions are a tiny share of the voxels); a lesion-free case always
+       gets the background draw. Crops near a border are shifted inwards, never outside the volume, and
+       still contain their centre voxel;
+    3. with `augment`: affine (p 0.5: +-10 voxels, +-pi/12 about the axial z axis, scale +-0.1), elastic
+       (p 0.5: smoothing sigma 5-8 voxels, magnitude 100-200: displacements with a standard deviation of
+       0.3-1.8 voxels, at most about 5), both with zero padding and the label always nearest-neighbour;
+       gamma 0.7-1.5 on the CT channel only (p 0.3, see `RandCTGammad`); Gaussian noise with a standard
+       deviation up to 0.1 on both image channels (p 0.5);
+    4. the label thresholded back to {0, 1}.
+
+    With `seed` the draws are reproducible; `PatchDataset` reseeds per DataLoader worker.
+    """
+    patch = tuple(int(s) for s in patch_size)
+    if len(patch) != 3 or any(s < 1 for s in patch):
+        raise ValueError(f"patch_size must be three positive integers, got {patch_size!r}")
+    if not 0.0 <= lesion_probability <= 1.0:
+        raise ValueError(f"lesion_probability must be in [0, 1], got {lesion_probability!r}")
+    keys = ("image", "label")
+    steps: list[Any] = [
+        SpatialPadd(keys, spatial_size=patch, mode="constant"),
+        LesionCentredCropd(
+            keys,
+            label_key="label",
+            spatial_size=patch,
+            pos=lesion_probability,
+            neg=1.0 - lesion_probability,
+            num_samples=1,
+        ),
+        CastToTyped(keys, dtype=(torch.float32, torch.float32)),
+    ]
+    if augment:
+        steps += [
+            RandAffined(
+                keys,
+                prob=0.5,
+                rotate_range=(0.0, 0.0, math.pi / 12),
+                translate_range=(10.0, 10.0, 10.0),
+                scale_range=(0.1, 0.1, 0.1),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandElasticd(
+                keys,
+                sigma_range=ELASTIC_SIGMA,
+                magnitude_range=ELASTIC_MAGNITUDE,
+                prob=0.5,
+                mode=("bilinear", "nearest"),
+            ),
+            RandCTGammad("image", prob=0.3, gamma=(0.7, 1.5)),
+            RandGaussianNoised("image", prob=0.5, mean=0.0, std=0.1),
+        ]
+    steps.append(AsTrainingTensorsd())
+    transforms = PatchCompose(steps)
+    if seed is not None:
+        transforms.set_random_state(seed=seed)
+    return transforms
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Random training patches, `samples_per_epoch` per epoch (default: one per case), cycling the cases.
+
+    Each DataLoader worker starts as a copy of the same transforms, which would repeat the same random draws
+    in every worker; the transforms are therefore reseeded from the worker's own seed on its first item.
+    That seed follows `torch.manual_seed` in the main process and changes every epoch (persistent workers
+    keep theirs, and their random streams simply go on).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[CaseRecord],
+        cache: PreprocessedCache,
+        transforms: Any,
+        samples_per_epoch: int | None = None,
+    ) -> None:
+        if not records:
+            raise ValueError("PatchDataset needs at least one case")
+        if samples_per_epoch is not None and samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be positive, got {samples_per_epoch!r}")
+        self.records = list(records)
+        self.cache = cache
+        self.transforms = transforms
+        self.samples_per_epoch = samples_per_epoch
+        self._worker_seed: int | None = None
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch or len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        self._seed_worker()
+        sample = self.transforms(self.cache.get(self.records[index % len(self.records)]))
+        if isinstance(sample, list) and len(sample) == 1:
+            sample = sample[0]
+        image = convert_to_tensor(sample["image"], dtype=torch.float32, track_meta=False)
+        label = convert_to_tensor(sample["label"], track_meta=False)
+        return {"image": image, "label": (label > 0.5).to(torch.float32)}
+
+    def _seed_worker(self) -> None:
+        info = torch.utils.data.get_worker_info()
+        if info is None or info.seed == self._worker_seed:
+            return
+        self._worker_seed = info.seed
+        if hasattr(self.transforms, "set_random_state"):
+            self.transforms.set_random_state(seed=info.seed % 2**32)
+
+
+def validation_items(records: Sequence[CaseRecord], cache: PreprocessedCache) -> Iterator[dict[str, Any]]:
+    """Whole cached cases for sliding-window validation, one at a time (a whole-body case is large).
+
+    `voxel_ml` converts voxel counts on the network grid into the ml of the FNV/FPV metrics.
+    """
+    voxel_ml = float(np.prod(cache.settings.spacing_mm)) / 1000.0
+    for record in records:
+        arrays = cache.get(record)
+        yield {
+            "case_id": record.case_id,
+            "image": arrays["image"],
+            "label": arrays["label"],
+            "voxel_ml": voxel_ml,
+        }
