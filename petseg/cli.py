@@ -82,6 +82,10 @@ def _load_predictor(model_dir: Path, device: str, timer: StageTimer) -> Predicto
     )
     if not card.trained:
         log.warning("UNTRAINED model (%s): its masks are meaningless", model_dir)
+    elif card.provenance.get("synthetic"):
+        log.warning(
+            "model %s was trained on SYNTHETIC phantoms only: a demonstration, not for real scans", card.name
+        )
     return predictor
 
 
@@ -136,7 +140,7 @@ def _phantoms(args: argparse.Namespace) -> int:
     from petseg.phantoms import generate
 
     try:
-        rows = generate(
+        generate(
             args.out,
             cases=args.cases,
             seed=args.seed,
@@ -148,7 +152,6 @@ def _phantoms(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise PetsegError(str(error)) from None
-    log.info("wrote %d phantom case(s) to %s", len(rows), args.out)
     return 0
 
 

@@ -1,0 +1,180 @@
+"""The trainer on tiny phantoms: run artefacts, exact resume, checkpoints, and two-process DDP."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+import training.trainer as trainer_module
+from petseg.card import Architecture
+from petseg.networks import build_network
+from petseg.phantoms import generate
+from training.trainer import TrainConfig, TrainingError, load_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    generate(root, cases=10, seed=31, tracer="mixed", size="tiny", layout="nnunet", progress=False)
+    return root
+
+
+def config(dataset, out, **changes) -> TrainConfig:
+    settings = {
+        "data": dataset,
+        "fold": 0,
+        "out": out,
+        "loss": "l1dfl",
+        "arch": "resunet-tiny",
+        "epochs": 2,
+        "batch_size": 2,
+        "patch_size": 32,
+        "samples_per_epoch": 4,
+        "val_every": 1,
+        "window": 32,
+        "overlap": 0.25,
+        "sw_batch_size": 4,
+        "num_workers": 0,
+        "device": "cpu",
+        "cache_dir": dataset.parent / f"{dataset.name}-cache",
+        "progress": False,
+    }
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def test_a_run_writes_its_log_checkpoints_curves_and_best_weights(dataset, tmp_path):
+    result = train(config(dataset, tmp_path / "run"))
+    run = tmp_path / "run"
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(r["val_score"] != "" for r in rows)
+    assert result.best_epoch in (1, 2)
+    assert json.loads((run / "best.json").read_text())["epoch"] == result.best_epoch
+    assert (run / "curves.png").stat().st_size > 1000
+    assert any((run / "tensorboard").iterdir())
+    stored = json.loads((run / "run.json").read_text())
+    assert stored["config"]["loss"] == "l1dfl"
+    assert len(stored["dataset_fingerprint"]) == 16
+    network = build_network(Architecture("resunet-tiny"))
+    network.load_state_dict(load_file(str(run / "best.safetensors")))  # strict: the exported weights fit
+    assert not list(run.glob(".*partial*"))
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(dataset, tmp_path, monkeypatch):
+    train(config(dataset, tmp_path / "straight"))
+    straight = load_checkpoint(tmp_path / "straight")
+
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_die(state, run_dir):
+        real_save(state, run_dir)
+        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(dataset, tmp_path / "interrupted"))
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    assert load_checkpoint(tmp_path / "interrupted")["epoch"] == 0
+
+    train(config(dataset, tmp_path / "interrupted", resume=True))
+    resumed = load_checkpoint(tmp_path / "interrupted")
+    assert resumed["epoch"] == straight["epoch"] == 1
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert resumed["history"][-1]["train_loss"] == straight["history"][-1]["train_loss"]
+    rows = list(csv.DictReader((tmp_path / "interrupted" / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
+def test_resume_refuses_other_settings_and_missing_runs(dataset, tmp_path):
+    with pytest.raises(TrainingError, match="no run to resume"):
+        train(config(dataset, tmp_path / "none", resume=True))
+    train(config(dataset, tmp_path / "run", epochs=1))
+    with pytest.raises(TrainingError, match="settings differ from the run being resumed: epochs, loss"):
+        train(config(dataset, tmp_path / "run", epochs=2, loss="dfl", resume=True))
+    with pytest.raises(TrainingError, match="use --resume"):
+        train(config(dataset, tmp_path / "run", epochs=1))
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one(dataset, tmp_path):
+    run = tmp_path / "run"
+    train(config(dataset, run))
+    last = run / "checkpoint-last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    state = load_checkpoint(run)
+    assert state["epoch"] == 0  # the previous checkpoint
+    (run / "checkpoint-previous.pt").write_bytes(b"garbage")
+    with pytest.raises(TrainingError, match="no readable checkpoint"):
+        load_checkpoint(run)
+
+
+def test_bad_settings_are_one_line_errors(dataset, tmp_path):
+    with pytest.raises(TrainingError, match="--patch-size 30 must be a multiple of 8"):
+        train(config(dataset, tmp_path / "x", patch_size=30))
+    with pytest.raises(TrainingError, match="--fold 7: the dataset has 5 folds"):
+        train(config(dataset, tmp_path / "x", fold=7))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_ranks_agree_on_the_validation_score(dataset, tmp_path):
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        "-m", "training", "train", "--data", str(dataset), "--fold", "1", "--out", str(tmp_path / "ddp"),
+        "--arch", "resunet-tiny", "--loss", "l1dfl", "--epochs", "1", "--batch-size", "1",
+        "--patch-size", "32", "--samples-per-epoch", "4", "--window", "32", "--overlap", "0.25",
+        "--workers", "0", "--device", "cpu", "--cache", str(tmp_path / "cache"), "-q",
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = dict(re.findall(r"rank (\d): epoch 1 val_score (\S+)", result.stderr))
+    assert set(scores) == {"0", "1"}, result.stderr[-3000:]
+    assert scores["0"] == scores["1"]
+    rows = list(csv.DictReader((tmp_path / "ddp" / "log.csv").open()))
+    assert len(rows) == 1  # only rank 0 writes
+    assert float(rows[0]["val_score"]) == pytest.approx(float(scores["0"]), abs=1e-6)
+
+
+def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset, tmp_path, capsys):
+    from petseg.cli import process_main
+    from petseg.predict import Predictor
+    from training.export import export
+
+    runs = []
+    for fold in (0, 1):
+        train(config(dataset, tmp_path / f"fold{fold}", fold=fold, epochs=1))
+        runs.append(tmp_path / f"fold{fold}")
+    card = export(runs, tmp_path / "model", synthetic=True)
+    assert [f.weights for f in card.folds] == ["fold0.safetensors", "fold1.safetensors"]
+    assert card.trained
+    assert card.provenance["loss"] == "l1dfl"
+    assert card.provenance["epochs"] == 1
+    assert set(card.provenance["validation_score"]) == {"fold0", "fold1"}
+    assert card.ensemble.roi_size == (32, 32, 32)
+    predictor = Predictor.load(tmp_path / "model", device="cpu")  # the exported folder is a working model
+    assert len(predictor.ensemble.networks) == 2
+
+    sample = REPO / "test" / "fdg_e8cad43d56_03-09-2001" / "input"
+    assert (
+        process_main(
+            ["--input", str(sample), "--output", str(tmp_path / "out"), "--model", str(tmp_path / "model")]
+        )
+        == 0
+    )
+    assert "SYNTHETIC phantoms" in capsys.readouterr().err
+
+    train(config(dataset, tmp_path / "other", fold=2, epochs=1, loss="dfl"))
+    with pytest.raises(TrainingError, match=r"settings differ .*: loss"):
+        export([*runs, tmp_path / "other"], tmp_path / "mixed")
+    with pytest.raises(TrainingError, match="repeat a fold"):
+        export([runs[0], runs[0]], tmp_path / "twice")
+    with pytest.raises(TrainingError, match="not a training run"):
+        export([tmp_path / "model"], tmp_path / "x")

@@ -1,0 +1,126 @@
+"""`python -m training train|export ...` (also under torchrun for several GPUs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from petseg.cli import _guarded
+from petseg.console import setup_logging
+
+
+def _loss_options(args: argparse.Namespace) -> dict[str, float | bool]:
+    options: dict[str, float | bool] = {}
+    if args.loss == "l1dfl":
+        options = {"eps": args.l1dfl_eps, "gamma": args.focal_gamma}
+        if args.l1dfl_global_histogram:
+            options["distributed"] = True
+    return options
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data,
+        fold=args.fold,
+        out=args.out,
+        loss=args.loss,
+        arch=args.arch,
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        samples_per_epoch=args.samples_per_epoch,
+        lesion_probability=args.lesion_probability,
+        augment=not args.no_augment,
+        loss_options=_loss_options(args),
+        val_every=args.val_every,
+        window=args.window,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch_size,
+        seed=args.seed,
+        num_workers=args.workers,
+        device=args.device,
+        cache_dir=args.cache,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    result = train(config)
+    print(f"best validation score {result.best_score:.4f} at epoch {result.best_epoch} ({args.out})")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import export
+
+    card = export(args.runs, args.out, name=args.name, synthetic=args.synthetic)
+    mean = card.provenance["validation_score_mean"]
+    folds = len(card.folds)
+    print(f"exported {folds} fold(s) of {card.architecture.name} to {args.out} (mean validation {mean:.4f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from petseg.networks import PRESETS
+    from training.losses import LOSSES
+
+    parser = argparse.ArgumentParser(prog="python -m training", description="Train petseg fold ensembles.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train one fold (torchrun for several GPUs)")
+    train.add_argument("--data", type=Path, required=True, help="nnU-Net-layout dataset (imagesTr, labelsTr)")
+    train.add_argument("--fold", type=int, required=True)
+    train.add_argument("--out", type=Path, required=True, help="run folder")
+    train.add_argument("--loss", choices=LOSSES, default="gdfl")
+    train.add_argument("--arch", choices=sorted(PRESETS), default="resunet")
+    train.add_argument("--epochs", type=int, default=400)
+    train.add_argument("--lr", type=float, default=2e-4)
+    train.add_argument("--weight-decay", type=float, default=1e-5)
+    train.add_argument("--batch-size", type=int, default=4, help="per GPU / process")
+    train.add_argument("--patch-size", type=int, default=128)
+    train.add_argument("--samples-per-epoch", type=int, default=None, help="default: one per training case")
+    train.add_argument("--lesion-probability", type=float, default=0.8, help="share of lesion-centred crops")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--l1dfl-eps", type=float, default=0.1, help="L1DFL bin width")
+    train.add_argument("--focal-gamma", type=float, default=2.0, help="L1DFL focal exponent")
+    train.add_argument(
+        "--l1dfl-global-histogram",
+        action="store_true",
+        help="under DDP, all-reduce L1DFL's difficulty histogram (default: per rank)",
+    )
+    train.add_argument("--val-every", type=int, default=5, help="validate every N epochs")
+    train.add_argument("--window", type=int, default=192, help="validation sliding window (as inference)")
+    train.add_argument("--overlap", type=float, default=0.5)
+    train.add_argument("--sw-batch-size", type=int, default=1)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    train.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    train.add_argument(
+        "--cache", type=Path, default=None, help="preprocessed-case cache (default DATA/.petseg-cache)"
+    )
+    train.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(run=_train)
+
+    export = commands.add_parser("export", help="fold runs -> model folder (safetensors + model.json)")
+    export.add_argument("runs", type=Path, nargs="+", help="run folders, one per fold")
+    export.add_argument("--out", type=Path, required=True, help="model folder to write")
+    export.add_argument("--name", default=None, help="model name in the card")
+    export.add_argument("--synthetic", action="store_true", help="mark the card as trained on synthetic data")
+    export.set_defaults(run=_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return _guarded(args.run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Fold runs -> a model folder: safetensors weights plus the card that inference reads.
+
+The card is filled in from the runs themselves (architecture, window, loss, epochs, best validation score,
+dataset fingerprint, commit), so it cannot claim anything the runs did not do. Runs whose settings disagree
+(another architecture, loss, patch or window, dataset) cannot form one ensemble and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from petseg.card import Architecture, EnsembleSettings, Fold, ModelCard, PreprocessSettings, save_card
+from petseg.networks import build_network, file_sha256
+from training.trainer import BEST_WEIGHTS, RUN_CONFIG, TrainingError
+
+# Settings that must be equal in every fold of an ensemble.
+SHARED = (
+    "arch",
+    "loss",
+    "loss_options",
+    "patch_size",
+    "window",
+    "overlap",
+    "epochs",
+    "learning_rate",
+    "augment",
+)
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    run_json, best = run_dir / RUN_CONFIG, run_dir / BEST_WEIGHTS
+    if not run_json.is_file():
+        raise TrainingError(f"{run_dir}: not a training run (no {RUN_CONFIG})")
+    if not best.is_file():
+        raise TrainingError(f"{run_dir}: no {BEST_WEIGHTS} yet (the run has not validated once)")
+    run = json.loads(run_json.read_text())
+    run["best"] = json.loads((run_dir / "best.json").read_text())
+    run["dir"] = run_dir
+    return run
+
+
+def export(
+    run_dirs: list[Path], out_dir: Path, name: str | None = None, synthetic: bool = False
+) -> ModelCard:
+    """Copy each run's best weights to `out_dir/fold<K>.safetensors` and write `out_dir/model.json`."""
+    runs = [_read_run(Path(d)) for d in run_dirs]
+    if not runs:
+        raise TrainingError("no runs given")
+    first = runs[0]
+    for run in runs[1:]:
+        differ = [k for k in SHARED if run["config"].get(k) != first["config"].get(k)]
+        if run["dataset_fingerprint"] != first["dataset_fingerprint"]:
+            differ.append("dataset")
+        if differ:
+            raise TrainingError(
+                f"{run['dir']}: settings differ from {first['dir']}: {', '.join(differ)}; not one ensemble"
+            )
+    folds = sorted(run["config"]["fold"] for run in runs)
+    if len(set(folds)) != len(folds):
+        raise TrainingError(f"the runs repeat a fold: {folds}")
+
+    config = first["config"]
+    architecture = Architecture(config["arch"])
+    window = (int(config["window"]),) * 3
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for run in sorted(runs, key=lambda r: r["config"]["fold"]):
+        fold = int(run["config"]["fold"])
+        target = out_dir / f"fold{fold}.safetensors"
+        shutil.copyfile(run["dir"] / BEST_WEIGHTS, target)
+        entries.append(Fold(fold=fold, weights=target.name, sha256=file_sha256(target)))
+    build_network(architecture, window)  # the card must describe a buildable network
+    scores = [float(run["best"]["val_score"]) for run in runs]
+    card = ModelCard(
+        name=name or f"petseg-{config['arch']}-{config['loss']}",
+        architecture=architecture,
+        preprocessing=PreprocessSettings(),
+        folds=tuple(entries),
+        ensemble=EnsembleSettings(roi_size=window, overlap=float(config["overlap"])),
+        provenance={
+            "trained": True,
+            "synthetic": synthetic,
+            "data": "synthetic phantoms (petseg phantoms)" if synthetic else str(config["data"]),
+            "dataset_fingerprint": first["dataset_fingerprint"],
+            "cases": first.get("cases"),
+            "loss": config["loss"],
+            "loss_options": config.get("loss_options", {}),
+            "epochs": config["epochs"],
+            "patch_size": config["patch_size"],
+            "validation_score": {f"fold{r['config']['fold']}": s for r, s in zip(runs, scores, strict=True)},
+            "validation_score_mean": sum(scores) / len(scores),
+            "best_epochs": {f"fold{r['config']['fold']}": r["best"]["epoch"] for r in runs},
+            "commit": first.get("commit"),
+        },
+    )
+    save_card(card, out_dir)
+    return card

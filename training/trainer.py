@@ -1,0 +1,533 @@
+"""Training one fold: the seed's recipe (AdamW, cosine to zero, patch sampling and augmentation), with
+validation by the autoPET metrics through the very sliding window that inference uses.
+
+Exact resumption: all randomness of an epoch (sampling order, crops, augmentation, worker seeds) is derived
+from (seed, epoch) when the epoch starts, so restoring model, optimizer, scheduler, gradient scaler and the
+epoch counter continues a run as if it had never stopped.
+
+Validation score used to pick the best checkpoint: the mean over validation cases of Dice for cases with
+lesions and, for lesion-free cases, 1 when nothing is predicted and 0 otherwise, so that false positives on
+negative cases count (the seed averaged Dice over lesion cases only). Mean Dice, FPV and FNV are logged too.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from petseg.card import Architecture, EnsembleSettings, PreprocessSettings
+from petseg.errors import PetsegError
+from petseg.metrics import case_scores
+from petseg.networks import build_network, input_divisor
+from petseg.predict import ComputeDevice, FoldEnsemble, select_device, sliding_window_probability
+from training.data import (
+    CaseRecord,
+    PatchDataset,
+    PreprocessedCache,
+    discover_dataset,
+    load_folds,
+    train_transforms,
+)
+from training.distributed import Distributed, init_distributed
+from training.losses import build_loss
+
+log = logging.getLogger("petseg.training")
+
+CHECKPOINT = "checkpoint-last.pt"
+PREVIOUS_CHECKPOINT = "checkpoint-previous.pt"
+BEST_WEIGHTS = "best.safetensors"
+RUN_CONFIG = "run.json"
+LOG_CSV = "log.csv"
+CSV_FIELDS = (
+    "epoch",
+    "train_loss",
+    "learning_rate",
+    "val_score",
+    "val_dice",
+    "val_fpv_ml",
+    "val_fnv_ml",
+    "seconds",
+)
+# Settings that may change when a run is resumed; everything else must match the stored run.
+RESUMABLE = {"resume", "num_workers", "device", "cache_dir", "progress"}
+
+
+class TrainingError(PetsegError):
+    exit_code = 6
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    fold: int
+    out: Path
+    loss: str = "gdfl"
+    arch: str = "resunet"
+    epochs: int = 400
+    learning_rate: float = 2e-4
+    weight_decay: float = 1e-5
+    batch_size: int = 4
+    patch_size: int = 128
+    samples_per_epoch: int | None = None
+    lesion_probability: float = 0.8
+    augment: bool = True
+    loss_options: dict[str, float | bool] = field(default_factory=dict)
+    val_every: int = 5
+    window: int = 192
+    overlap: float = 0.5
+    sw_batch_size: int = 1
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+    cache_dir: Path | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def comparable(self) -> dict[str, Any]:
+        """The settings that define the run (what resume and export compare)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RESUMABLE}
+        return json.loads(json.dumps(data, default=str))
+
+    @property
+    def ensemble(self) -> EnsembleSettings:
+        window = (self.window,) * 3
+        return EnsembleSettings(roi_size=window, overlap=self.overlap, sw_batch_size=self.sw_batch_size)
+
+
+@dataclass
+class TrainResult:
+    best_score: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]]
+
+
+def _derived_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The epoch's seed; DDP ranks other than 0 get their own, so they do not repeat rank 0's augmentation."""
+    key = f"{seed}:{epoch}" if rank == 0 else f"{seed}:{epoch}:{rank}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global state that third-party code draws from
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def dataset_fingerprint(records: list[CaseRecord]) -> str:
+    """Case ids and file sizes: two runs on the same data have the same fingerprint."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(record.case_id.encode())
+        for path in (record.ct, record.pet, record.label):
+            digest.update(str(path.stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(state: dict[str, Any], run_dir: Path) -> None:
+    """Atomically replace the last checkpoint, keeping the one before it as a fallback."""
+    path = run_dir / CHECKPOINT
+    partial = run_dir / f".{CHECKPOINT}.partial"
+    torch.save(state, partial)
+    if path.exists():
+        os.replace(path, run_dir / PREVIOUS_CHECKPOINT)
+    os.replace(partial, path)
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The newest readable checkpoint (tensors and plain data only: never unpickles code)."""
+    problems = []
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a truncated or corrupt file: fall back to the previous one
+            problems.append(f"{name}: {' '.join(str(error).split())[:200]}")
+            log.error("%s: unreadable checkpoint (%s); trying the previous one", path, problems[-1])
+            continue
+        if problems:
+            log.warning("resuming from %s", path)
+        return state
+    detail = f" ({'; '.join(problems)})" if problems else ""
+    raise TrainingError(f"{run_dir}: no readable checkpoint to resume from{detail}")
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def validate(
+    network: torch.nn.Module,
+    records: list[CaseRecord],
+    cache: PreprocessedCache,
+    settings: EnsembleSettings,
+    compute: ComputeDevice,
+    dist: Distributed,
+) -> dict[str, float]:
+    """autoPET metrics of the validation cases: each rank scores every world_size-th case, then the sums
+    are all-reduced, so every rank returns the same numbers (the seed scored rank 0's shard only)."""
+    network.eval()
+    ensemble = FoldEnsemble([network])
+    voxel_ml = float(np.prod(cache.settings.spacing_mm)) / 1000.0
+    # dice sum, lesion cases, fnv sum, fpv sum over negatives, negatives, score sum, cases
+    totals = [0.0] * 7
+    for record in records[dist.rank :: dist.world_size]:
+        arrays = cache.get(record)
+        probability = sliding_window_probability(arrays["image"], ensemble, settings, compute)
+        scores = case_scores(probability > settings.threshold, arrays["label"][0] > 0, voxel_ml)
+        if scores.lesion_free:
+            totals[3] += scores.fpv_ml
+            totals[4] += 1
+            totals[5] += 1.0 if scores.fpv_ml == 0 else 0.0
+        else:
+            totals[0] += scores.dice
+            totals[1] += 1
+            totals[2] += scores.fnv_ml
+            totals[5] += scores.dice
+        totals[6] += 1
+    dice, positives, fnv, fpv, negatives, score, cases = dist.sum(totals)
+    network.train()
+    return {
+        "val_score": score / cases if cases else math.nan,
+        "val_dice": dice / positives if positives else math.nan,
+        "val_fnv_ml": fnv / positives if positives else math.nan,
+        "val_fpv_ml": fpv / negatives if negatives else math.nan,
+    }
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+def _check_config(config: TrainConfig, architecture: Architecture) -> None:
+    divisor = input_divisor(architecture)
+    for name in ("patch_size", "window"):
+        if getattr(config, name) % divisor:
+            raise TrainingError(
+                f"--{name.replace('_', '-')} {getattr(config, name)} must be a multiple of {divisor}"
+            )
+    if config.fold < 0:
+        raise TrainingError(f"--fold must be 0 or more, got {config.fold}")
+    if config.epochs < 1 or config.val_every < 1 or config.batch_size < 1:
+        raise TrainingError("--epochs, --val-every and --batch-size must be at least 1")
+
+
+def _compute_device(config: TrainConfig, dist: Distributed) -> ComputeDevice:
+    if dist.enabled and torch.cuda.is_available():
+        device = torch.device("cuda", dist.local_rank)
+        major, _ = torch.cuda.get_device_capability(device)
+        return ComputeDevice(device, torch.bfloat16 if major >= 8 else torch.float16)
+    return select_device(config.device)
+
+
+def _start_run_dir(config: TrainConfig, dist: Distributed, extra: dict[str, Any]) -> None:
+    """Write run.json for a new run; on --resume, refuse settings that differ from the stored run."""
+    run_json = config.out / RUN_CONFIG
+    if config.resume:
+        if not run_json.exists():
+            raise TrainingError(
+                f"{config.out}: --resume given but there is no {RUN_CONFIG} (no run to resume)"
+            )
+        stored = json.loads(run_json.read_text())["config"]
+        current = config.comparable()
+        differ = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        if differ:
+            raise TrainingError(
+                f"{config.out}: settings differ from the run being resumed: {', '.join(differ)}"
+            )
+        return
+    if (config.out / CHECKPOINT).exists():
+        raise TrainingError(
+            f"{config.out}: holds a run already; use --resume to continue it or another --out"
+        )
+    if dist.is_main:
+        config.out.mkdir(parents=True, exist_ok=True)
+        run_json.write_text(json.dumps({"config": config.comparable(), **extra}, indent=2) + "\n")
+
+
+class _RunLog:
+    """CSV, TensorBoard and the curves PNG, written by the main rank only."""
+
+    def __init__(self, out: Path, enabled: bool) -> None:
+        self.out = out
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+
+    def rewrite(self, history: list[dict[str, float]]) -> None:
+        """On resume: the CSV becomes exactly the checkpoint's history (a kill may have come between them)."""
+        if not self.enabled:
+            return
+        partial = self.out / f".{LOG_CSV}.partial"
+        with partial.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows({k: row.get(k, "") for k in CSV_FIELDS} for row in history)
+        os.replace(partial, self.out / LOG_CSV)
+
+    def epoch(self, row: dict[str, float], history: list[dict[str, float]]) -> None:
+        if not self.enabled:
+            return
+        path = self.out / LOG_CSV
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        for key, value in row.items():
+            if key != "epoch" and value == value:  # skip NaN
+                self.writer.add_scalar(key, value, int(row["epoch"]))
+        self.writer.flush()
+        plot_curves(history, self.out / "curves.png")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Training loss and validation scores against epochs, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(epochs, [row["train_loss"] for row in history], color="tab:blue")
+    left.set(xlabel="epoch", ylabel="training loss", title="loss")
+    validated = [row for row in history if row.get("val_score", math.nan) == row.get("val_score", math.nan)]
+    for key, colour in (("val_score", "tab:green"), ("val_dice", "tab:orange")):
+        right.plot(
+            [r["epoch"] for r in validated],
+            [r.get(key, math.nan) for r in validated],
+            "o-",
+            color=colour,
+            label=key,
+        )
+    right.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))
+    right.legend(loc="lower right")
+    figure.tight_layout()
+    partial = path.with_name(f".{path.name}.partial.png")
+    figure.savefig(partial, dpi=100)
+    plt.close(figure)
+    os.replace(partial, path)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train one fold; returns the best validation score and its epoch."""
+    dist = init_distributed()
+    try:
+        return _train(config, dist)
+    finally:
+        dist.close()
+
+
+def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
+    config.out = Path(config.out)
+    architecture = Architecture(config.arch)
+    _check_config(config, architecture)
+    compute = _compute_device(config, dist)
+    settings = PreprocessSettings()
+
+    records = discover_dataset(config.data)
+    folds = load_folds(config.data, [r.case_id for r in records])
+    if config.fold >= len(folds):
+        raise TrainingError(f"--fold {config.fold}: the dataset has {len(folds)} folds (0..{len(folds) - 1})")
+    by_id = {r.case_id: r for r in records}
+    train_records = [by_id[c] for c in folds[config.fold]["train"]]
+    val_records = [by_id[c] for c in folds[config.fold]["val"]]
+    _start_run_dir(
+        config,
+        dist,
+        {"dataset_fingerprint": dataset_fingerprint(records), "commit": git_commit(), "cases": len(records)},
+    )
+    cache = PreprocessedCache(config.cache_dir or Path(config.data) / ".petseg-cache", settings)
+    if dist.is_main:
+        cache.prepare(train_records + val_records, progress=config.progress)
+    dist.barrier()
+
+    _seed_everything(config.seed)
+    network = build_network(architecture, (config.window,) * 3).to(compute.device)
+    model: torch.nn.Module = network
+    if dist.enabled:
+        device_ids = [compute.device.index] if compute.device.type == "cuda" else None
+        model = DistributedDataParallel(network, device_ids=device_ids)
+    loss_fn = build_loss(config.loss, **config.loss_options)
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=0.0)
+    scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.amp_dtype == torch.float16)
+
+    start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
+    if config.resume:
+        state = load_checkpoint(config.out)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch = int(state["epoch"]) + 1
+        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        history = list(state["history"])
+        if dist.is_main:
+            log.info(
+                "resuming %s at epoch %d (best %.4f at epoch %d)",
+                config.out,
+                start_epoch,
+                best_score,
+                best_epoch,
+            )
+
+    run_log = _RunLog(config.out, dist.is_main)
+    if config.resume:
+        run_log.rewrite(history)
+    patch = (config.patch_size,) * 3
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            epoch_seed = _derived_seed(config.seed, epoch, dist.rank)
+            _seed_everything(epoch_seed)
+            dataset = PatchDataset(
+                train_records,
+                cache,
+                train_transforms(patch, config.lesion_probability, config.augment, seed=epoch_seed % 2**31),
+                config.samples_per_epoch,
+            )
+            if dist.enabled:
+                sampler = torch.utils.data.DistributedSampler(
+                    dataset, dist.world_size, dist.rank, shuffle=True, seed=config.seed, drop_last=False
+                )
+                sampler.set_epoch(epoch)
+            else:
+                sampler = torch.utils.data.RandomSampler(
+                    dataset, generator=torch.Generator().manual_seed(epoch_seed)
+                )
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_size=config.batch_size,
+                sampler=sampler,
+                num_workers=config.num_workers,
+                generator=torch.Generator().manual_seed(epoch_seed),
+                pin_memory=compute.device.type == "cuda",
+            )
+            loss_sum, batches = 0.0, 0
+            model.train()
+            bar = tqdm(
+                loader,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                leave=False,
+                disable=not (config.progress and dist.is_main),
+            )
+            for batch in bar:
+                images = batch["image"].to(compute.device, non_blocking=True)
+                labels = batch["label"].to(compute.device, non_blocking=True)
+                with torch.autocast(
+                    compute.device.type,
+                    dtype=compute.amp_dtype or torch.float32,
+                    enabled=compute.amp_dtype is not None,
+                ):
+                    logits = model(images)
+                loss = loss_fn(logits.float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_sum += float(loss.detach())
+                batches += 1
+                bar.set_postfix(loss=f"{loss_sum / batches:.4f}")
+            learning_rate = scheduler.get_last_lr()[0]
+            scheduler.step()
+            total_loss, total_batches = dist.sum([loss_sum, float(batches)])
+            row: dict[str, float] = {
+                "epoch": epoch + 1,
+                "train_loss": total_loss / max(total_batches, 1.0),
+                "learning_rate": learning_rate,
+            }
+            if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
+                row.update(validate(network, val_records, cache, config.ensemble, compute, dist))
+                if dist.enabled:  # every rank reports: the all-reduced score must be the same on all of them
+                    log.info("rank %d: epoch %d val_score %.6f", dist.rank, epoch + 1, row["val_score"])
+                if row["val_score"] > best_score:
+                    best_score, best_epoch = row["val_score"], epoch + 1
+                    if dist.is_main:
+                        _save_best(network, config.out, best_epoch, row)
+            row["seconds"] = time.perf_counter() - started
+            history.append(row)
+            if dist.is_main:
+                save_checkpoint(
+                    {
+                        "model": network.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "epoch": epoch,
+                        "best_score": best_score,
+                        "best_epoch": best_epoch,
+                        "history": history,
+                    },
+                    config.out,
+                )
+                run_log.epoch(row, history)
+                scores = "  ".join(
+                    f"{k} {row[k]:.4f}" for k in ("val_score", "val_dice", "val_fpv_ml") if k in row
+                )
+                log.info(
+                    "epoch %d/%d  loss %.4f  %s  %.1f s",
+                    epoch + 1,
+                    config.epochs,
+                    row["train_loss"],
+                    scores,
+                    row["seconds"],
+                )
+            dist.barrier()
+    finally:
+        run_log.close()
+    return TrainResult(
+        best_score=best_score, best_epoch=best_epoch, epochs_run=config.epochs - start_epoch, history=history
+    )
+
+
+def _save_best(network: torch.nn.Module, out: Path, epoch: int, row: dict[str, float]) -> None:
+    """The best weights as safetensors (what export ships) and what they scored."""
+    partial = out / f".{BEST_WEIGHTS}.partial"
+    save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(partial))
+    os.replace(partial, out / BEST_WEIGHTS)
+    (out / "best.json").write_text(json.dumps({"epoch": epoch, **row}, indent=2) + "\n")
