@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = {"losses": "bench.losses"}
+BENCHMARKS = {"losses": "bench.losses", "loader": "bench.loader"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -178,3 +178,18 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
         export([runs[0], runs[0]], tmp_path / "twice")
     with pytest.raises(TrainingError, match="not a training run"):
         export([tmp_path / "model"], tmp_path / "x")
+
+
+def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
+    from petseg.card import load_card
+    from training.demo import DemoRecipe, run_training_demo
+
+    recipe = DemoRecipe(
+        cases=10, folds=2, epochs=1, patch_size=32, batch_size=2, samples_per_epoch=4, window=32, workers=0
+    )
+    card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
+    again = load_card(tmp_path / "model")
+    assert again.provenance["synthetic"] is True
+    assert again.architecture.name == "resunet-tiny"
+    assert [f.fold for f in card.folds] == [0, 1]
+    assert (tmp_path / "work" / "fold1" / "log.csv").exists()

@@ -64,8 +64,19 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from training.demo import DemoRecipe, run_training_demo
+
+    recipe = DemoRecipe(cases=args.cases, folds=args.folds, epochs=args.epochs, workers=args.workers)
+    card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
+    scores = card.provenance["validation_score"]
+    print(f"demo ensemble in {args.out}: {len(card.folds)} fold(s), validation scores {scores}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from petseg.networks import PRESETS
+    from training.demo import DemoRecipe
     from training.losses import LOSSES
 
     parser = argparse.ArgumentParser(prog="python -m training", description="Train petseg fold ensembles.")
@@ -113,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", default=None, help="model name in the card")
     export.add_argument("--synthetic", action="store_true", help="mark the card as trained on synthetic data")
     export.set_defaults(run=_export)
+
+    defaults = DemoRecipe()
+    demo = commands.add_parser("demo", help="phantoms -> five resunet-tiny folds on the CPU -> model folder")
+    demo.add_argument(
+        "--out", type=Path, default=Path("model"), help="model folder to write (default model/)"
+    )
+    demo.add_argument("--work", type=Path, default=Path("demo-training"), help="phantoms and fold runs")
+    demo.add_argument("--cases", type=int, default=defaults.cases)
+    demo.add_argument("--folds", type=int, default=defaults.folds)
+    demo.add_argument("--epochs", type=int, default=defaults.epochs)
+    demo.add_argument("--workers", type=int, default=defaults.workers)
+    demo.add_argument("-q", "--quiet", action="store_true")
+    demo.set_defaults(run=_demo)
     return parser
 
 

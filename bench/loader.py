@@ -1,0 +1,106 @@
+"""Data loading against training: can the patch loader keep the model busy?
+
+Measures, in one run: (1) patches per second delivered by the training DataLoader (cached phantom cases,
+lesion-centred crops, full augmentation, `--workers` processes) and (2) patches per second the model consumes
+in training steps (forward, loss, backward, optimizer step) on random batches of the same shape. A ratio
+above 1 means loading is not the bottleneck. Without `--data`, tiny phantom cases are generated first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from petseg.card import Architecture, PreprocessSettings
+from petseg.networks import build_network
+from petseg.predict import select_device
+from training.data import PatchDataset, PreprocessedCache, discover_dataset, train_transforms
+from training.losses import build_loss
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", type=Path, default=None, help="nnU-Net dataset (default: generated phantoms)"
+    )
+    parser.add_argument("--cases", type=int, default=8, help="phantom cases to generate without --data")
+    parser.add_argument("--arch", default="resunet", help="network of the training steps")
+    parser.add_argument("--loss", default="gdfl")
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=12, help="loader batches timed (after 2 warm-up)")
+    parser.add_argument("--steps", type=int, default=5, help="training steps timed (after 1 warm-up)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+
+
+def loader_rate(data: Path, patch: int, batch: int, workers: int, batches: int) -> float:
+    records = discover_dataset(data)
+    cache = PreprocessedCache(data / ".petseg-cache", PreprocessSettings())
+    cache.prepare(records, progress=False)
+    dataset = PatchDataset(records, cache, train_transforms((patch,) * 3, seed=0), batch * (batches + 2))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=True)
+    iterator = iter(loader)
+    for _ in range(2):  # warm-up: worker start-up and first cache reads
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch / (time.perf_counter() - start)
+
+
+def model_rate(
+    arch: str, loss_name: str, patch: int, batch: int, steps: int, device: str
+) -> tuple[float, str]:
+    compute = select_device(device)
+    network = build_network(Architecture(arch), (patch,) * 3).to(compute.device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=2e-4)
+    loss_fn = build_loss(loss_name)
+    images = torch.rand(batch, 2, patch, patch, patch, device=compute.device)
+    labels = (torch.rand(batch, 1, patch, patch, patch, device=compute.device) > 0.97).float()
+    times = []
+    for step in range(steps + 1):
+        if compute.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(
+            compute.device.type,
+            dtype=compute.amp_dtype or torch.float32,
+            enabled=compute.amp_dtype is not None,
+        ):
+            logits = network(images)
+        loss = loss_fn(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if compute.device.type == "cuda":
+            torch.cuda.synchronize()
+        if step:  # the first step is warm-up
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times), compute.describe()
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as scratch:
+        data = args.data
+        if data is None:
+            from petseg.phantoms import generate
+
+            data = Path(scratch) / "phantoms"
+            generate(
+                data, cases=args.cases, seed=7, tracer="mixed", size="tiny", layout="nnunet", progress=False
+            )
+        loading = loader_rate(data, args.patch, args.batch, args.workers, args.batches)
+    training, device = model_rate(args.arch, args.loss, args.patch, args.batch, args.steps, args.device)
+    print(
+        f"patch {args.patch}^3, batch {args.batch}, {args.workers} loader workers, {args.arch} + {args.loss}"
+    )
+    print(f"  data loader    {loading:8.2f} patches/s")
+    print(f"  training steps {training:8.2f} patches/s  ({training / args.batch:.3f} steps/s on {device})")
+    verdict = "loading keeps up" if loading >= training else "LOADER-BOUND"
+    print(f"  loader / model {loading / training:8.2f}  ({verdict})")
+    return 0
