@@ -241,9 +241,16 @@ def _check_model(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from petseg.demo import run_demo
+    from petseg.demo import SAMPLE_CASES, SHIPPED_MODEL, run_demo
 
-    return run_demo(args.out, cases=args.cases, seed=args.seed, device=args.device)
+    return run_demo(
+        args.out,
+        model_dir=args.model or SHIPPED_MODEL,
+        cases_dir=args.cases or SAMPLE_CASES,
+        phantoms=args.phantoms,
+        seed=args.seed,
+        device=args.device,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,10 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="segment sample phantoms end to end with an untrained ensemble")
+    demo = commands.add_parser(
+        "demo", help="run the shipped model on the sample cases, as the container does"
+    )
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for all demo files")
-    demo.add_argument("--cases", type=int, default=2)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model/)")
+    demo.add_argument(
+        "--cases", type=Path, default=None, help="case folder (default: the sample cases, test/)"
+    )
+    demo.add_argument("--phantoms", type=int, default=0, help="instead, generate N fresh tiny phantom cases")
+    demo.add_argument("--seed", type=int, default=0, help="seed of --phantoms")
     demo.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     demo.set_defaults(run=_demo)
 

@@ -1,7 +1,8 @@
-"""The quick-start job: phantoms in, masks out, with everything the container does in between.
+"""The quick-start job: the shipped model on the sample cases, with everything the container does.
 
-No data download and no GPU needed: it generates small synthetic cases, writes an untrained tiny
-ensemble, and runs the Grand-Challenge pipeline on each case exactly as `process.py` does.
+No data download and no GPU needed. It runs the Grand-Challenge pipeline, exactly as `process.py` does,
+on the sample cases of `test/` (or on freshly generated phantoms), with the model in `model/`. Where that
+folder has no trained weights yet, an untrained tiny ensemble stands in, and the output says so.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.card import load_card
 from petseg.cases import discover_cases
 from petseg.console import StageTimer
+from petseg.errors import ModelError
 from petseg.io import find_image
 from petseg.pipeline import run_grand_challenge
 from petseg.preview import write_preview
 
 log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_CASES = REPO / "test"
+SHIPPED_MODEL = REPO / "model"
 
 
 def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -27,23 +34,49 @@ def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float("nan") if truth.sum() == 0 else 2.0 * int((prediction & truth).sum()) / total
 
 
-def run_demo(out_dir: Path, cases: int = 2, seed: int = 0, device: str = "auto") -> int:
-    from petseg.phantoms import generate
-    from petseg.predict import Predictor
+def _model_for_demo(model_dir: Path, out_dir: Path, seed: int) -> tuple[Path, str]:
+    """The given model when its weights are there; otherwise an untrained stand-in (and why)."""
+    from petseg.networks import load_fold
     from petseg.untrained import create_untrained_model
 
+    try:
+        card = load_card(model_dir)
+        for fold in card.folds:
+            load_fold(card, model_dir, fold.weights, fold.sha256)
+    except ModelError as error:
+        log.warning("%s; using an UNTRAINED resunet-tiny ensemble instead", error)
+        create_untrained_model(out_dir / "untrained-model", seed=seed)
+        return out_dir / "untrained-model", "UNTRAINED resunet-tiny ensemble (its masks are meaningless)"
+    if not card.trained:
+        return model_dir, f"UNTRAINED {card.architecture.name} ensemble (its masks are meaningless)"
+    kind = "trained on SYNTHETIC phantoms" if card.provenance.get("synthetic") else "trained"
+    return model_dir, f"{card.name}: {len(card.folds)}-fold {card.architecture.name} ensemble, {kind}"
+
+
+def run_demo(
+    out_dir: Path,
+    model_dir: Path = SHIPPED_MODEL,
+    cases_dir: Path = SAMPLE_CASES,
+    phantoms: int = 0,
+    seed: int = 0,
+    device: str = "auto",
+) -> int:
+    from petseg.predict import Predictor
+
     out_dir = Path(out_dir)
-    log.info("generating %d tiny phantom case(s) in %s", cases, out_dir / "phantoms")
-    generate(
-        out_dir / "phantoms", cases=cases, seed=seed, tracer="mixed", size="tiny", layout="gc", progress=False
-    )
-    log.info("writing an UNTRAINED resunet-tiny ensemble (5 folds) to %s", out_dir / "model")
-    create_untrained_model(out_dir / "model", seed=seed)
-    predictor = Predictor.load(out_dir / "model", device)
-    log.warning("UNTRAINED ensemble: the masks below show the pipeline working, not segmentation quality")
+    if phantoms:
+        from petseg.phantoms import generate
+
+        cases_dir = out_dir / "phantoms"
+        log.info("generating %d tiny phantom case(s) in %s", phantoms, cases_dir)
+        generate(
+            cases_dir, cases=phantoms, seed=seed, tracer="mixed", size="tiny", layout="gc", progress=False
+        )
+    model_dir, description = _model_for_demo(Path(model_dir), out_dir, seed)
+    predictor = Predictor.load(model_dir, device)
 
     rows = []
-    for case in discover_cases(out_dir / "phantoms"):
+    for case in discover_cases(cases_dir):
         case_root = case.files.pet.parents[2]  # .../<case>/input
         output = out_dir / "output" / case.name
         start = time.perf_counter()
@@ -51,7 +84,7 @@ def run_demo(out_dir: Path, cases: int = 2, seed: int = 0, device: str = "auto")
         seconds = time.perf_counter() - start
         mask_image = sitk.ReadImage(str(mask_path))
         truth_image = sitk.ReadImage(str(find_image(case_root.parent / "ground-truth")))
-        preview = write_preview(
+        write_preview(
             sitk.ReadImage(str(case.files.pet)),
             mask_image,
             truth_image,
@@ -59,17 +92,16 @@ def run_demo(out_dir: Path, cases: int = 2, seed: int = 0, device: str = "auto")
         )
         mask = sitk.GetArrayFromImage(mask_image).astype(bool)
         truth = sitk.GetArrayFromImage(truth_image).astype(bool)
-        rows.append((case.name, int(truth.sum()), int(mask.sum()), _dice(mask, truth), seconds, preview))
+        rows.append((case.name, int(truth.sum()), int(mask.sum()), _dice(mask, truth), seconds))
 
-    device_name = predictor.compute.describe()
     width = max(len("case"), *(len(row[0]) for row in rows))
-    print(f"\npetseg demo: {len(rows)} case(s), UNTRAINED resunet-tiny ensemble on {device_name}")
+    print(f"\npetseg demo: {len(rows)} case(s) from {cases_dir}")
+    print(f"model: {description}, on {predictor.compute.describe()}")
     print(f"{'case':<{width}}  {'lesion voxels':>13}  {'predicted':>10}  {'Dice':>8}  {'time':>6}")
-    for name, truth_voxels, mask_voxels, dice, seconds, _ in rows:
+    for name, truth_voxels, mask_voxels, dice, seconds in rows:
         score = "negative" if truth_voxels == 0 else f"{dice:.3f}"
         print(f"{name:<{width}}  {truth_voxels:>13}  {mask_voxels:>10}  {score:>8}  {seconds:>5.1f}s")
-    print(f"masks:    {out_dir / 'output'}/<case>/images/automated-petct-lesion-segmentation/")
     legend = "coronal PET MIP; truth red, prediction blue, both purple"
+    print(f"masks:    {out_dir / 'output'}/<case>/images/automated-petct-lesion-segmentation/")
     print(f"previews: {out_dir / 'preview'}/<case>.png ({legend})")
-    print("The ensemble is untrained: its masks are meaningless until trained fold weights are in model/.")
     return 0

@@ -14,15 +14,24 @@ def shipped() -> dict:
     return json.loads((REPO / "model" / CARD_NAME).read_text())
 
 
-def test_shipped_card_is_valid_and_describes_the_seed_ensemble():
-    card = load_card(REPO / "model")
-    assert card.architecture.name == "resunet"
-    assert len(card.folds) == 5
+def test_defaults_are_the_seed_pipeline():
+    """A card that leaves preprocessing and ensemble out gets exactly the autoPET III entry's settings."""
+    data = shipped()
+    del data["preprocessing"], data["ensemble"]
+    data["architecture"] = {"name": "resunet", "args": {}}
+    card = parse_card(data)
     assert card.ensemble.roi_size == (192, 192, 192)
     assert card.ensemble.overlap == 0.5
     assert card.preprocessing.spacing_mm == (2.0, 2.0, 2.0)
     assert card.preprocessing.ct_window_hu == (-1024.0, 1024.0)
     assert card.preprocessing.channels == ("ct", "pet")
+    assert card.preprocessing.orientation == "RAS"
+
+
+def test_shipped_card_uses_the_standard_preprocessing():
+    card = load_card(REPO / "model")
+    assert card.preprocessing == parse_card({**shipped(), "preprocessing": {}}).preprocessing
+    assert len(card.folds) == 5
 
 
 def test_round_trip(tmp_path):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import all_files
+from conftest import REPO, all_files
 
 from petseg.cli import main
 from petseg.io import MASK_FOLDER
@@ -123,8 +123,9 @@ def test_random_model_and_check_model(tmp_path, capsys):
     assert "2 (fold0.safetensors, fold1.safetensors)" in out
 
 
-def test_check_model_on_the_shipped_card_reports_missing_weights(capsys):
-    assert main(["check-model"]) == 4
+def test_check_model_reports_missing_weights(tmp_path, capsys):
+    (tmp_path / "model.json").write_text((REPO / "model" / "model.json").read_text())
+    assert main(["check-model", str(tmp_path)]) == 4
     assert "fold weights not found" in capsys.readouterr().err
 
 
@@ -142,9 +143,23 @@ def test_module_entry_point_and_version():
     assert result.stdout.startswith("petseg ")
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--cases", "2"]) == 0
+def test_demo_runs_end_to_end(tmp_path, capsys, tiny_model_dir):
+    assert main(["demo", "--out", str(tmp_path / "a"), "--model", str(tiny_model_dir)]) == 0
     out = capsys.readouterr().out
     assert "UNTRAINED" in out
-    masks = [p for p in all_files(tmp_path / "output") if p.suffix == ".mha"]
+    assert "2 case(s) from" in out
+    masks = [p for p in all_files(tmp_path / "a" / "output") if p.suffix == ".mha"]
     assert len(masks) == 2
+    assert len(list((tmp_path / "a" / "preview").glob("*.png"))) == 2
+
+
+def test_demo_on_fresh_phantoms_with_a_model_lacking_weights(tmp_path, capsys):
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    (empty / "model.json").write_text((REPO / "model" / "model.json").read_text())
+    for weights in empty.glob("*.safetensors"):
+        weights.unlink()
+    assert main(["demo", "--out", str(tmp_path / "b"), "--model", str(empty), "--phantoms", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "UNTRAINED resunet-tiny ensemble" in captured.out
+    assert "fold weights not found" in captured.err
