@@ -1,9 +1,9 @@
 """Data loading against training: can the patch loader keep the model busy?
 
 Measures, in one run: (1) patches per second delivered by the training DataLoader (cached phantom cases,
-lesion-centred crops, full augmentation, `--workers` processes) and (2) patches per second the model consumes
-in training steps (forward, loss, backward, optimizer step) on random batches of the same shape. A ratio
-above 1 means loading is not the bottleneck. Without `--data`, tiny phantom cases are generated first.
+lesion-centred crops, full augmentation, `--workers` processes) and (2) patches per second the model
+consumes in the trainer's own step (`training.trainer.training_step`) on random batches of the same shape.
+A ratio above 1 means loading is not the bottleneck. Without `--data`, tiny phantom cases are generated.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from petseg.networks import build_network
 from petseg.predict import select_device
 from training.data import PatchDataset, PreprocessedCache, discover_dataset, train_transforms
 from training.losses import build_loss
+from training.trainer import training_step
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +61,7 @@ def model_rate(
     network = build_network(Architecture(arch), (patch,) * 3).to(compute.device).train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=2e-4)
     loss_fn = build_loss(loss_name)
+    scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.amp_dtype == torch.float16)
     images = torch.rand(batch, 2, patch, patch, patch, device=compute.device)
     labels = (torch.rand(batch, 1, patch, patch, patch, device=compute.device) > 0.97).float()
     times = []
@@ -67,16 +69,7 @@ def model_rate(
         if compute.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast(
-            compute.device.type,
-            dtype=compute.amp_dtype or torch.float32,
-            enabled=compute.amp_dtype is not None,
-        ):
-            logits = network(images)
-        loss = loss_fn(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        training_step(network, loss_fn, optimizer, scaler, images, labels, compute)
         if compute.device.type == "cuda":
             torch.cuda.synchronize()
         if step:  # the first step is warm-up

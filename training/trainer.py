@@ -351,6 +351,28 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     os.replace(partial, path)
 
 
+def training_step(
+    model: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    compute: ComputeDevice,
+) -> float:
+    """One optimisation step (autocast forward, float32 loss, scaled backward); returns the loss."""
+    with torch.autocast(
+        compute.device.type, dtype=compute.amp_dtype or torch.float32, enabled=compute.amp_dtype is not None
+    ):
+        logits = model(images)
+    loss = loss_fn(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train one fold; returns the best validation score and its epoch."""
     dist = init_distributed()
@@ -459,18 +481,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             for batch in bar:
                 images = batch["image"].to(compute.device, non_blocking=True)
                 labels = batch["label"].to(compute.device, non_blocking=True)
-                with torch.autocast(
-                    compute.device.type,
-                    dtype=compute.amp_dtype or torch.float32,
-                    enabled=compute.amp_dtype is not None,
-                ):
-                    logits = model(images)
-                loss = loss_fn(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += float(loss.detach())
+                loss_sum += training_step(model, loss_fn, optimizer, scaler, images, labels, compute)
                 batches += 1
                 bar.set_postfix(loss=f"{loss_sum / batches:.4f}")
             learning_rate = scheduler.get_last_lr()[0]
