@@ -11,15 +11,15 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
-from petseg.card import load_card
 from petseg.cases import discover_cases
 from petseg.console import StageTimer
 from petseg.errors import ModelError
 from petseg.io import find_image
+from petseg.metrics import dice
 from petseg.pipeline import run_grand_challenge
+from petseg.predict import Predictor
 from petseg.preview import write_preview
 
 log = logging.getLogger(__name__)
@@ -29,28 +29,22 @@ SAMPLE_CASES = REPO / "test"
 SHIPPED_MODEL = REPO / "model"
 
 
-def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = int(prediction.sum()) + int(truth.sum())
-    return float("nan") if truth.sum() == 0 else 2.0 * int((prediction & truth).sum()) / total
-
-
-def _model_for_demo(model_dir: Path, out_dir: Path, seed: int) -> tuple[Path, str]:
-    """The given model when its weights are there; otherwise an untrained stand-in (and why)."""
-    from petseg.networks import load_fold
+def _load_for_demo(model_dir: Path, out_dir: Path, seed: int, device: str) -> tuple[Predictor, str]:
+    """The given model when its weights load; otherwise an untrained stand-in (and why)."""
     from petseg.untrained import create_untrained_model
 
     try:
-        card = load_card(model_dir)
-        for fold in card.folds:
-            load_fold(card, model_dir, fold.weights, fold.sha256)
+        predictor = Predictor.load(model_dir, device)
     except ModelError as error:
         log.warning("%s; using an UNTRAINED resunet-tiny ensemble instead", error)
         create_untrained_model(out_dir / "untrained-model", seed=seed)
-        return out_dir / "untrained-model", "UNTRAINED resunet-tiny ensemble (its masks are meaningless)"
+        predictor = Predictor.load(out_dir / "untrained-model", device)
+        return predictor, "UNTRAINED resunet-tiny ensemble (its masks are meaningless)"
+    card = predictor.card
     if not card.trained:
-        return model_dir, f"UNTRAINED {card.architecture.name} ensemble (its masks are meaningless)"
+        return predictor, f"UNTRAINED {card.architecture.name} ensemble (its masks are meaningless)"
     kind = "trained on SYNTHETIC phantoms" if card.provenance.get("synthetic") else "trained"
-    return model_dir, f"{card.name}: {len(card.folds)}-fold {card.architecture.name} ensemble, {kind}"
+    return predictor, f"{card.name}: {len(card.folds)}-fold {card.architecture.name} ensemble, {kind}"
 
 
 def run_demo(
@@ -61,8 +55,6 @@ def run_demo(
     seed: int = 0,
     device: str = "auto",
 ) -> int:
-    from petseg.predict import Predictor
-
     out_dir = Path(out_dir)
     if phantoms:
         from petseg.phantoms import generate
@@ -72,8 +64,7 @@ def run_demo(
         generate(
             cases_dir, cases=phantoms, seed=seed, tracer="mixed", size="tiny", layout="gc", progress=False
         )
-    model_dir, description = _model_for_demo(Path(model_dir), out_dir, seed)
-    predictor = Predictor.load(model_dir, device)
+    predictor, description = _load_for_demo(Path(model_dir), out_dir, seed, device)
 
     rows = []
     for case in discover_cases(cases_dir):
@@ -92,14 +83,14 @@ def run_demo(
         )
         mask = sitk.GetArrayFromImage(mask_image).astype(bool)
         truth = sitk.GetArrayFromImage(truth_image).astype(bool)
-        rows.append((case.name, int(truth.sum()), int(mask.sum()), _dice(mask, truth), seconds))
+        rows.append((case.name, int(truth.sum()), int(mask.sum()), dice(mask, truth), seconds))
 
     width = max(len("case"), *(len(row[0]) for row in rows))
     print(f"\npetseg demo: {len(rows)} case(s) from {cases_dir}")
     print(f"model: {description}, on {predictor.compute.describe()}")
     print(f"{'case':<{width}}  {'lesion voxels':>13}  {'predicted':>10}  {'Dice':>8}  {'time':>6}")
-    for name, truth_voxels, mask_voxels, dice, seconds in rows:
-        score = "negative" if truth_voxels == 0 else f"{dice:.3f}"
+    for name, truth_voxels, mask_voxels, case_dice, seconds in rows:
+        score = "negative" if truth_voxels == 0 else f"{case_dice:.3f}"
         print(f"{name:<{width}}  {truth_voxels:>13}  {mask_voxels:>10}  {score:>8}  {seconds:>5.1f}s")
     legend = "coronal PET MIP; truth red, prediction blue, both purple"
     print(f"masks:    {out_dir / 'output'}/<case>/images/automated-petct-lesion-segmentation/")

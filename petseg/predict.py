@@ -38,15 +38,17 @@ class ComputeDevice:
         return "CPU (fp32)"
 
 
-def select_device(preference: str = "auto") -> ComputeDevice:
+def select_device(preference: str = "auto", cuda_index: int | None = None) -> ComputeDevice:
     """CUDA when available (fp16 autocast below compute capability 8, bf16 from 8 on), else CPU.
 
     bf16 is emulated, and slow, on pre-Ampere cards such as the T4 that Grand Challenge uses.
+    `cuda_index` picks the GPU (a DDP rank's own); by default the current one.
     """
     if preference not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, got {preference!r}")
     if preference != "cpu" and torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
+        index = torch.cuda.current_device() if cuda_index is None else cuda_index
+        device = torch.device("cuda", index)
         major, _ = torch.cuda.get_device_capability(device)
         return ComputeDevice(device, torch.bfloat16 if major >= 8 else torch.float16)
     if preference == "cuda":

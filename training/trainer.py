@@ -246,11 +246,8 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
 
 
 def _compute_device(config: TrainConfig, dist: Distributed) -> ComputeDevice:
-    if dist.enabled and torch.cuda.is_available():
-        device = torch.device("cuda", dist.local_rank)
-        major, _ = torch.cuda.get_device_capability(device)
-        return ComputeDevice(device, torch.bfloat16 if major >= 8 else torch.float16)
-    return select_device(config.device)
+    """Under DDP each rank runs on its own GPU (LOCAL_RANK)."""
+    return select_device(config.device, cuda_index=dist.local_rank if dist.enabled else None)
 
 
 def _start_run_dir(config: TrainConfig, dist: Distributed, extra: dict[str, Any]) -> None:
