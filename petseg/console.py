@@ -24,8 +24,9 @@ def setup_logging(verbose: bool = False) -> None:
 class StageTimer:
     """Times named stages and logs one line per stage with its duration."""
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", quiet: bool = False) -> None:
         self.prefix = prefix
+        self.level = logging.DEBUG if quiet else logging.INFO  # quiet: for batch scoring, not for a run
         self.seconds: dict[str, float] = {}
 
     @contextmanager
@@ -34,7 +35,7 @@ class StageTimer:
         yield
         elapsed = time.perf_counter() - start
         self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
-        log.info("%s%-12s %7.2f s", self.prefix, name, elapsed)
+        log.log(self.level, "%s%-12s %7.2f s", self.prefix, name, elapsed)
 
     @property
     def total(self) -> float:

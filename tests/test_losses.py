@@ -101,15 +101,26 @@ def np_l1dfl(logits, labels, eps=0.1, gamma=2.0, smooth=1e-5, normalise_median=F
     return 1 - dice.mean() + focal, dice, focal
 
 
+def np_batch_dice(p: np.ndarray, t: np.ndarray, s: float) -> np.ndarray:
+    """(2 sum p t + s) / (sum p + sum t + s) per class, the sums taken over the whole batch."""
+    return np.array(
+        [
+            (2 * np.sum(p[:, c] * t[:, c]) + s) / (np.sum(p[:, c]) + np.sum(t[:, c]) + s)
+            for c in range(p.shape[1])
+        ]
+    )
+
+
 def np_loss(name: str, logits: np.ndarray, labels: np.ndarray, **options) -> float:
     p = np_softmax(logits)
     t = np_onehot(labels, logits.shape[1])
     smooth = options.get("smooth", 1e-5)
+    dice = np_batch_dice(p, t, smooth) if options.get("batch") else np_dice(p, t, smooth)
     if name == "dl":
-        return 1 - np_dice(p, t, smooth).mean()
+        return 1 - dice.mean()
     if name == "dfl":
         factor = logits.shape[1] if options.get("focal_reduction") == "voxel" else 1
-        return 1 - np_dice(p, t, smooth).mean() + factor * np_focal(p, t, options.get("gamma", 2.0))
+        return 1 - dice.mean() + factor * np_focal(p, t, options.get("gamma", 2.0))
     return np_l1dfl(logits, labels, **options)[0]
 
 
@@ -163,7 +174,9 @@ def test_l1dfl_reference_values(eps, total, focal, dice):
     [
         ("dl", {}),
         ("dl", {"smooth": 1.0}),
+        ("dl", {"batch": True}),
         ("dfl", {}),
+        ("dfl", {"batch": True, "gamma": 1.0}),
         ("dfl", {"gamma": 1.5, "focal_reduction": "voxel"}),
         ("l1dfl", {}),
         ("l1dfl", {"eps": 0.05, "gamma": 0.0, "smooth": 1e-3}),
@@ -175,6 +188,34 @@ def test_matches_numpy_reference(name, options, shape):
     logits, labels = make_batch(shape, seed=sum(shape), lesion_free=(1,))
     expected = np_loss(name, logits.double().numpy(), labels.numpy(), **options)
     assert build_loss(name, **options)(logits, labels).item() == pytest.approx(expected, rel=2e-5, abs=2e-6)
+
+
+def test_batch_dice_sees_false_positives_in_lesion_free_patches():
+    """Per-sample Dice gives a lesion-free patch's false positives almost no gradient; batch Dice does.
+
+    A nearly trained network: sample 0 has its lesion right, sample 1 is lesion-free with one false
+    positive block. (dfl adds its focal term to the same Dice term, so this holds for dfl's Dice too.)
+    """
+    labels = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    labels[0, 0, :2, :2, :2] = 1
+    logits = torch.zeros(2, 2, 8, 8, 8)
+    logits[:, 0], logits[:, 1] = 3.0, -3.0
+    lesion = labels[0, 0] == 1
+    logits[0, 1][lesion], logits[0, 0][lesion] = 3.0, -3.0
+    false_positive = torch.zeros(8, 8, 8, dtype=torch.bool)
+    false_positive[4:6, 4:6, 4:6] = True
+    logits[1, 1][false_positive], logits[1, 0][false_positive] = 1.0, -1.0
+
+    def push(batch: bool) -> float:
+        """How hard the loss pushes the false positives' lesion logits down (mean gradient)."""
+        x = logits.clone().requires_grad_(True)
+        build_loss("dl", batch=batch)(x, labels).backward()
+        return float(x.grad[1, 1][false_positive].mean())
+
+    per_sample, pooled = push(False), push(True)
+    assert per_sample > 0
+    assert pooled > 0
+    assert pooled > 20 * per_sample, (pooled, per_sample)
 
 
 @pytest.mark.parametrize("name", ["dl", "dfl", "l1dfl"])

@@ -182,14 +182,39 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
 
 def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     from petseg.card import load_card
-    from training.demo import DemoRecipe, run_training_demo
+    from training.demo import DemoRecipe, dice_on_fresh_phantoms, run_training_demo
 
     recipe = DemoRecipe(
-        cases=10, folds=2, epochs=1, patch_size=32, batch_size=2, samples_per_epoch=4, window=32, workers=0
+        cases=10,
+        folds=2,
+        epochs=1,
+        patch_size=32,
+        batch_size=2,
+        samples_per_epoch=4,
+        window=32,
+        workers=0,
+        evaluation_cases=2,
     )
     card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
     again = load_card(tmp_path / "model")
     assert again.provenance["synthetic"] is True
+    assert again.provenance["phantoms"]["seed"] == recipe.seed  # what fresh-phantom scoring checks against
+    with pytest.raises(TrainingError, match="generated the training phantoms"):
+        dice_on_fresh_phantoms(tmp_path / "model", seed=recipe.seed, cases=1)
+    scores = dice_on_fresh_phantoms(tmp_path / "model", seed=recipe.seed + 1, cases=2)
+    assert len(scores) == 2
+    assert all(0.0 <= s <= 1.0 for s in scores)
     assert again.architecture.name == "resunet-tiny"
     assert [f.fold for f in card.folds] == [0, 1]
     assert (tmp_path / "work" / "fold1" / "log.csv").exists()
+
+
+def test_batch_dice_flag_reaches_the_loss_options_and_only_for_dice_losses(tmp_path, capsys):
+    from training.__main__ import _loss_options, build_parser, main
+
+    base = ["train", "--data", str(tmp_path), "--fold", "0", "--out", str(tmp_path / "run")]
+    args = build_parser().parse_args([*base, "--loss", "dfl", "--batch-dice"])
+    assert _loss_options(args) == {"batch": True}
+    assert _loss_options(build_parser().parse_args([*base, "--loss", "dl"])) == {}
+    assert main([*base, "--loss", "gdfl", "--batch-dice"]) == TrainingError.exit_code
+    assert "--batch-dice applies to the dl and dfl losses, not gdfl" in capsys.readouterr().err

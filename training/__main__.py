@@ -17,6 +17,12 @@ def _loss_options(args: argparse.Namespace) -> dict[str, float | bool]:
         options = {"eps": args.l1dfl_eps, "gamma": args.focal_gamma}
         if args.l1dfl_global_histogram:
             options["distributed"] = True
+    if args.batch_dice:
+        if args.loss not in ("dl", "dfl"):
+            from training.trainer import TrainingError
+
+            raise TrainingError(f"--batch-dice applies to the dl and dfl losses, not {args.loss}")
+        options["batch"] = True
     return options
 
 
@@ -97,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--samples-per-epoch", type=int, default=None, help="default: one per training case")
     train.add_argument("--lesion-probability", type=float, default=0.8, help="share of lesion-centred crops")
     train.add_argument("--no-augment", action="store_true")
+    train.add_argument(
+        "--batch-dice",
+        action="store_true",
+        help="dl/dfl: pool the Dice sums over the batch, so false positives in lesion-free patches count",
+    )
     train.add_argument("--l1dfl-eps", type=float, default=0.1, help="L1DFL bin width")
     train.add_argument("--focal-gamma", type=float, default=2.0, help="L1DFL focal exponent")
     train.add_argument(

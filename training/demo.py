@@ -13,9 +13,14 @@ from pathlib import Path
 
 from petseg.card import ModelCard
 from training.export import export
-from training.trainer import TrainConfig, train
+from training.trainer import TrainConfig, TrainingError, train
 
 log = logging.getLogger("petseg.training")
+
+# Fresh phantoms for judging a demo ensemble: a seed no demo dataset uses, alternating FDG and PSMA, every
+# case with lesions (Dice is undefined without).
+EVALUATION_SEED = 20261122
+EVALUATION_CASES = 12
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class DemoRecipe:
     window: int = 64
     overlap: float = 0.25
     workers: int = 2
+    evaluation_cases: int = EVALUATION_CASES
 
 
 def run_training_demo(
@@ -88,4 +94,55 @@ def run_training_demo(
     card = export(runs, model_dir, name="petseg-demo-resunet-tiny-phantoms", synthetic=True)
     minutes = (time.perf_counter() - started) / 60
     log.info("demo ensemble written to %s in %.1f min", model_dir, minutes)
+    scores = dice_on_fresh_phantoms(model_dir, cases=recipe.evaluation_cases)
+    log.info(
+        "mean Dice on %d fresh phantoms (seed %d): %.3f",
+        len(scores),
+        EVALUATION_SEED,
+        sum(scores) / len(scores),
+    )
     return card
+
+
+def dice_on_fresh_phantoms(
+    model_dir: Path, seed: int = EVALUATION_SEED, cases: int = EVALUATION_CASES, device: str = "cpu"
+) -> list[float]:
+    """Per-case Dice of the model in `model_dir` on phantoms generated now, scored on the PET grid.
+
+    Whole cases go through `petseg.pipeline.segment`, the container's own path. The phantoms have the size
+    the model was trained on (its card's `provenance.phantoms`), and `seed` must not be the training seed.
+    """
+    import tempfile
+
+    import SimpleITK as sitk
+
+    from petseg.card import load_card
+    from petseg.console import StageTimer
+    from petseg.io import CaseFiles, write_image
+    from petseg.metrics import dice
+    from petseg.phantoms import make_case
+    from petseg.pipeline import segment
+    from petseg.predict import Predictor
+
+    card = load_card(Path(model_dir))
+    trained_on = card.provenance.get("phantoms") or {}
+    if trained_on.get("seed") == seed:
+        raise TrainingError(f"seed {seed} generated the training phantoms of {model_dir}: pick another")
+    predictor = Predictor.load(Path(model_dir), device=device)
+    scores = []
+    with tempfile.TemporaryDirectory(prefix="petseg-fresh-") as scratch:
+        for index in range(cases):
+            phantom = make_case(
+                seed=seed,
+                index=index,
+                tracer="fdg" if index % 2 == 0 else "psma",
+                size=trained_on.get("size", "tiny"),
+                lesion_free=False,
+            )
+            files = CaseFiles(
+                ct=write_image(phantom.ct, Path(scratch) / f"{index}_ct.mha"),
+                pet=write_image(phantom.pet, Path(scratch) / f"{index}_pet.mha"),
+            )
+            mask = sitk.GetArrayFromImage(segment(files, predictor, StageTimer(quiet=True))).astype(bool)
+            scores.append(dice(mask, sitk.GetArrayFromImage(phantom.label).astype(bool)))
+    return scores

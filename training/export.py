@@ -75,6 +75,14 @@ def export(
         entries.append(Fold(fold=fold, weights=target.name, sha256=file_sha256(target)))
     build_network(architecture, window)  # the card must describe a buildable network
     scores = [float(run["best"]["val_score"]) for run in runs]
+    provenance: dict[str, Any] = {
+        "trained": True,
+        "synthetic": synthetic,
+        "data": "synthetic phantoms (petseg phantoms)" if synthetic else str(config["data"]),
+    }
+    phantoms = _phantom_arguments(Path(config["data"]))
+    if phantoms is not None:
+        provenance["phantoms"] = phantoms  # so an evaluation can prove it uses cases not trained on
     card = ModelCard(
         name=name or f"petseg-{config['arch']}-{config['loss']}",
         architecture=architecture,
@@ -82,15 +90,17 @@ def export(
         folds=tuple(entries),
         ensemble=EnsembleSettings(roi_size=window, overlap=float(config["overlap"])),
         provenance={
-            "trained": True,
-            "synthetic": synthetic,
-            "data": "synthetic phantoms (petseg phantoms)" if synthetic else str(config["data"]),
+            **provenance,
             "dataset_fingerprint": first["dataset_fingerprint"],
             "cases": first.get("cases"),
             "loss": config["loss"],
             "loss_options": config.get("loss_options", {}),
             "epochs": config["epochs"],
             "patch_size": config["patch_size"],
+            "sampling": {
+                "lesion_probability": config.get("lesion_probability"),
+                "augment": config.get("augment"),
+            },
             "validation_score": {f"fold{r['config']['fold']}": s for r, s in zip(runs, scores, strict=True)},
             "validation_score_mean": sum(scores) / len(scores),
             "best_epochs": {f"fold{r['config']['fold']}": r["best"]["epoch"] for r in runs},
@@ -99,3 +109,12 @@ def export(
     )
     save_card(card, out_dir)
     return card
+
+
+def _phantom_arguments(data: Path) -> dict[str, Any] | None:
+    """The generator arguments of a phantom dataset (its phantoms.json), None for any other dataset."""
+    try:
+        record = json.loads((data / "phantoms.json").read_text())
+        return dict(record["arguments"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

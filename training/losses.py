@@ -100,21 +100,25 @@ def _check_inputs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class SoftmaxDice(_Float32Loss):
     """``dl``: 1 - mean over (b, c) of (2 sum p t + s) / (sum p + sum t + s), background included.
 
-    MONAI's DiceLoss computes exactly this with these arguments. batch=False keeps one Dice per
-    (sample, class) as the definition asks, instead of pooling the sums over the batch.
+    MONAI's DiceLoss computes exactly this with these arguments. The default keeps one Dice per
+    (sample, class) as the definition asks. Its blind spot: the lesion Dice of a lesion-free patch is
+    s / (sum p + s), about 0 whatever is predicted, so false positives there get next to no gradient.
+    ``batch=True`` pools the sums over the batch (nnU-Net's batch Dice): a false positive in a lesion-free
+    patch then lowers the batch's lesion Dice like any other.
     """
 
-    def __init__(self, smooth: float = 1e-5) -> None:
+    def __init__(self, smooth: float = 1e-5, batch: bool = False) -> None:
         # MONAI is imported where used: it takes seconds to import and l1dfl does not need it.
         from monai.losses import DiceLoss
 
         super().__init__()
         self.smooth = _real("smooth", smooth, strict=True)
+        self.batch = bool(batch)
         self.dice = DiceLoss(
             include_background=True,
             to_onehot_y=True,
             softmax=True,
-            batch=False,
+            batch=self.batch,
             smooth_nr=self.smooth,
             smooth_dr=self.smooth,
         )
@@ -130,11 +134,13 @@ class DiceFocal(_Float32Loss):
     B x C x voxels, which is the default ``focal_reduction="element"`` (see the module docstring).
     """
 
-    def __init__(self, smooth: float = 1e-5, gamma: float = 2.0, focal_reduction: str = "element") -> None:
+    def __init__(
+        self, smooth: float = 1e-5, gamma: float = 2.0, focal_reduction: str = "element", batch: bool = False
+    ) -> None:
         from monai.losses import FocalLoss
 
         super().__init__()
-        self.dice = SoftmaxDice(smooth=smooth)
+        self.dice = SoftmaxDice(smooth=smooth, batch=batch)
         self.gamma = _real("gamma", gamma)
         self.focal_reduction = _focal_reduction(focal_reduction)
         self.focal = FocalLoss(include_background=True, to_onehot_y=True, gamma=self.gamma, use_softmax=True)
@@ -382,8 +388,8 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "dl": ("smooth",),
-    "dfl": ("smooth", "gamma", "focal_reduction"),
+    "dl": ("smooth", "batch"),
+    "dfl": ("smooth", "gamma", "focal_reduction", "batch"),
     "gdfl": (),
     "l1dfl": ("eps", "gamma", "smooth", "normalise_median", "clamp", "distributed", "focal_reduction"),
 }
