@@ -1,0 +1,24 @@
+"""Evaluation metrics: autoPET case metrics (`case`) and paper 000's lesion-level metrics (`lesions`)."""
+
+from petseg.metrics.case import CONNECTIVITY, CaseScores, case_scores, dice
+from petseg.metrics.lesions import (
+    Detection,
+    LesionStats,
+    dmax_mm,
+    lesion_dice,
+    lesion_stats,
+    suvmax_detection,
+)
+
+__all__ = [
+    "CONNECTIVITY",
+    "CaseScores",
+    "Detection",
+    "LesionStats",
+    "case_scores",
+    "dice",
+    "dmax_mm",
+    "lesion_dice",
+    "lesion_stats",
+    "suvmax_detection",
+]

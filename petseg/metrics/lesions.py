@@ -1,0 +1,215 @@
+"""Paper 000's lesion-level metrics: SUVmax-rule detection, lesion-wise Dice, lesion statistics, Dmax.
+
+Components use 18-connectivity, as the autoPET case metrics do. Each mask is labelled once. Per-component
+quantities come from bincounts over the labels, and the overlap of two labellings from one pass over the
+voxels they share, never from a full-volume scan per component. Spacings are in the arrays' axis order
+(for SimpleITK arrays, which are (z, y, x), that is `image.GetSpacing()[::-1]`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+import scipy.ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from petseg.metrics.case import CONNECTIVITY
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Lesion detection counts of one case (SUVmax rule)."""
+
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def f1(self) -> float:
+        """2TP / (2TP + FP + FN); NaN for a case with neither lesions nor predictions."""
+        denominator = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denominator if denominator else math.nan
+
+
+@dataclass(frozen=True)
+class LesionStats:
+    """Per-lesion MTV (ml), SUVmax and SUVmean (one entry per component, in label order), and Dmax (mm)."""
+
+    mtv_ml: np.ndarray
+    suvmax: np.ndarray
+    suvmean: np.ndarray
+    dmax_mm: float
+
+    @property
+    def count(self) -> int:
+        return int(self.mtv_ml.size)
+
+    @property
+    def tmtv_ml(self) -> float:
+        return float(self.mtv_ml.sum())
+
+    @property
+    def tlg(self) -> float:
+        """Total lesion glycolysis: sum over lesions of MTV x SUVmean (ml x SUV)."""
+        return float((self.mtv_ml * self.suvmean).sum())
+
+
+def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """18-connected components of a mask: (labels, number of components)."""
+    labels, count = cc3d.connected_components(
+        np.asarray(mask).astype(bool, copy=False), connectivity=CONNECTIVITY, return_N=True
+    )
+    return labels, int(count)
+
+
+def overlaps(first: np.ndarray, n_first: int, second: np.ndarray, n_second: int) -> np.ndarray:
+    """Shared voxels of every pair of components, shape (n_first + 1, n_second + 1); row/column 0 unused."""
+    both = (first > 0) & (second > 0)
+    pairs = first[both].astype(np.int64) * (n_second + 1) + second[both]
+    counts = np.bincount(pairs, minlength=(n_first + 1) * (n_second + 1))
+    return counts.reshape(n_first + 1, n_second + 1)
+
+
+def peak_voxels(labels: np.ndarray, count: int, pet: np.ndarray) -> np.ndarray:
+    """Flat index of each component's highest PET voxel, entry k for component k (-1 for none).
+
+    On ties, the first such voxel in C order, as `np.argmax` would pick.
+    """
+    peaks = np.full(count + 1, -1, dtype=np.int64)
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    if where.size == 0:
+        return peaks
+    component = flat[where]
+    values = np.asarray(pet).ravel()[where]
+    order = np.lexsort((-values, component))  # by component, then value descending; stable keeps C order
+    first = np.flatnonzero(np.r_[True, component[order][1:] != component[order][:-1]])
+    peaks[component[order][first]] = where[order[first]]
+    return peaks
+
+
+def _check(*arrays: np.ndarray) -> None:
+    shapes = {np.shape(a) for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"arrays of different shapes: {sorted(shapes)}")
+
+
+def suvmax_detection(prediction: np.ndarray, truth: np.ndarray, pet: np.ndarray) -> Detection:
+    """TP, FP and FN by paper 000's SUVmax rule.
+
+    Each predicted component (in label order) is matched to the ground-truth lesion it overlaps with the
+    highest IoU (the lowest label on ties). It is a TP if it contains that lesion's SUVmax voxel and the
+    lesion has not been used by an earlier component; otherwise, and when it touches no lesion, an FP.
+    FN = lesions never detected.
+    """
+    _check(prediction, truth, pet)
+    predicted, n_predicted = label(prediction)
+    lesions, n_lesions = label(truth)
+    shared = overlaps(predicted, n_predicted, lesions, n_lesions)[1:, 1:].astype(np.float64)
+    predicted_sizes = np.bincount(predicted.ravel(), minlength=n_predicted + 1)[1:]
+    lesion_sizes = np.bincount(lesions.ravel(), minlength=n_lesions + 1)[1:]
+    peaks = peak_voxels(lesions, n_lesions, pet)[1:]
+    component_at_peak = predicted.ravel()[peaks] if n_lesions else np.zeros(0, dtype=predicted.dtype)
+    used = np.zeros(n_lesions, dtype=bool)
+    tp = fp = 0
+    for index in range(n_predicted):
+        row = shared[index]
+        if n_lesions == 0 or not row.any():
+            fp += 1
+            continue
+        iou = row / (predicted_sizes[index] + lesion_sizes - row)
+        lesion = int(np.argmax(iou))
+        if not used[lesion] and component_at_peak[lesion] == index + 1:
+            used[lesion] = True
+            tp += 1
+        else:
+            fp += 1
+    return Detection(tp=tp, fp=fp, fn=int(n_lesions - used.sum()))
+
+
+def lesion_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Paper 000's lesion-wise Dice of one case; NaN when the ground truth has no lesion.
+
+    Ground-truth and predicted components sharing any voxel are matched; each matched pair scores
+    2|g and p| / (|g| + |p|), each ground-truth lesion without a match scores 0; the case's value is the mean
+    of all those scores.
+    """
+    _check(prediction, truth)
+    predicted, n_predicted = label(prediction)
+    lesions, n_lesions = label(truth)
+    if n_lesions == 0:
+        return math.nan
+    shared = overlaps(lesions, n_lesions, predicted, n_predicted)[1:, 1:]
+    lesion_sizes = np.bincount(lesions.ravel(), minlength=n_lesions + 1)[1:]
+    predicted_sizes = np.bincount(predicted.ravel(), minlength=n_predicted + 1)[1:]
+    g, p = np.nonzero(shared)
+    pair_scores = 2.0 * shared[g, p] / (lesion_sizes[g] + predicted_sizes[p])
+    unmatched = int((~shared.any(axis=1)).sum())
+    return float(pair_scores.sum() / (pair_scores.size + unmatched))
+
+
+def dmax_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """Largest distance (mm) between the centres of two voxels of `mask`: 0 for one voxel, NaN when empty.
+
+    The farthest pair lies on the convex hull, whose vertices are surface voxels, so the pairwise distances
+    are taken among the hull's vertices only (a few hundred at most), never among all n voxels.
+    """
+    mask = np.asarray(mask).astype(bool, copy=False)
+    if len(spacing) != mask.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match a {mask.ndim}-D mask")
+    surface = mask & ~scipy.ndimage.binary_erosion(mask)
+    points = np.argwhere(surface).astype(np.float64) * np.asarray(spacing, dtype=np.float64)
+    if points.shape[0] == 0:
+        return math.nan
+    if points.shape[0] > mask.ndim + 1:
+        try:
+            points = points[ConvexHull(points).vertices]
+        except QhullError:  # all points in one plane or on one line: keep the surface points
+            points = _extremes_of_flat_set(points)
+    return _largest_pairwise_distance(points)
+
+
+def _extremes_of_flat_set(points: np.ndarray) -> np.ndarray:
+    """Hull vertices of a planar or collinear point set, found in its own lower-dimensional frame."""
+    centred = points - points.mean(axis=0)
+    _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+    rank = int((singular > 1e-9 * max(singular[0], 1.0)).sum())
+    if rank <= 1:
+        along = centred @ axes[0]
+        return points[[int(np.argmin(along)), int(np.argmax(along))]]
+    flat = centred @ axes[:rank].T
+    try:
+        return points[ConvexHull(flat).vertices]
+    except QhullError:
+        return points
+
+
+def _largest_pairwise_distance(points: np.ndarray) -> float:
+    best = 0.0
+    for start in range(0, points.shape[0], 512):  # blocks keep memory at 512 x n
+        block = points[start : start + 512]
+        squared = ((block[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1)
+        best = max(best, float(squared.max()))
+    return math.sqrt(best)
+
+
+def lesion_stats(mask: np.ndarray, pet: np.ndarray, spacing: Sequence[float]) -> LesionStats:
+    """MTV, SUVmax and SUVmean of each component of `mask`, and the case's Dmax (mm)."""
+    _check(mask, pet)
+    labels, count = label(mask)
+    voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+    flat = labels.ravel()
+    values = np.asarray(pet, dtype=np.float64).ravel()
+    sizes = np.bincount(flat, minlength=count + 1)[1:]
+    sums = np.bincount(flat, weights=values, minlength=count + 1)[1:]
+    peaks = peak_voxels(labels, count, pet)[1:]
+    return LesionStats(
+        mtv_ml=sizes * voxel_ml,
+        suvmax=values[peaks] if count else np.zeros(0),
+        suvmean=sums / np.maximum(sizes, 1),
+        dmax_mm=dmax_mm(labels > 0, spacing) if count else math.nan,
+    )
