@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = {"losses": "bench.losses", "loader": "bench.loader"}
+BENCHMARKS = {"losses": "bench.losses", "loader": "bench.loader", "metrics": "bench.metrics"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from petseg.metrics import case_scores, dice, dmax_mm, lesion_dice, lesion_stats, suvmax_detection
+from petseg.metrics import (
+    case_scores,
+    dice,
+    dmax_mm,
+    evaluate_case,
+    lesion_dice,
+    lesion_stats,
+    suvmax_detection,
+)
 
 # ------------------------------------------------------------------ reference: one component at a time
 
@@ -221,6 +229,30 @@ def test_lesion_dice_matches_the_reference_and_case_metrics_invariants(predictio
 
 
 @settings(max_examples=60, deadline=None)
+@given(prediction=small_masks, truth=small_masks, pet=pet_values)
+def test_one_labelling_evaluation_equals_the_separate_functions(prediction, truth, pet):
+    spacing = (3.0, 2.0, 2.0)
+    voxel_ml = 12.0 / 1000.0
+    together = evaluate_case(prediction, truth, spacing, pet)
+    separate = case_scores(prediction, truth, voxel_ml)
+    for got, want in zip(
+        (together.scores.dice, together.scores.fpv_ml, together.scores.fnv_ml),
+        (separate.dice, separate.fpv_ml, separate.fnv_ml),
+        strict=True,
+    ):
+        assert same(got, want)
+    assert together.detection == suvmax_detection(prediction, truth, pet)
+    assert same(together.lesion_dice, lesion_dice(prediction, truth))
+    stats = lesion_stats(truth, pet, spacing)
+    np.testing.assert_array_equal(together.lesions.mtv_ml, stats.mtv_ml)
+    np.testing.assert_array_equal(together.lesions.suvmean, stats.suvmean)
+    assert same(together.lesions.dmax_mm, stats.dmax_mm)
+    without_pet = evaluate_case(prediction, truth, spacing)
+    assert without_pet.detection is None
+    assert without_pet.lesions is None
+
+
+@settings(max_examples=60, deadline=None)
 @given(
     mask=small_masks,
     spacing=st.tuples(*[st.floats(0.5, 5.0, allow_nan=False)] * 3),
@@ -271,3 +303,14 @@ def reference_dmax_blocks(mask, spacing) -> float:
         block = points[start : start + 256]
         best = max(best, float(((block[:, None] - points[None]) ** 2).sum(-1).max()))
     return math.sqrt(best)
+
+
+def test_metrics_benchmark_runs_and_agrees(monkeypatch, capsys):
+    import bench.metrics
+    from bench.__main__ import main
+
+    monkeypatch.setattr(bench.metrics, "SHAPE_ZYX", (60, 100, 100))
+    assert main(["metrics", "--lesions", "8", "--false-positives", "3", "--min-ratio", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "identical" in out
+    assert "speed-up" in out

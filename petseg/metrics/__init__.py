@@ -2,9 +2,11 @@
 
 from petseg.metrics.case import CONNECTIVITY, CaseScores, case_scores, dice
 from petseg.metrics.lesions import (
+    CaseEvaluation,
     Detection,
     LesionStats,
     dmax_mm,
+    evaluate_case,
     lesion_dice,
     lesion_stats,
     suvmax_detection,
@@ -12,12 +14,14 @@ from petseg.metrics.lesions import (
 
 __all__ = [
     "CONNECTIVITY",
+    "CaseEvaluation",
     "CaseScores",
     "Detection",
     "LesionStats",
     "case_scores",
     "dice",
     "dmax_mm",
+    "evaluate_case",
     "lesion_dice",
     "lesion_stats",
     "suvmax_detection",

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from petseg.metrics.case import CONNECTIVITY
+from petseg.metrics.case import CONNECTIVITY, CaseScores
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,55 @@ def _check(*arrays: np.ndarray) -> None:
         raise ValueError(f"arrays of different shapes: {sorted(shapes)}")
 
 
+@dataclass(frozen=True)
+class Components:
+    """One labelling of a mask: labels, component count, sizes (entry k for component k, 0: background)."""
+
+    labels: np.ndarray
+    count: int
+    sizes: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> Components:
+        labels, count = label(mask)
+        return cls(labels, count, np.bincount(labels.ravel(), minlength=count + 1))
+
+
+def _detection(predicted: Components, lesions: Components, shared: np.ndarray, pet: np.ndarray) -> Detection:
+    """The SUVmax rule; `shared` is `overlaps(predicted, lesions)` without row and column 0."""
+    peaks = peak_voxels(lesions.labels, lesions.count, pet)[1:]
+    component_at_peak = predicted.labels.ravel()[peaks] if lesions.count else np.zeros(0, np.int64)
+    lesion_sizes = lesions.sizes[1:].astype(np.float64)
+    used = np.zeros(lesions.count, dtype=bool)
+    tp = fp = 0
+    for index in range(predicted.count):
+        row = shared[index].astype(np.float64)
+        if lesions.count == 0 or not row.any():
+            fp += 1
+            continue
+        iou = row / (predicted.sizes[index + 1] + lesion_sizes - row)
+        lesion = int(np.argmax(iou))
+        if not used[lesion] and component_at_peak[lesion] == index + 1:
+            used[lesion] = True
+            tp += 1
+        else:
+            fp += 1
+    return Detection(tp=tp, fp=fp, fn=int(lesions.count - used.sum()))
+
+
+def _lesion_dice(predicted: Components, lesions: Components, shared: np.ndarray) -> float:
+    if lesions.count == 0:
+        return math.nan
+    p, g = np.nonzero(shared)
+    pair_scores = 2.0 * shared[p, g] / (lesions.sizes[g + 1] + predicted.sizes[p + 1])
+    unmatched = int((~shared.any(axis=0)).sum())
+    return float(pair_scores.sum() / (pair_scores.size + unmatched))
+
+
+def _shared(predicted: Components, lesions: Components) -> np.ndarray:
+    return overlaps(predicted.labels, predicted.count, lesions.labels, lesions.count)[1:, 1:]
+
+
 def suvmax_detection(prediction: np.ndarray, truth: np.ndarray, pet: np.ndarray) -> Detection:
     """TP, FP and FN by paper 000's SUVmax rule.
 
@@ -107,28 +156,8 @@ def suvmax_detection(prediction: np.ndarray, truth: np.ndarray, pet: np.ndarray)
     FN = lesions never detected.
     """
     _check(prediction, truth, pet)
-    predicted, n_predicted = label(prediction)
-    lesions, n_lesions = label(truth)
-    shared = overlaps(predicted, n_predicted, lesions, n_lesions)[1:, 1:].astype(np.float64)
-    predicted_sizes = np.bincount(predicted.ravel(), minlength=n_predicted + 1)[1:]
-    lesion_sizes = np.bincount(lesions.ravel(), minlength=n_lesions + 1)[1:]
-    peaks = peak_voxels(lesions, n_lesions, pet)[1:]
-    component_at_peak = predicted.ravel()[peaks] if n_lesions else np.zeros(0, dtype=predicted.dtype)
-    used = np.zeros(n_lesions, dtype=bool)
-    tp = fp = 0
-    for index in range(n_predicted):
-        row = shared[index]
-        if n_lesions == 0 or not row.any():
-            fp += 1
-            continue
-        iou = row / (predicted_sizes[index] + lesion_sizes - row)
-        lesion = int(np.argmax(iou))
-        if not used[lesion] and component_at_peak[lesion] == index + 1:
-            used[lesion] = True
-            tp += 1
-        else:
-            fp += 1
-    return Detection(tp=tp, fp=fp, fn=int(n_lesions - used.sum()))
+    predicted, lesions = Components.of(prediction), Components.of(truth)
+    return _detection(predicted, lesions, _shared(predicted, lesions), pet)
 
 
 def lesion_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -139,17 +168,8 @@ def lesion_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     of all those scores.
     """
     _check(prediction, truth)
-    predicted, n_predicted = label(prediction)
-    lesions, n_lesions = label(truth)
-    if n_lesions == 0:
-        return math.nan
-    shared = overlaps(lesions, n_lesions, predicted, n_predicted)[1:, 1:]
-    lesion_sizes = np.bincount(lesions.ravel(), minlength=n_lesions + 1)[1:]
-    predicted_sizes = np.bincount(predicted.ravel(), minlength=n_predicted + 1)[1:]
-    g, p = np.nonzero(shared)
-    pair_scores = 2.0 * shared[g, p] / (lesion_sizes[g] + predicted_sizes[p])
-    unmatched = int((~shared.any(axis=1)).sum())
-    return float(pair_scores.sum() / (pair_scores.size + unmatched))
+    predicted, lesions = Components.of(prediction), Components.of(truth)
+    return _lesion_dice(predicted, lesions, _shared(predicted, lesions))
 
 
 def dmax_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
@@ -161,10 +181,14 @@ def dmax_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
     mask = np.asarray(mask).astype(bool, copy=False)
     if len(spacing) != mask.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not match a {mask.ndim}-D mask")
-    surface = mask & ~scipy.ndimage.binary_erosion(mask)
-    points = np.argwhere(surface).astype(np.float64) * np.asarray(spacing, dtype=np.float64)
-    if points.shape[0] == 0:
+    where = np.argwhere(mask)
+    if where.shape[0] == 0:
         return math.nan
+    low = where.min(axis=0)
+    box = tuple(slice(a, b + 1) for a, b in zip(low, where.max(axis=0), strict=True))
+    inside = mask[box]  # erosion treats outside the array as background, so cropping changes nothing
+    surface = inside & ~scipy.ndimage.binary_erosion(inside)
+    points = (np.argwhere(surface) + low).astype(np.float64) * np.asarray(spacing, dtype=np.float64)
     if points.shape[0] > mask.ndim + 1:
         try:
             points = points[ConvexHull(points).vertices]
@@ -197,19 +221,63 @@ def _largest_pairwise_distance(points: np.ndarray) -> float:
     return math.sqrt(best)
 
 
+def _lesion_stats(lesions: Components, pet: np.ndarray, spacing: Sequence[float]) -> LesionStats:
+    voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+    flat = lesions.labels.ravel()
+    values = np.asarray(pet).ravel()
+    sums = np.bincount(flat, weights=values, minlength=lesions.count + 1)[1:]
+    peaks = peak_voxels(lesions.labels, lesions.count, pet)[1:]
+    sizes = lesions.sizes[1:]
+    return LesionStats(
+        mtv_ml=sizes * voxel_ml,
+        suvmax=values[peaks].astype(np.float64) if lesions.count else np.zeros(0),
+        suvmean=sums / np.maximum(sizes, 1),
+        dmax_mm=dmax_mm(lesions.labels > 0, spacing) if lesions.count else math.nan,
+    )
+
+
 def lesion_stats(mask: np.ndarray, pet: np.ndarray, spacing: Sequence[float]) -> LesionStats:
     """MTV, SUVmax and SUVmean of each component of `mask`, and the case's Dmax (mm)."""
     _check(mask, pet)
-    labels, count = label(mask)
+    return _lesion_stats(Components.of(mask), pet, spacing)
+
+
+@dataclass(frozen=True)
+class CaseEvaluation:
+    """Everything the evaluation reports for one case; `lesions` (of the ground truth) needs a PET."""
+
+    scores: CaseScores
+    detection: Detection | None
+    lesion_dice: float
+    lesions: LesionStats | None
+
+
+def evaluate_case(
+    prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], pet: np.ndarray | None = None
+) -> CaseEvaluation:
+    """autoPET case metrics and paper 000's lesion metrics from ONE labelling of each mask.
+
+    Dice, FPV and FNV come from the components' sizes and their overlap table, and equal
+    `petseg.metrics.case_scores`; the SUVmax detection and the lesion statistics need `pet`.
+    """
+    _check(prediction, truth, *([pet] if pet is not None else []))
+    predicted, lesions = Components.of(prediction), Components.of(truth)
+    shared = _shared(predicted, lesions)
     voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
-    flat = labels.ravel()
-    values = np.asarray(pet, dtype=np.float64).ravel()
-    sizes = np.bincount(flat, minlength=count + 1)[1:]
-    sums = np.bincount(flat, weights=values, minlength=count + 1)[1:]
-    peaks = peak_voxels(labels, count, pet)[1:]
-    return LesionStats(
-        mtv_ml=sizes * voxel_ml,
-        suvmax=values[peaks] if count else np.zeros(0),
-        suvmean=sums / np.maximum(sizes, 1),
-        dmax_mm=dmax_mm(labels > 0, spacing) if count else math.nan,
+    predicted_voxels, truth_voxels = int(predicted.sizes[1:].sum()), int(lesions.sizes[1:].sum())
+    fpv = float(predicted.sizes[1:][~shared.any(axis=1)].sum()) * voxel_ml
+    if truth_voxels == 0:
+        scores = CaseScores(dice=math.nan, fpv_ml=fpv, fnv_ml=math.nan)
+    else:
+        overlap = int(shared.sum())
+        scores = CaseScores(
+            dice=2.0 * overlap / (predicted_voxels + truth_voxels),
+            fpv_ml=fpv,
+            fnv_ml=float(lesions.sizes[1:][~shared.any(axis=0)].sum()) * voxel_ml,
+        )
+    return CaseEvaluation(
+        scores=scores,
+        detection=_detection(predicted, lesions, shared, pet) if pet is not None else None,
+        lesion_dice=_lesion_dice(predicted, lesions, shared),
+        lesions=_lesion_stats(lesions, pet, spacing) if pet is not None else None,
     )
