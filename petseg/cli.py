@@ -163,6 +163,17 @@ def _samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from petseg.evaluate import evaluate_folder, format_summary, match_cases, read_meta
+
+    cases = match_cases(args.gt, args.pred, args.pet, missing_as_empty=args.missing_as_empty)
+    meta = read_meta(args.meta) if args.meta is not None else None
+    summary = evaluate_folder(cases, args.out, meta, workers=args.workers, progress=not args.quiet)
+    print(format_summary(summary))
+    print(f"wrote {args.out / 'cases.csv'}, lesions.csv, summary.json")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -300,6 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score predictions against ground truths (autoPET, lesions)"
+    )
+    evaluate.add_argument("--gt", type=Path, required=True, help="ground-truth masks (.mha or .nii.gz)")
+    evaluate.add_argument("--pred", type=Path, required=True, help="predicted masks, same file names")
+    evaluate.add_argument("--pet", type=Path, default=None, help="PET images: lesion-level metrics")
+    evaluate.add_argument("--meta", type=Path, default=None, help="CSV with case, tracer, centre: subsets")
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument(
+        "--missing-as-empty", action="store_true", help="score a missing prediction as an empty mask"
+    )
+    evaluate.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run=_evaluate)
 
     random_model = commands.add_parser("random-model", help="write an untrained ensemble (demos, tests)")
     random_model.add_argument("--out", type=Path, required=True)

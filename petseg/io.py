@@ -228,17 +228,22 @@ def write_image(image: sitk.Image, path: Path, compress: bool = True) -> Path:
     return path
 
 
-def write_json(data: Any, path: Path) -> Path:
-    """Write JSON atomically."""
+def write_text(text: str, path: Path) -> Path:
+    """Write a text file atomically: the complete file at `path`, or nothing."""
     path = Path(path)
     try:
         with _staging(path) as staging:
             partial = staging / path.name
-            partial.write_text(json.dumps(data, indent=2) + "\n")
+            partial.write_text(text)
             os.replace(partial, path)
     except OSError as error:
         raise OutputError(f"{path}: cannot write: {error.strerror or error}") from None
     return path
+
+
+def write_json(data: Any, path: Path) -> Path:
+    """Write JSON atomically."""
+    return write_text(json.dumps(data, indent=2) + "\n", path)
 
 
 def write_outputs(mask: sitk.Image, output_dir: Path, name: str) -> Path:
