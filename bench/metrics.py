@@ -23,7 +23,7 @@ import numpy as np
 import scipy.ndimage
 
 from petseg.metrics import evaluate_case
-from petseg.metrics.lesions import label
+from petseg.metrics.components import label
 
 SHAPE_ZYX = (326, 400, 400)
 SPACING_ZYX = (3.0, 2.03642, 2.03642)

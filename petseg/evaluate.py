@@ -124,14 +124,13 @@ def score_case(case: CaseFilesToScore) -> tuple[dict[str, Any], list[dict[str, A
         pet = sitk.GetArrayFromImage(pet_image).astype(np.float32)
     spacing = truth_image.GetSpacing()[::-1]  # array axes are (z, y, x)
     result = evaluate_case(prediction, truth, spacing, pet)
-    lesion_count = int(result.lesions.count) if result.lesions else _count(truth)
     row: dict[str, Any] = {
         "case": case.name,
         "dice": result.scores.dice,
         "fpv_ml": result.scores.fpv_ml,
         "fnv_ml": result.scores.fnv_ml,
         "lesion_dice": result.lesion_dice,
-        "lesion_count": lesion_count,
+        "lesion_count": result.lesion_count,
     }
     lesions: list[dict[str, Any]] = []
     if result.detection is not None and result.lesions is not None:
@@ -156,12 +155,6 @@ def score_case(case: CaseFilesToScore) -> tuple[dict[str, Any], list[dict[str, A
                 }
             )
     return row, lesions
-
-
-def _count(mask: np.ndarray) -> int:
-    from petseg.metrics.lesions import label
-
-    return label(mask)[1]
 
 
 def _csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:

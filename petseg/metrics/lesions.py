@@ -12,12 +12,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cc3d
 import numpy as np
 import scipy.ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from petseg.metrics.case import CONNECTIVITY, CaseScores
+from petseg.metrics.case import CaseScores, scores_from
+from petseg.metrics.components import Components, shared
 
 
 @dataclass(frozen=True)
@@ -58,22 +58,6 @@ class LesionStats:
         return float((self.mtv_ml * self.suvmean).sum())
 
 
-def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """18-connected components of a mask: (labels, number of components)."""
-    labels, count = cc3d.connected_components(
-        np.asarray(mask).astype(bool, copy=False), connectivity=CONNECTIVITY, return_N=True
-    )
-    return labels, int(count)
-
-
-def overlaps(first: np.ndarray, n_first: int, second: np.ndarray, n_second: int) -> np.ndarray:
-    """Shared voxels of every pair of components, shape (n_first + 1, n_second + 1); row/column 0 unused."""
-    both = (first > 0) & (second > 0)
-    pairs = first[both].astype(np.int64) * (n_second + 1) + second[both]
-    counts = np.bincount(pairs, minlength=(n_first + 1) * (n_second + 1))
-    return counts.reshape(n_first + 1, n_second + 1)
-
-
 def peak_voxels(labels: np.ndarray, count: int, pet: np.ndarray) -> np.ndarray:
     """Flat index of each component's highest PET voxel, entry k for component k (-1 for none).
 
@@ -96,20 +80,6 @@ def _check(*arrays: np.ndarray) -> None:
     shapes = {np.shape(a) for a in arrays}
     if len(shapes) != 1:
         raise ValueError(f"arrays of different shapes: {sorted(shapes)}")
-
-
-@dataclass(frozen=True)
-class Components:
-    """One labelling of a mask: labels, component count, sizes (entry k for component k, 0: background)."""
-
-    labels: np.ndarray
-    count: int
-    sizes: np.ndarray
-
-    @classmethod
-    def of(cls, mask: np.ndarray) -> Components:
-        labels, count = label(mask)
-        return cls(labels, count, np.bincount(labels.ravel(), minlength=count + 1))
 
 
 def _detection(predicted: Components, lesions: Components, shared: np.ndarray, pet: np.ndarray) -> Detection:
@@ -143,10 +113,6 @@ def _lesion_dice(predicted: Components, lesions: Components, shared: np.ndarray)
     return float(pair_scores.sum() / (pair_scores.size + unmatched))
 
 
-def _shared(predicted: Components, lesions: Components) -> np.ndarray:
-    return overlaps(predicted.labels, predicted.count, lesions.labels, lesions.count)[1:, 1:]
-
-
 def suvmax_detection(prediction: np.ndarray, truth: np.ndarray, pet: np.ndarray) -> Detection:
     """TP, FP and FN by paper 000's SUVmax rule.
 
@@ -157,7 +123,7 @@ def suvmax_detection(prediction: np.ndarray, truth: np.ndarray, pet: np.ndarray)
     """
     _check(prediction, truth, pet)
     predicted, lesions = Components.of(prediction), Components.of(truth)
-    return _detection(predicted, lesions, _shared(predicted, lesions), pet)
+    return _detection(predicted, lesions, shared(predicted, lesions), pet)
 
 
 def lesion_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -169,7 +135,7 @@ def lesion_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     """
     _check(prediction, truth)
     predicted, lesions = Components.of(prediction), Components.of(truth)
-    return _lesion_dice(predicted, lesions, _shared(predicted, lesions))
+    return _lesion_dice(predicted, lesions, shared(predicted, lesions))
 
 
 def dmax_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
@@ -247,6 +213,7 @@ class CaseEvaluation:
     """Everything the evaluation reports for one case; `lesions` (of the ground truth) needs a PET."""
 
     scores: CaseScores
+    lesion_count: int
     detection: Detection | None
     lesion_dice: float
     lesions: LesionStats | None
@@ -257,27 +224,17 @@ def evaluate_case(
 ) -> CaseEvaluation:
     """autoPET case metrics and paper 000's lesion metrics from ONE labelling of each mask.
 
-    Dice, FPV and FNV come from the components' sizes and their overlap table, and equal
-    `petseg.metrics.case_scores`; the SUVmax detection and the lesion statistics need `pet`.
+    Dice, FPV and FNV are `petseg.metrics.case_scores` on the same labellings; the SUVmax detection and the
+    lesion statistics need `pet`.
     """
     _check(prediction, truth, *([pet] if pet is not None else []))
     predicted, lesions = Components.of(prediction), Components.of(truth)
-    shared = _shared(predicted, lesions)
+    overlap = shared(predicted, lesions)
     voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
-    predicted_voxels, truth_voxels = int(predicted.sizes[1:].sum()), int(lesions.sizes[1:].sum())
-    fpv = float(predicted.sizes[1:][~shared.any(axis=1)].sum()) * voxel_ml
-    if truth_voxels == 0:
-        scores = CaseScores(dice=math.nan, fpv_ml=fpv, fnv_ml=math.nan)
-    else:
-        overlap = int(shared.sum())
-        scores = CaseScores(
-            dice=2.0 * overlap / (predicted_voxels + truth_voxels),
-            fpv_ml=fpv,
-            fnv_ml=float(lesions.sizes[1:][~shared.any(axis=0)].sum()) * voxel_ml,
-        )
     return CaseEvaluation(
-        scores=scores,
-        detection=_detection(predicted, lesions, shared, pet) if pet is not None else None,
-        lesion_dice=_lesion_dice(predicted, lesions, shared),
+        scores=scores_from(predicted, lesions, overlap, voxel_ml),
+        lesion_count=lesions.count,
+        detection=_detection(predicted, lesions, overlap, pet) if pet is not None else None,
+        lesion_dice=_lesion_dice(predicted, lesions, overlap),
         lesions=_lesion_stats(lesions, pet, spacing) if pet is not None else None,
     )
