@@ -168,7 +168,7 @@ def _csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def _cell(value: Any) -> Any:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
+        return "" if math.isnan(value) else f"{value:.10g}"
     return value
 
 
