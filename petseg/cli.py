@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from petseg import __version__
-from petseg.errors import PetsegError
+from petseg.errors import InputError, PetsegError
 
 if TYPE_CHECKING:  # heavy imports (torch) stay out of `petseg --help`
     from petseg.cases import Case
@@ -168,7 +168,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     cases = match_cases(args.gt, args.pred, args.pet, missing_as_empty=args.missing_as_empty)
     meta = read_meta(args.meta) if args.meta is not None else None
-    summary = evaluate_folder(cases, args.out, meta, workers=args.workers, progress=not args.quiet)
+    name = args.pred.resolve().name
+    compare = {}
+    for folder in args.compare:
+        other = folder.resolve().name
+        if other == name or other in compare:
+            raise InputError(f"{folder}: two prediction folders are named {other!r}; rename one")
+        compare[other] = match_cases(args.gt, folder, args.pet, missing_as_empty=args.missing_as_empty)
+    summary = evaluate_folder(
+        cases, args.out, meta, workers=args.workers, progress=not args.quiet, compare=compare, name=name
+    )
     print(format_summary(summary))
     print(f"wrote {args.out / 'cases.csv'}, lesions.csv, summary.json")
     return 0
@@ -319,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pred", type=Path, required=True, help="predicted masks, same file names")
     evaluate.add_argument("--pet", type=Path, default=None, help="PET images: lesion-level metrics")
     evaluate.add_argument("--meta", type=Path, default=None, help="CSV with case, tracer, centre: subsets")
+    evaluate.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=(),
+        help="other prediction folders: ranking, Wilcoxon tests",
+    )
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.add_argument(
         "--missing-as-empty", action="store_true", help="score a missing prediction as an empty mask"

@@ -13,7 +13,7 @@ import csv
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.comparison import challenge_ranking, wilcoxon_tests
 from petseg.errors import InputError
 from petseg.io import image_stem, is_image_file, read_image, write_json, write_text
 from petseg.metrics import evaluate_case
+from petseg.stratified import stratify
 
 CASE_COLUMNS = ("case", "dice", "fpv_ml", "fnv_ml", "lesion_dice", "lesion_count")
 PET_CASE_COLUMNS = ("tp", "fp", "fn", "f1", "tmtv_ml", "tlg", "dmax_mm")
@@ -238,42 +240,74 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def score_cases(
+    cases: Sequence[CaseFilesToScore],
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of cases.csv and lesions.csv, the cases scored in parallel processes (rows keep their order)."""
+    from tqdm import tqdm
+
+    workers = max(1, min(workers or os.cpu_count() or 1, len(cases)))
+    rows: list[dict[str, Any]] = []
+    lesions: list[dict[str, Any]] = []
+    with tqdm(total=len(cases), desc=desc, unit="case", disable=not progress) as bar:
+        if workers == 1:
+            results: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]] = map(score_case, cases)
+            pool = None
+        else:
+            pool = ProcessPoolExecutor(max_workers=workers)
+            results = pool.map(score_case, cases)
+        try:
+            for row, case_lesions in results:
+                rows.append(row)
+                lesions.extend(case_lesions)
+                bar.update()
+        finally:
+            if pool is not None:
+                pool.shutdown()
+    return rows, lesions
+
+
+def _case_columns(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    with_pet = any("tp" in row for row in rows)
+    return (*CASE_COLUMNS, *(PET_CASE_COLUMNS if with_pet else ()))
+
+
 def evaluate_folder(
     cases: Sequence[CaseFilesToScore],
     out_dir: Path,
     meta: dict[str, dict[str, str]] | None = None,
     workers: int | None = None,
     progress: bool = True,
+    compare: Mapping[str, Sequence[CaseFilesToScore]] | None = None,
+    name: str = "prediction",
 ) -> dict[str, Any]:
-    """Score the cases in parallel processes; write cases.csv, lesions.csv and summary.json.
+    """Score the cases; write cases.csv, lesions.csv and summary.json, and return the summary.
 
-    Returns the summary; the rows keep the order of `cases`.
+    With `compare` (other prediction sets of the same cases, by name), each set's rows go to
+    `cases-<name>.csv`, and the summary gains the challenge ranking of all sets and one-sided paired Wilcoxon
+    tests of this set (`name`) against each other one.
     """
-    from tqdm import tqdm
-
-    workers = max(1, min(workers or os.cpu_count() or 1, len(cases)))
-    rows: list[dict[str, Any]] = []
-    lesions: list[dict[str, Any]] = []
-    bar = tqdm(total=len(cases), desc="evaluate", unit="case", disable=not progress)
-    if workers == 1:
-        results = map(score_case, cases)
-        for row, case_lesions in results:
-            rows.append(row)
-            lesions.extend(case_lesions)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for row, case_lesions in pool.map(score_case, cases):
-                rows.append(row)
-                lesions.extend(case_lesions)
-                bar.update()
-    bar.close()
-    with_pet = any("tp" in row for row in rows)
-    columns = (*CASE_COLUMNS, *(PET_CASE_COLUMNS if with_pet else ()))
+    rows, lesions = score_cases(cases, workers, progress)
     summary = summarise(rows, meta)
+    summary["stratified"] = stratify(rows)
     out_dir = Path(out_dir)
-    write_text(_csv(rows, columns), out_dir / "cases.csv")
-    write_text(_csv(lesions, LESION_COLUMNS), out_dir / "lesions.csv")
+    outputs = {out_dir / "cases.csv": _csv(rows, _case_columns(rows))}
+    outputs[out_dir / "lesions.csv"] = _csv(lesions, LESION_COLUMNS)
+    if compare:
+        sets = {name: rows}
+        for other, other_cases in compare.items():
+            sets[other], _ = score_cases(other_cases, workers, progress, desc=other)
+            outputs[out_dir / f"cases-{other}.csv"] = _csv(sets[other], _case_columns(sets[other]))
+        summary["comparison"] = {
+            "sets": list(sets),
+            "ranking": challenge_ranking(sets, meta),
+            "wilcoxon": wilcoxon_tests(name, sets),
+        }
+    for path, text in outputs.items():
+        write_text(text, path)
     write_json(_json_safe(summary), out_dir / "summary.json")
     return summary
 
@@ -293,4 +327,14 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{m} {v:.4g}" if v is not None else f"{m} -" for m, v in subset.items() if m != "cases"
         )
         lines.append(f"subset {key} ({subset['cases']} cases): {values}")
+    comparison = summary.get("comparison")
+    if comparison:
+        ranking = comparison["ranking"]
+        for name in sorted(ranking["rank"], key=ranking["rank"].get):
+            lines.append(f"rank {ranking['rank'][name]}: {name} (score {ranking['overall_score'][name]:.3g})")
+        for test in comparison["wilcoxon"]:
+            lines.append(
+                f"Wilcoxon {test['metric']}: {test['alternative']}, {test['pairs']} pairs, "
+                f"p {test['p']:.3g}, Bonferroni {test['p_bonferroni']:.3g}"
+            )
     return "\n".join(lines)

@@ -211,3 +211,54 @@ def test_meta_subsets(tmp_path):
     assert subsets["psma/lmu"]["dice"] == pytest.approx(1.0)  # the lesion-free case has no Dice
     meta.write_text("case,tracer,centre\ncase_a,fdg,tue\n")
     assert main([*argv, "--meta", str(meta)]) == 3
+
+
+def test_compare_writes_every_set_ranks_them_and_tests_the_reference(tmp_path, capsys):
+    cases = make_cases(tmp_path)
+    for name, (truth, _prediction, _pet) in cases.items():
+        write(tmp_path / "perfect", name + ".mha", truth)  # a second set: every mask exact
+    out = tmp_path / "out"
+    argv = [
+        "evaluate",
+        "--gt",
+        str(tmp_path / "gt"),
+        "--pred",
+        str(tmp_path / "pred"),
+        "--out",
+        str(out),
+        "-q",
+    ]
+    assert main([*argv, "--pet", str(tmp_path / "pet"), "--compare", str(tmp_path / "perfect")]) == 0
+    perfect = {row["case"]: row for row in read_csv(out / "cases-perfect.csv")}
+    assert perfect["case_a"]["dice"] == "1"
+    comparison = json.loads((out / "summary.json").read_text())["comparison"]
+    assert comparison["sets"] == ["pred", "perfect"]
+    assert comparison["ranking"]["rank"] == {"perfect": 1, "pred": 2}
+    assert {(t["other"], t["metric"]) for t in comparison["wilcoxon"]} == {
+        ("perfect", "dice"),
+        ("perfect", "fpv_ml"),
+        ("perfect", "fnv_ml"),
+    }
+    assert "rank 1: perfect" in capsys.readouterr().out
+    assert main([*argv, "--compare", str(tmp_path / "pred")]) == 3
+    assert "two prediction folders are named 'pred'" in capsys.readouterr().err
+
+
+def test_summary_holds_the_stratified_evaluation(tmp_path):
+    make_cases(tmp_path)
+    out = tmp_path / "out"
+    argv = [
+        "evaluate",
+        "--gt",
+        str(tmp_path / "gt"),
+        "--pred",
+        str(tmp_path / "pred"),
+        "--out",
+        str(out),
+        "-q",
+    ]
+    assert main([*argv, "--pet", str(tmp_path / "pet")]) == 0
+    stratified = json.loads((out / "summary.json").read_text())["stratified"]
+    assert stratified["lesions"]["single"]["cases"] == 1  # case b
+    assert stratified["lesions"]["multiple"]["cases"] == 1  # case_a
+    assert len(stratified["dmax_quartiles"]) == 4
