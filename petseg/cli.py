@@ -168,6 +168,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     cases = match_cases(args.gt, args.pred, args.pet, missing_as_empty=args.missing_as_empty)
     meta = read_meta(args.meta) if args.meta is not None else None
+    if meta is not None and (unknown := [case.name for case in cases if case.name not in meta]):
+        raise InputError(f"{args.meta}: no row for case(s): {', '.join(unknown[:5])}")  # before any scoring
     name = args.pred.resolve().name
     compare = {}
     for folder in args.compare:
