@@ -167,9 +167,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from petseg.evaluate import evaluate_folder, format_summary, match_cases, read_meta
 
     cases = match_cases(args.gt, args.pred, args.pet, missing_as_empty=args.missing_as_empty)
-    meta = read_meta(args.meta) if args.meta is not None else None
-    if meta is not None and (unknown := [case.name for case in cases if case.name not in meta]):
-        raise InputError(f"{args.meta}: no row for case(s): {', '.join(unknown[:5])}")  # before any scoring
+    meta = read_meta(args.meta, [case.name for case in cases]) if args.meta is not None else None
     name = args.pred.resolve().name
     compare = {}
     for folder in args.compare:

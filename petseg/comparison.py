@@ -25,6 +25,13 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def subset_key(case: str, meta: Mapping[str, Mapping[str, str]] | None) -> str:
+    """The case's tracer x centre subset, "tracer/centre"; "all" without meta."""
+    if meta is None:
+        return "all"
+    return f"{meta[case]['tracer']}/{meta[case]['centre']}"
+
+
 def challenge_ranking(sets: Mapping[str, Rows], meta: Mapping[str, Mapping[str, str]] | None = None) -> dict:
     """The autoPET aggregation: metric means per tracer x centre subset (one subset "all" without `meta`),
     ranks of the sets per subset and metric (ties share the average rank; a set with no value ranks last),
@@ -32,16 +39,13 @@ def challenge_ranking(sets: Mapping[str, Rows], meta: Mapping[str, Mapping[str, 
     and the final rank by that score (lower is better)."""
     names = list(sets)
 
-    def subset_of(case: str) -> str:
-        if meta is None:
-            return "all"
-        return f"{meta[case]['tracer']}/{meta[case]['centre']}"
-
-    keys = sorted({subset_of(row["case"]) for rows in sets.values() for row in rows})
+    keys = sorted({subset_key(row["case"], meta) for rows in sets.values() for row in rows})
     subsets: dict[str, dict[str, dict[str, float]]] = {}
     for key in keys:
         means = {
-            name: {m: _mean([r[m] for r in sets[name] if subset_of(r["case"]) == key]) for m in WEIGHTS}
+            name: {
+                m: _mean([r[m] for r in sets[name] if subset_key(r["case"], meta) == key]) for m in WEIGHTS
+            }
             for name in names
         }
         score = dict.fromkeys(names, 0.0)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.comparison import challenge_ranking, wilcoxon_tests
+from petseg.comparison import challenge_ranking, subset_key, wilcoxon_tests
 from petseg.errors import InputError
 from petseg.io import image_stem, is_image_file, read_image, write_json, write_text
 from petseg.metrics import evaluate_case
@@ -189,8 +189,11 @@ def describe(values: Sequence[float]) -> dict[str, float | int | None]:
     }
 
 
-def read_meta(path: Path) -> dict[str, dict[str, str]]:
-    """case -> {"tracer": ..., "centre": ...} from a CSV with columns case, tracer, centre."""
+def read_meta(path: Path, cases: Iterable[str]) -> dict[str, dict[str, str]]:
+    """case -> {"tracer": ..., "centre": ...} from a CSV with columns case, tracer, centre.
+
+    Every one of `cases` must have a row: checked here, before any case is scored.
+    """
     try:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -199,7 +202,11 @@ def read_meta(path: Path) -> dict[str, dict[str, str]]:
     needed = {"case", "tracer", "centre"}
     if not rows or not needed <= set(rows[0]):
         raise InputError(f"{path}: needs the columns case, tracer, centre")
-    return {row["case"]: {"tracer": row["tracer"], "centre": row["centre"]} for row in rows}
+    meta = {row["case"]: {"tracer": row["tracer"], "centre": row["centre"]} for row in rows}
+    missing = [case for case in cases if case not in meta]
+    if missing:
+        raise InputError(f"{path}: no row for case(s): {', '.join(missing[:5])}")
+    return meta
 
 
 def summarise(
@@ -212,14 +219,10 @@ def summarise(
         "lesion_free_cases": sum(1 for row in rows if math.isnan(row["dice"])),
         "metrics": {m: describe([row.get(m, math.nan) for row in rows]) for m in metrics},
     }
-    if meta is not None:
-        missing = [row["case"] for row in rows if row["case"] not in meta]
-        if missing:
-            raise InputError(f"--meta has no row for case(s): {', '.join(missing[:5])}")
+    if meta is not None:  # covers every case (`read_meta` checks)
         subsets: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
-            info = meta[row["case"]]
-            subsets.setdefault(f"{info['tracer']}/{info['centre']}", []).append(row)
+            subsets.setdefault(subset_key(row["case"], meta), []).append(row)
         summary["subsets"] = {
             key: {
                 "cases": len(members),

@@ -60,6 +60,11 @@ def make_cases(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray
     return result
 
 
+def evaluate_argv(root: Path, out: Path) -> list[str]:
+    """`petseg evaluate` on the ground truths and predictions of `make_cases(root)`, quietly."""
+    return ["evaluate", "--gt", str(root / "gt"), "--pred", str(root / "pred"), "--out", str(out), "-q"]
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -73,8 +78,8 @@ def number(text: str) -> float:
 def test_numbers_equal_the_metrics(tmp_path, capsys, workers):
     cases = make_cases(tmp_path)
     out = tmp_path / "out"
-    argv = ["evaluate", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")]
-    assert main([*argv, "--pet", str(tmp_path / "pet"), "--out", str(out), "--workers", workers, "-q"]) == 0
+    argv = evaluate_argv(tmp_path, out)
+    assert main([*argv, "--pet", str(tmp_path / "pet"), "--workers", workers]) == 0
     rows = {row["case"]: row for row in read_csv(out / "cases.csv")}
     assert list(rows) == sorted(cases)
     spacing_zyx = SPACING_XYZ[::-1]
@@ -115,16 +120,7 @@ def test_numbers_equal_the_metrics(tmp_path, capsys, workers):
 def test_without_pet_there_are_no_lesion_level_columns(tmp_path):
     make_cases(tmp_path)
     out = tmp_path / "out"
-    argv = [
-        "evaluate",
-        "--gt",
-        str(tmp_path / "gt"),
-        "--pred",
-        str(tmp_path / "pred"),
-        "--out",
-        str(out),
-        "-q",
-    ]
+    argv = evaluate_argv(tmp_path, out)
     assert main(argv) == 0
     header = (out / "cases.csv").read_text().splitlines()[0].split(",")
     assert header == ["case", "dice", "fpv_ml", "fnv_ml", "lesion_dice", "lesion_count"]
@@ -135,16 +131,7 @@ def test_missing_prediction_is_an_error_unless_scored_as_empty(tmp_path, capsys)
     make_cases(tmp_path)
     (tmp_path / "pred" / "case b.mha").unlink()
     out = tmp_path / "out"
-    argv = [
-        "evaluate",
-        "--gt",
-        str(tmp_path / "gt"),
-        "--pred",
-        str(tmp_path / "pred"),
-        "--out",
-        str(out),
-        "-q",
-    ]
+    argv = evaluate_argv(tmp_path, out)
     assert main(argv) == 3
     assert "no prediction for case 'case b'" in capsys.readouterr().err
     assert not out.exists()
@@ -157,16 +144,7 @@ def test_a_prediction_on_another_grid_is_an_error(tmp_path, capsys):
     cases = make_cases(tmp_path)
     write(tmp_path / "pred", "case_a.mha", cases["case_a"][1], origin=(0.0, 0.0, 6.0))
     out = tmp_path / "out"
-    argv = [
-        "evaluate",
-        "--gt",
-        str(tmp_path / "gt"),
-        "--pred",
-        str(tmp_path / "pred"),
-        "--out",
-        str(out),
-        "-q",
-    ]
+    argv = evaluate_argv(tmp_path, out)
     assert main(argv) == 3
     err = capsys.readouterr().err
     assert "case_a.mha: not on the grid of case_a.mha: origin" in err
@@ -176,34 +154,16 @@ def test_a_prediction_on_another_grid_is_an_error(tmp_path, capsys):
 def test_non_binary_prediction_is_an_error(tmp_path, capsys):
     cases = make_cases(tmp_path)
     write(tmp_path / "pred", "case_a.mha", cases["case_a"][1] * 2)
-    argv = [
-        "evaluate",
-        "--gt",
-        str(tmp_path / "gt"),
-        "--pred",
-        str(tmp_path / "pred"),
-        "--out",
-        str(tmp_path / "o"),
-    ]
-    assert main([*argv, "-q"]) == 3
+    assert main(evaluate_argv(tmp_path, tmp_path / "o")) == 3
     assert "not a binary mask" in capsys.readouterr().err
 
 
-def test_meta_subsets(tmp_path):
+def test_meta_subsets(tmp_path, capsys):
     make_cases(tmp_path)
     meta = tmp_path / "meta.csv"
     meta.write_text("case,tracer,centre\ncase_a,fdg,tue\ncase b,psma,lmu\ncase_c,psma,lmu\n")
     out = tmp_path / "out"
-    argv = [
-        "evaluate",
-        "--gt",
-        str(tmp_path / "gt"),
-        "--pred",
-        str(tmp_path / "pred"),
-        "--out",
-        str(out),
-        "-q",
-    ]
+    argv = evaluate_argv(tmp_path, out)
     assert main([*argv, "--meta", str(meta)]) == 0
     subsets = json.loads((out / "summary.json").read_text())["subsets"]
     assert set(subsets) == {"fdg/tue", "psma/lmu"}
@@ -211,6 +171,7 @@ def test_meta_subsets(tmp_path):
     assert subsets["psma/lmu"]["dice"] == pytest.approx(1.0)  # the lesion-free case has no Dice
     meta.write_text("case,tracer,centre\ncase_a,fdg,tue\n")
     assert main([*argv, "--meta", str(meta)]) == 3
+    assert "meta.csv: no row for case(s): case b, case_c" in capsys.readouterr().err
 
 
 def test_compare_writes_every_set_ranks_them_and_tests_the_reference(tmp_path, capsys):
@@ -218,16 +179,7 @@ def test_compare_writes_every_set_ranks_them_and_tests_the_reference(tmp_path, c
     for name, (truth, _prediction, _pet) in cases.items():
         write(tmp_path / "perfect", name + ".mha", truth)  # a second set: every mask exact
     out = tmp_path / "out"
-    argv = [
-        "evaluate",
-        "--gt",
-        str(tmp_path / "gt"),
-        "--pred",
-        str(tmp_path / "pred"),
-        "--out",
-        str(out),
-        "-q",
-    ]
+    argv = evaluate_argv(tmp_path, out)
     assert main([*argv, "--pet", str(tmp_path / "pet"), "--compare", str(tmp_path / "perfect")]) == 0
     perfect = {row["case"]: row for row in read_csv(out / "cases-perfect.csv")}
     assert perfect["case_a"]["dice"] == "1"
@@ -247,16 +199,7 @@ def test_compare_writes_every_set_ranks_them_and_tests_the_reference(tmp_path, c
 def test_summary_holds_the_stratified_evaluation(tmp_path):
     make_cases(tmp_path)
     out = tmp_path / "out"
-    argv = [
-        "evaluate",
-        "--gt",
-        str(tmp_path / "gt"),
-        "--pred",
-        str(tmp_path / "pred"),
-        "--out",
-        str(out),
-        "-q",
-    ]
+    argv = evaluate_argv(tmp_path, out)
     assert main([*argv, "--pet", str(tmp_path / "pet")]) == 0
     stratified = json.loads((out / "summary.json").read_text())["stratified"]
     assert stratified["lesions"]["single"]["cases"] == 1  # case b
