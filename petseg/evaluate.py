@@ -30,7 +30,7 @@ from petseg.stratified import stratify
 
 CASE_COLUMNS = ("case", "dice", "fpv_ml", "fnv_ml", "lesion_dice", "lesion_count")
 PET_CASE_COLUMNS = ("tp", "fp", "fn", "f1", "tmtv_ml", "tlg", "dmax_mm")
-LESION_COLUMNS = ("case", "lesion", "mtv_ml", "suvmax", "suvmean")
+LESION_COLUMNS = ("case", "lesion", "mtv_ml", "suvmax", "suvmean", "dice")
 GEOMETRY_TOLERANCE = 1e-4  # relative to the spacing, as readers of NIfTI/MHA headers round
 PET_CHANNEL_SUFFIX = "_0001"  # nnU-Net: <case>_0001.nii.gz is the PET
 
@@ -154,6 +154,7 @@ def score_case(case: CaseFilesToScore) -> tuple[dict[str, Any], list[dict[str, A
                     "mtv_ml": float(stats.mtv_ml[k]),
                     "suvmax": float(stats.suvmax[k]),
                     "suvmean": float(stats.suvmean[k]),
+                    "dice": float(result.per_lesion_dice[k]),
                 }
             )
     return row, lesions
@@ -295,7 +296,7 @@ def evaluate_folder(
     """
     rows, lesions = score_cases(cases, workers, progress)
     summary = summarise(rows, meta)
-    summary["stratified"] = stratify(rows)
+    summary["stratified"] = stratify(rows, lesions)
     out_dir = Path(out_dir)
     outputs = {out_dir / "cases.csv": _csv(rows, _case_columns(rows))}
     outputs[out_dir / "lesions.csv"] = _csv(lesions, LESION_COLUMNS)

@@ -1,54 +1,55 @@
-"""Paper 000's stratified evaluation of one prediction set, from the per-case rows of `petseg.evaluate`.
+"""Paper 000's stratified evaluation of one prediction set, from the rows of cases.csv and lesions.csv.
 
-- single- against multiple-lesion cases;
-- Dice of the cases whose TMTV reaches a threshold, for thresholds from 0 to the 85th percentile of TMTV;
-- Dice per Dmax quartile (the paper's quartiles were 0-9, 9-11, 11-14 and 14-60 cm; here they are the data's).
+Three scenarios: all cases with lesions, single-lesion cases and multiple-lesion cases. In each:
+- patient level: median Dice of the cases whose TMTV reaches a threshold, for thresholds from 0 to the 85th
+  percentile of the scenario's TMTV;
+- lesion level: median lesion Dice of the lesions whose MTV reaches a threshold, thresholds from 0 to the
+  85th percentile of the scenario's lesion MTVs;
+- multiple-lesion cases only: median Dice per Dmax quartile (the paper's quartiles were 0-9, 9-11, 11-14
+  and 14-60 cm; here they are the data's).
 
-Only cases with lesions have a Dice; TMTV and Dmax need the lesion-level columns (`petseg evaluate --pet`).
+Only cases with lesions have a Dice; TMTV, MTV and Dmax need the lesion-level columns (`petseg evaluate
+--pet`), without which only the scenario sizes and median Dice are reported.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-TMTV_STEPS = 10
+THRESHOLD_STEPS = 10
+SCENARIOS: dict[str, Callable[[int], bool]] = {
+    "all": lambda count: count >= 1,
+    "single": lambda count: count == 1,
+    "multiple": lambda count: count > 1,
+}
 
 
-def _median(values: Sequence[float]) -> float | None:
+def _median(values: Sequence[float] | np.ndarray) -> float | None:
     return float(np.median(values)) if len(values) else None
 
 
-def stratify(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    with_lesions = [r for r in rows if math.isfinite(r["dice"])]
-    single = [r["dice"] for r in with_lesions if r["lesion_count"] == 1]
-    multiple = [r["dice"] for r in with_lesions if r["lesion_count"] > 1]
-    result: dict[str, Any] = {
-        "lesions": {
-            "single": {"cases": len(single), "median_dice": _median(single)},
-            "multiple": {"cases": len(multiple), "median_dice": _median(multiple)},
-        }
-    }
-    if not with_lesions or "tmtv_ml" not in with_lesions[0]:
-        return result
-    tmtv = np.array([r["tmtv_ml"] for r in with_lesions], dtype=np.float64)
-    dice = np.array([r["dice"] for r in with_lesions], dtype=np.float64)
-    thresholds = np.linspace(0.0, float(np.percentile(tmtv, 85)), TMTV_STEPS)
-    result["tmtv_thresholds"] = [
-        {
-            "tmtv_ml_at_least": float(t),
-            "cases": int((tmtv >= t).sum()),
-            "median_dice": _median(dice[tmtv >= t]),
-        }
+def volume_thresholds(volumes: np.ndarray, dice: np.ndarray, key: str) -> list[dict[str, Any]]:
+    """Median Dice of the items whose volume reaches each of 10 thresholds from 0 to the 85th percentile."""
+    if volumes.size == 0:
+        return []
+    thresholds = np.linspace(0.0, float(np.percentile(volumes, 85)), THRESHOLD_STEPS)
+    return [
+        {key: float(t), "count": int((volumes >= t).sum()), "median_dice": _median(dice[volumes >= t])}
         for t in thresholds
     ]
-    dmax = np.array([r["dmax_mm"] for r in with_lesions], dtype=np.float64)
-    edges = np.percentile(dmax, [0, 25, 50, 75, 100])
-    quartile = np.clip(np.searchsorted(edges[1:-1], dmax, side="right"), 0, 3)
-    result["dmax_quartiles"] = [
+
+
+def dmax_quartiles(dmax_mm: np.ndarray, dice: np.ndarray) -> list[dict[str, Any]]:
+    """Median Dice per quartile of Dmax (cm edges of the data's quartiles)."""
+    if dmax_mm.size == 0:
+        return []
+    edges = np.percentile(dmax_mm, [0, 25, 50, 75, 100])
+    quartile = np.clip(np.searchsorted(edges[1:-1], dmax_mm, side="right"), 0, 3)
+    return [
         {
             "dmax_cm": [float(edges[q]) / 10, float(edges[q + 1]) / 10],
             "cases": int((quartile == q).sum()),
@@ -56,4 +57,32 @@ def stratify(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         }
         for q in range(4)
     ]
+
+
+def stratify(
+    rows: Sequence[Mapping[str, Any]], lesions: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, dict[str, Any]]:
+    """scenario -> cases, median Dice and (with the PET columns) its threshold and quartile analyses."""
+    with_lesions = [r for r in rows if math.isfinite(r["dice"])]
+    with_pet = bool(with_lesions) and "tmtv_ml" in with_lesions[0]
+    result: dict[str, dict[str, Any]] = {}
+    for scenario, belongs in SCENARIOS.items():
+        members = [r for r in with_lesions if belongs(r["lesion_count"])]
+        dice = np.array([r["dice"] for r in members], dtype=np.float64)
+        entry: dict[str, Any] = {"cases": len(members), "median_dice": _median(dice)}
+        if with_pet:
+            tmtv = np.array([r["tmtv_ml"] for r in members], dtype=np.float64)
+            entry["tmtv_thresholds"] = volume_thresholds(tmtv, dice, "tmtv_ml_at_least")
+            names = {r["case"] for r in members}
+            own = [lesion for lesion in lesions if lesion["case"] in names]
+            entry["lesions"] = len(own)
+            entry["mtv_thresholds"] = volume_thresholds(
+                np.array([lesion["mtv_ml"] for lesion in own], dtype=np.float64),
+                np.array([lesion["dice"] for lesion in own], dtype=np.float64),
+                "mtv_ml_at_least",
+            )
+            if scenario == "multiple":
+                dmax = np.array([r["dmax_mm"] for r in members], dtype=np.float64)
+                entry["dmax_quartiles"] = dmax_quartiles(dmax, dice)
+        result[scenario] = entry
     return result

@@ -82,20 +82,41 @@ def test_stratified_by_hand():
         {"case": "b", "dice": 0.4, "lesion_count": 3, "tmtv_ml": 10.0, "dmax_mm": 100.0},
         {"case": "c", "dice": 0.6, "lesion_count": 2, "tmtv_ml": 20.0, "dmax_mm": 200.0},
         {"case": "d", "dice": 0.8, "lesion_count": 5, "tmtv_ml": 40.0, "dmax_mm": 400.0},
+        {"case": "f", "dice": 0.9, "lesion_count": 2, "tmtv_ml": 30.0, "dmax_mm": 300.0},
         {"case": "e", "dice": NAN, "lesion_count": 0, "tmtv_ml": 0.0, "dmax_mm": NAN},  # lesion-free
     ]
-    result = stratify(table)
-    assert result["lesions"]["single"] == {"cases": 1, "median_dice": 0.2}
-    assert result["lesions"]["multiple"] == {"cases": 3, "median_dice": 0.6}
-    thresholds = result["tmtv_thresholds"]
-    assert thresholds[0] == {"tmtv_ml_at_least": 0.0, "cases": 4, "median_dice": pytest.approx(0.5)}
-    assert thresholds[-1]["tmtv_ml_at_least"] == pytest.approx(np.percentile([1, 10, 20, 40], 85))
-    assert thresholds[-1]["cases"] == 1
-    quartiles = result["dmax_quartiles"]
+    lesions = [
+        {"case": "a", "mtv_ml": 1.0, "dice": 0.1},
+        {"case": "b", "mtv_ml": 2.0, "dice": 0.2},
+        {"case": "b", "mtv_ml": 8.0, "dice": 0.8},
+        {"case": "c", "mtv_ml": 20.0, "dice": 0.9},
+    ]
+    result = stratify(table, lesions)
+    assert set(result) == {"all", "single", "multiple"}
+    assert (result["single"]["cases"], result["single"]["median_dice"]) == (1, 0.2)
+    assert (result["multiple"]["cases"], result["multiple"]["median_dice"]) == (4, pytest.approx(0.7))
+    everything = result["all"]
+    assert everything["cases"] == 5
+    thresholds = everything["tmtv_thresholds"]
+    assert len(thresholds) == 10
+    assert thresholds[0] == {"tmtv_ml_at_least": 0.0, "count": 5, "median_dice": pytest.approx(0.6)}
+    assert thresholds[-1]["tmtv_ml_at_least"] == pytest.approx(np.percentile([1, 10, 20, 30, 40], 85))
+    assert (thresholds[-1]["count"], thresholds[-1]["median_dice"]) == (1, 0.8)
+    # lesion level: MTVs 1, 2, 8, 20 -> P85 = 14.6; lesions of at least 14.6 ml: only c's (Dice 0.9)
+    mtv = everything["mtv_thresholds"]
+    assert everything["lesions"] == 4
+    assert mtv[0] == {"mtv_ml_at_least": 0.0, "count": 4, "median_dice": pytest.approx(0.5)}
+    assert mtv[-1]["mtv_ml_at_least"] == pytest.approx(np.percentile([1, 2, 8, 20], 85))
+    assert (mtv[-1]["count"], mtv[-1]["median_dice"]) == (1, 0.9)
+    assert result["single"]["lesions"] == 1
+    assert result["single"]["mtv_thresholds"][0]["median_dice"] == pytest.approx(0.1)
+    assert result["multiple"]["lesions"] == 3
+    # Dmax quartiles only among multiple-lesion cases: 100, 200, 300, 400 mm
+    assert "dmax_quartiles" not in everything
+    quartiles = result["multiple"]["dmax_quartiles"]
     assert [q["cases"] for q in quartiles] == [1, 1, 1, 1]
-    assert [q["median_dice"] for q in quartiles] == pytest.approx([0.2, 0.4, 0.6, 0.8])
-    assert quartiles[0]["dmax_cm"][0] == 0.0
+    assert [q["median_dice"] for q in quartiles] == pytest.approx([0.4, 0.6, 0.9, 0.8])
+    assert quartiles[0]["dmax_cm"] == [10.0, pytest.approx(17.5)]
     assert quartiles[-1]["dmax_cm"][1] == pytest.approx(40.0)
-    assert "tmtv_thresholds" not in stratify(
-        [{k: r[k] for k in ("case", "dice", "lesion_count")} for r in table]
-    )
+    without_pet = stratify([{k: r[k] for k in ("case", "dice", "lesion_count")} for r in table])
+    assert without_pet["all"] == {"cases": 5, "median_dice": pytest.approx(0.6)}

@@ -124,7 +124,7 @@ def test_without_pet_there_are_no_lesion_level_columns(tmp_path):
     assert main(argv) == 0
     header = (out / "cases.csv").read_text().splitlines()[0].split(",")
     assert header == ["case", "dice", "fpv_ml", "fnv_ml", "lesion_dice", "lesion_count"]
-    assert (out / "lesions.csv").read_text().strip() == "case,lesion,mtv_ml,suvmax,suvmean"
+    assert (out / "lesions.csv").read_text().strip() == "case,lesion,mtv_ml,suvmax,suvmean,dice"
 
 
 def test_missing_prediction_is_an_error_unless_scored_as_empty(tmp_path, capsys):
@@ -202,6 +202,10 @@ def test_summary_holds_the_stratified_evaluation(tmp_path):
     argv = evaluate_argv(tmp_path, out)
     assert main([*argv, "--pet", str(tmp_path / "pet")]) == 0
     stratified = json.loads((out / "summary.json").read_text())["stratified"]
-    assert stratified["lesions"]["single"]["cases"] == 1  # case b
-    assert stratified["lesions"]["multiple"]["cases"] == 1  # case_a
-    assert len(stratified["dmax_quartiles"]) == 4
+    assert stratified["single"]["cases"] == 1  # case b
+    assert stratified["multiple"]["cases"] == 1  # case_a
+    assert len(stratified["multiple"]["dmax_quartiles"]) == 4
+    assert stratified["all"]["lesions"] == 3
+    assert stratified["all"]["mtv_thresholds"][0]["count"] == 3
+    # sorted by case: "case b" found exactly; case_a: 12 of 18 + 18 voxels shared, its second lesion missed
+    assert [float(row["dice"]) for row in read_csv(out / "lesions.csv")] == pytest.approx([1.0, 2 / 3, 0.0])

@@ -72,6 +72,16 @@ def reference_lesion_dice(prediction, truth) -> float:
     return float(np.mean(scores))
 
 
+def reference_per_lesion_dice(prediction, truth) -> list[float]:
+    """Each lesion: the mean Dice of the predicted components touching it, 0 when none does."""
+    scores = []
+    for lesion in components(truth):
+        matched = [p for p in components(prediction) if (p & lesion).any()]
+        pairs = [2 * (p & lesion).sum() / (p.sum() + lesion.sum()) for p in matched]
+        scores.append(float(np.mean(pairs)) if pairs else 0.0)
+    return scores
+
+
 def reference_dmax(mask, spacing) -> float:
     points = np.argwhere(mask) * np.asarray(spacing, dtype=float)
     if len(points) == 0:
@@ -157,6 +167,12 @@ def test_lesion_dice_hand_built():
     assert lesion_dice(prediction, truth) == pytest.approx(0.25)
     prediction[6:8, 6:8, 6:8] = 1  # B exact -> 1
     assert lesion_dice(prediction, truth) == pytest.approx(0.75)
+    prediction[6:8, 6:8, 6:8] = 0
+    prediction[6, 6, 6] = 1  # B touched by two components (corners are not 18-connected): 2*1/(8+1)
+    prediction[7:9, 7, 7] = 1  # and 2*1/(8+2), its second voxel outside B
+    assert lesion_dice(prediction, truth) == pytest.approx((0.5 + 2 / 9 + 2 / 10) / 3)
+    per_lesion = evaluate_case(prediction, truth, (1, 1, 1)).per_lesion_dice
+    np.testing.assert_allclose(per_lesion, [0.5, (2 / 9 + 2 / 10) / 2])
     assert math.isnan(lesion_dice(prediction, np.zeros_like(truth)))
     assert lesion_dice(np.zeros_like(truth), truth) == 0.0
 
@@ -243,6 +259,7 @@ def test_one_labelling_evaluation_equals_the_separate_functions(prediction, trut
         assert same(got, want)
     assert together.detection == suvmax_detection(prediction, truth, pet)
     assert same(together.lesion_dice, lesion_dice(prediction, truth))
+    np.testing.assert_allclose(together.per_lesion_dice, reference_per_lesion_dice(prediction, truth))
     stats = lesion_stats(truth, pet, spacing)
     np.testing.assert_array_equal(together.lesions.mtv_ml, stats.mtv_ml)
     np.testing.assert_array_equal(together.lesions.suvmean, stats.suvmean)

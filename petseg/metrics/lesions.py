@@ -104,13 +104,32 @@ def _detection(predicted: Components, lesions: Components, shared: np.ndarray, p
     return Detection(tp=tp, fp=fp, fn=int(lesions.count - used.sum()))
 
 
+def _pair_dice(
+    predicted: Components, lesions: Components, shared: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dice of every (prediction, lesion) pair sharing a voxel, and each pair's lesion index (0-based)."""
+    p, g = np.nonzero(shared)
+    return 2.0 * shared[p, g] / (lesions.sizes[g + 1] + predicted.sizes[p + 1]), g
+
+
 def _lesion_dice(predicted: Components, lesions: Components, shared: np.ndarray) -> float:
     if lesions.count == 0:
         return math.nan
-    p, g = np.nonzero(shared)
-    pair_scores = 2.0 * shared[p, g] / (lesions.sizes[g + 1] + predicted.sizes[p + 1])
+    pair_scores, _ = _pair_dice(predicted, lesions, shared)
     unmatched = int((~shared.any(axis=0)).sum())
     return float(pair_scores.sum() / (pair_scores.size + unmatched))
+
+
+def _per_lesion_dice(predicted: Components, lesions: Components, shared: np.ndarray) -> np.ndarray:
+    """One Dice per ground-truth lesion: the mean over its matched pairs, 0 when nothing touches it.
+
+    This is what the MTV-threshold analysis takes the median of; a lesion split into several predicted
+    components counts once, with the mean of its pairs, as it does in the case's lesion-wise Dice.
+    """
+    pair_scores, g = _pair_dice(predicted, lesions, shared)
+    totals = np.bincount(g, weights=pair_scores, minlength=lesions.count)
+    pairs = np.bincount(g, minlength=lesions.count)
+    return np.divide(totals, pairs, out=np.zeros(lesions.count), where=pairs > 0)
 
 
 def suvmax_detection(prediction: np.ndarray, truth: np.ndarray, pet: np.ndarray) -> Detection:
@@ -217,6 +236,7 @@ class CaseEvaluation:
     detection: Detection | None
     lesion_dice: float
     lesions: LesionStats | None
+    per_lesion_dice: np.ndarray  # one entry per ground-truth lesion, in label order
 
 
 def evaluate_case(
@@ -237,4 +257,5 @@ def evaluate_case(
         detection=_detection(predicted, lesions, overlap, pet) if pet is not None else None,
         lesion_dice=_lesion_dice(predicted, lesions, overlap),
         lesions=_lesion_stats(lesions, pet, spacing) if pet is not None else None,
+        per_lesion_dice=_per_lesion_dice(predicted, lesions, overlap),
     )
