@@ -156,10 +156,13 @@ def _phantoms(args: argparse.Namespace) -> int:
 
 
 def _samples(args: argparse.Namespace) -> int:
-    from petseg.phantoms.samples import write_samples
+    from petseg.phantoms.samples import write_expected, write_samples
 
     rows = write_samples(args.out)
     log.info("wrote %d sample case(s) to %s: %s", len(rows), args.out, ", ".join(r["case_id"] for r in rows))
+    if args.expected:
+        paths = write_expected(args.out, args.model, args.device)
+        log.info("wrote %d expected mask(s) of the model in %s", len(paths), args.model)
     return 0
 
 
@@ -190,6 +193,7 @@ def _predict(args: argparse.Namespace) -> int:
     from petseg.console import StageTimer
     from petseg.io import DATA_CENTRIC_JSON, write_json
     from petseg.pipeline import run_to_file
+    from petseg.probability import probability_path
 
     cases = discover_cases(args.input)
     log.info("%d case(s) in %s", len(cases), args.input)
@@ -203,7 +207,13 @@ def _predict(args: argparse.Namespace) -> int:
             skipped += 1
             continue
         try:
-            run_to_file(case.files, destination, predictor, StageTimer(prefix=f"{case.name}: "))
+            run_to_file(
+                case.files,
+                destination,
+                predictor,
+                StageTimer(prefix=f"{case.name}: "),
+                probability_to=probability_path(destination) if args.save_probabilities else None,
+            )
             if case.layout == "gc":
                 write_json(False, args.output / case.name / DATA_CENTRIC_JSON)
             if args.preview:
@@ -307,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     samples = commands.add_parser("samples", help="write the two sample cases of test/ (for test.sh)")
     samples.add_argument("--out", type=Path, default=Path("test"))
+    samples.add_argument(
+        "--expected",
+        action="store_true",
+        help="also write <case>/expected/<pet-uuid>.mha: the masks --model produces, which test.sh checks",
+    )
+    samples.add_argument(
+        "--model", type=Path, default=None, help="model of --expected (default: as process.py, model/)"
+    )
+    samples.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     samples.set_defaults(run=_samples)
 
     predict = commands.add_parser("predict", help="segment every case in a folder (gc or nnU-Net layout)")
@@ -317,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     predict.add_argument(
         "--preview", action="store_true", help="also write OUTPUT/preview/<case>.png (PET MIP)"
+    )
+    predict.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write the lesion probability beside each mask: <mask name>_probability.npz "
+        "(float16, PET grid, uncompressed; for `petseg evaluate --probabilities`)",
     )
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(run=_predict)

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,17 +228,22 @@ def write_image(image: sitk.Image, path: Path, compress: bool = True) -> Path:
     return path
 
 
-def write_text(text: str, path: Path) -> Path:
-    """Write a text file atomically: the complete file at `path`, or nothing."""
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """`write(partial)` into a hidden staging file, then one rename onto `path`: the whole file or nothing."""
     path = Path(path)
     try:
         with _staging(path) as staging:
             partial = staging / path.name
-            partial.write_text(text)
+            write(partial)
             os.replace(partial, path)
     except OSError as error:
         raise OutputError(f"{path}: cannot write: {error.strerror or error}") from None
     return path
+
+
+def write_text(text: str, path: Path) -> Path:
+    """Write a text file atomically: the complete file at `path`, or nothing."""
+    return write_atomically(path, lambda partial: partial.write_text(text))
 
 
 def write_json(data: Any, path: Path) -> Path:

@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from petseg.console import StageTimer
 from petseg.io import CaseFiles, find_case, read_case, write_image, write_outputs
-from petseg.postprocess import probability_to_mask
+from petseg.postprocess import mask_image, probability_on_pet_grid, probability_to_mask
 from petseg.predict import Predictor
 from petseg.preprocess import preprocess
+from petseg.probability import write_probability
 
 log = logging.getLogger(__name__)
 
 
-def segment(files: CaseFiles, predictor: Predictor, timer: StageTimer, progress: bool = False) -> sitk.Image:
-    """The lesion mask (uint8 {0,1}) of one case, on the exact grid of its PET."""
+@dataclass
+class Segmentation:
+    """A case's mask on its PET grid and, when asked for, the lesion probability it was thresholded from."""
+
+    mask: sitk.Image
+    probability: np.ndarray | None = None  # (z, y, x) float32 on the PET grid
+
+
+def segment_case(
+    files: CaseFiles,
+    predictor: Predictor,
+    timer: StageTimer,
+    progress: bool = False,
+    keep_probability: bool = False,
+) -> Segmentation:
+    """Read, preprocess, predict and map back one case; `keep_probability` also returns the probability."""
     with timer.stage("read"):
         ct, pet = read_case(files)
     log.debug(
@@ -30,11 +47,20 @@ def segment(files: CaseFiles, predictor: Predictor, timer: StageTimer, progress:
     with timer.stage("predict"):
         probability = predictor(case.image, progress=progress)
     del case.image  # the network input is not needed any more: free it before the back-map
+    settings = predictor.card.ensemble
     with timer.stage("postprocess"):
-        settings = predictor.card.ensemble
-        return probability_to_mask(
-            probability, case.back_map, settings.threshold, settings.back_interpolation
-        )
+        if not keep_probability:  # the lean path: only the body box is resampled
+            mask = probability_to_mask(
+                probability, case.back_map, settings.threshold, settings.back_interpolation
+            )
+            return Segmentation(mask)
+        on_pet = probability_on_pet_grid(probability, case.back_map, settings.back_interpolation)
+        return Segmentation(mask_image(on_pet > settings.threshold, case.back_map.pet_grid), on_pet)
+
+
+def segment(files: CaseFiles, predictor: Predictor, timer: StageTimer, progress: bool = False) -> sitk.Image:
+    """The lesion mask (uint8 {0,1}) of one case, on the exact grid of its PET."""
+    return segment_case(files, predictor, timer, progress).mask
 
 
 def run_grand_challenge(
@@ -47,8 +73,19 @@ def run_grand_challenge(
         return write_outputs(mask, output_dir, files.pet_uuid)
 
 
-def run_to_file(files: CaseFiles, destination: Path, predictor: Predictor, timer: StageTimer) -> Path:
-    """Segment one case and write its mask to `destination` (any SimpleITK format)."""
-    mask = segment(files, predictor, timer)
+def run_to_file(
+    files: CaseFiles,
+    destination: Path,
+    predictor: Predictor,
+    timer: StageTimer,
+    probability_to: Path | None = None,
+) -> Path:
+    """Segment one case and write its mask to `destination` (any SimpleITK format).
+
+    With `probability_to`, the lesion probability goes there too (float16, PET grid; `petseg.probability`).
+    """
+    result = segment_case(files, predictor, timer, keep_probability=probability_to is not None)
     with timer.stage("write"):
-        return write_image(mask, destination, compress=True)
+        if probability_to is not None and result.probability is not None:
+            write_probability(result.probability, result.mask, probability_to)
+        return write_image(result.mask, destination, compress=True)
