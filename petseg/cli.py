@@ -169,7 +169,13 @@ def _samples(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from petseg.evaluate import evaluate_folder, format_summary, match_cases, read_meta
 
-    cases = match_cases(args.gt, args.pred, args.pet, missing_as_empty=args.missing_as_empty)
+    cases = match_cases(
+        args.gt,
+        args.pred,
+        args.pet,
+        missing_as_empty=args.missing_as_empty,
+        probability_dir=args.probabilities,
+    )
     meta = read_meta(args.meta, [case.name for case in cases]) if args.meta is not None else None
     name = args.pred.resolve().name
     compare = {}
@@ -182,7 +188,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         cases, args.out, meta, workers=args.workers, progress=not args.quiet, compare=compare, name=name
     )
     print(format_summary(summary))
-    print(f"wrote {args.out / 'cases.csv'}, lesions.csv, summary.json")
+    extra = ", calibration.png" if args.probabilities is not None else ""
+    print(f"wrote {args.out / 'cases.csv'}, lesions.csv, summary.json{extra}")
     return 0
 
 
@@ -353,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pred", type=Path, required=True, help="predicted masks, same file names")
     evaluate.add_argument("--pet", type=Path, default=None, help="PET images: lesion-level metrics")
     evaluate.add_argument("--meta", type=Path, default=None, help="CSV with case, tracer, centre: subsets")
+    evaluate.add_argument(
+        "--probabilities",
+        type=Path,
+        default=None,
+        help="folder of <case>_probability.npz (petseg predict --save-probabilities): voxel calibration, "
+        "entropy and confidence of correct and incorrect voxels, calibration.png",
+    )
     evaluate.add_argument(
         "--compare",
         type=Path,

@@ -17,15 +17,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.calibration import Calibration
 from petseg.comparison import challenge_ranking, subset_key, wilcoxon_tests
 from petseg.errors import InputError
 from petseg.io import image_stem, is_image_file, read_image, write_json, write_text
 from petseg.metrics import evaluate_case
+from petseg.probability import PROBABILITY_SUFFIX, read_probability
 from petseg.stratified import stratify
 
 CASE_COLUMNS = ("case", "dice", "fpv_ml", "fnv_ml", "lesion_dice", "lesion_count")
@@ -41,6 +43,13 @@ class CaseFilesToScore:
     truth: Path
     prediction: Path | None  # None: evaluated as an empty mask
     pet: Path | None
+    probability: Path | None = None  # `petseg predict --save-probabilities` output: calibration
+
+
+class ScoredCases(NamedTuple):
+    rows: list[dict[str, Any]]  # cases.csv
+    lesions: list[dict[str, Any]]  # lesions.csv
+    calibration: Calibration | None  # summed over the cases, when probabilities were given
 
 
 def _images_by_name(folder: Path, what: str) -> dict[str, Path]:
@@ -59,9 +68,13 @@ def _images_by_name(folder: Path, what: str) -> dict[str, Path]:
 
 
 def match_cases(
-    truth_dir: Path, prediction_dir: Path, pet_dir: Path | None = None, missing_as_empty: bool = False
+    truth_dir: Path,
+    prediction_dir: Path,
+    pet_dir: Path | None = None,
+    missing_as_empty: bool = False,
+    probability_dir: Path | None = None,
 ) -> list[CaseFilesToScore]:
-    """Pair every ground truth with its prediction (and PET) by file name."""
+    """Pair every ground truth with its prediction (and PET, and `<case>_probability.npz`) by file name."""
     truths = _images_by_name(Path(truth_dir), "ground-truth")
     if not truths:
         raise InputError(f"{truth_dir}: no ground-truth images (.mha, .nii.gz, ...)")
@@ -81,7 +94,14 @@ def match_cases(
                 raise InputError(
                     f"{pet_dir}: no PET for case {name!r} ({name} or {name}{PET_CHANNEL_SUFFIX})"
                 )
-        cases.append(CaseFilesToScore(name, truth, prediction, pet))
+        probability = None
+        if probability_dir is not None:
+            probability = Path(probability_dir) / f"{name}{PROBABILITY_SUFFIX}"
+            if not probability.is_file():
+                raise InputError(
+                    f"{probability}: no probability file for case {name!r} (see predict --save-probabilities)"
+                )
+        cases.append(CaseFilesToScore(name, truth, prediction, pet, probability))
     return cases
 
 
@@ -109,8 +129,8 @@ def _mask(image: sitk.Image, path: Path) -> np.ndarray:
     return array.astype(bool)
 
 
-def score_case(case: CaseFilesToScore) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One case's row of cases.csv and its rows of lesions.csv."""
+def score_case(case: CaseFilesToScore) -> ScoredCases:
+    """One case's row of cases.csv, its rows of lesions.csv and its voxel calibration."""
     truth_image = read_image(case.truth, "ground truth")
     truth = _mask(truth_image, case.truth)
     if case.prediction is None:
@@ -157,7 +177,12 @@ def score_case(case: CaseFilesToScore) -> tuple[dict[str, Any], list[dict[str, A
                     "dice": float(result.per_lesion_dice[k]),
                 }
             )
-    return row, lesions
+    calibration = None
+    if case.probability is not None:
+        probability_image = read_probability(case.probability)
+        _check_same_grid(probability_image, truth_image, case.probability, case.truth)
+        calibration = Calibration().add(sitk.GetArrayViewFromImage(probability_image), truth)
+    return ScoredCases([row], lesions, calibration)
 
 
 def _csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -249,29 +274,33 @@ def score_cases(
     workers: int | None = None,
     progress: bool = True,
     desc: str = "evaluate",
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows of cases.csv and lesions.csv, the cases scored in parallel processes (rows keep their order)."""
+) -> ScoredCases:
+    """Rows of cases.csv and lesions.csv (in case order) and the summed calibration, in parallel processes."""
     from tqdm import tqdm
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(cases)))
-    rows: list[dict[str, Any]] = []
-    lesions: list[dict[str, Any]] = []
+    total = ScoredCases([], [], None)
     with tqdm(total=len(cases), desc=desc, unit="case", disable=not progress) as bar:
         if workers == 1:
-            results: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]] = map(score_case, cases)
+            results: Iterable[ScoredCases] = map(score_case, cases)
             pool = None
         else:
             pool = ProcessPoolExecutor(max_workers=workers)
             results = pool.map(score_case, cases)
         try:
-            for row, case_lesions in results:
-                rows.append(row)
-                lesions.extend(case_lesions)
+            for result in results:
+                total.rows.extend(result.rows)
+                total.lesions.extend(result.lesions)
+                if result.calibration is not None:
+                    if total.calibration is None:
+                        total = total._replace(calibration=result.calibration)
+                    else:
+                        total.calibration.merge(result.calibration)
                 bar.update()
         finally:
             if pool is not None:
                 pool.shutdown()
-    return rows, lesions
+    return total
 
 
 def _case_columns(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
@@ -294,16 +323,18 @@ def evaluate_folder(
     `cases-<name>.csv`, and the summary gains the challenge ranking of all sets and one-sided paired Wilcoxon
     tests of this set (`name`) against each other one.
     """
-    rows, lesions = score_cases(cases, workers, progress)
+    rows, lesions, calibration = score_cases(cases, workers, progress)
     summary = summarise(rows, meta)
     summary["stratified"] = stratify(rows, lesions)
+    if calibration is not None:
+        summary["calibration"] = calibration.summary()
     out_dir = Path(out_dir)
     outputs = {out_dir / "cases.csv": _csv(rows, _case_columns(rows))}
     outputs[out_dir / "lesions.csv"] = _csv(lesions, LESION_COLUMNS)
     if compare:
         sets = {name: rows}
         for other, other_cases in compare.items():
-            sets[other], _ = score_cases(other_cases, workers, progress, desc=other)
+            sets[other] = score_cases(other_cases, workers, progress, desc=other).rows
             outputs[out_dir / f"cases-{other}.csv"] = _csv(sets[other], _case_columns(sets[other]))
         summary["comparison"] = {
             "sets": list(sets),
@@ -312,6 +343,10 @@ def evaluate_folder(
         }
     for path, text in outputs.items():
         write_text(text, path)
+    if calibration is not None:
+        from petseg.plots import calibration_png, write_png
+
+        write_png(calibration_png(summary["calibration"]), out_dir / "calibration.png")
     write_json(_json_safe(summary), out_dir / "summary.json")
     return summary
 
@@ -331,6 +366,22 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{m} {v:.4g}" if v is not None else f"{m} -" for m, v in subset.items() if m != "cases"
         )
         lines.append(f"subset {key} ({subset['cases']} cases): {values}")
+    calibration = summary.get("calibration")
+    if calibration:
+        lines.append(
+            "calibration: "
+            + ", ".join(
+                f"{key} {calibration[key]:.4g}"
+                for key in (
+                    "entropy_correct",
+                    "entropy_incorrect",
+                    "confidence_correct",
+                    "confidence_incorrect",
+                )
+                if calibration[key] == calibration[key]
+            )
+            + f", gap {calibration['calibration_gap']:.4g}"
+        )
     comparison = summary.get("comparison")
     if comparison:
         ranking = comparison["ranking"]
