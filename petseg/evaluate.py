@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from petseg.calibration import Calibration
 from petseg.comparison import challenge_ranking, subset_key, wilcoxon_tests
 from petseg.errors import InputError
-from petseg.io import image_stem, is_image_file, read_image, write_json, write_text
+from petseg.io import image_stem, is_image_file, json_safe, read_image, write_json, write_text
 from petseg.metrics import evaluate_case
 from petseg.probability import PROBABILITY_SUFFIX, read_probability
 from petseg.stratified import stratify
@@ -259,16 +259,6 @@ def summarise(
     return summary
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def score_cases(
     cases: Sequence[CaseFilesToScore],
     workers: int | None = None,
@@ -347,7 +337,7 @@ def evaluate_folder(
         from petseg.plots import calibration_png, write_png
 
         write_png(calibration_png(summary["calibration"]), out_dir / "calibration.png")
-    write_json(_json_safe(summary), out_dir / "summary.json")
+    write_json(json_safe(summary), out_dir / "summary.json")
     return summary
 
 

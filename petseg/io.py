@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import uuid
@@ -244,6 +245,17 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
 def write_text(text: str, path: Path) -> Path:
     """Write a text file atomically: the complete file at `path`, or nothing."""
     return write_atomically(path, lambda partial: partial.write_text(text))
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities as null, in nested dicts and lists: strict JSON readers reject NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def write_json(data: Any, path: Path) -> Path:

@@ -122,6 +122,26 @@ def stratified_png(stratified: Mapping[str, Mapping[str, Any]]) -> bytes | None:
     return _png(figure)
 
 
+def weighting_png(result: Mapping[str, Any]) -> bytes:
+    """Mean gradient norm per difficulty bin (left) and how many voxels each bin holds (right)."""
+    plt = _pyplot()
+    curve = result["curve"]
+    centres = [sum(b["difficulty"]) / 2 for b in curve]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    shown = [
+        (c, b["mean_weight"]) for c, b in zip(centres, curve, strict=True) if b["mean_weight"] is not None
+    ]
+    left.plot([c for c, _ in shown], [w for _, w in shown], "o-", color="tab:blue")
+    left.set(xlabel="difficulty |p - t|", ylabel="mean |d loss / d logits| x voxels", xlim=(0, 1))
+    pearson = result["pearson"]
+    pearson_text = "-" if pearson is None or pearson != pearson else f"{pearson:.3f}"
+    left.set_title(f"{result['loss']}: Pearson r = {pearson_text}")
+    right.bar(centres, [b["voxels"] for b in curve], width=1.0 / len(curve), color="tab:gray")
+    right.set(xlabel="difficulty |p - t|", ylabel="voxels", yscale="log", xlim=(0, 1))
+    right.set_title(f"{result['voxels']:,} voxels, {result['cases']} case(s)")
+    return _png(figure)
+
+
 def _finite(value: Any) -> bool:
     try:
         return math.isfinite(float(value))

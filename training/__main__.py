@@ -80,6 +80,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyse_weighting(args: argparse.Namespace) -> int:
+    from training.weighting import analyse_weighting
+
+    out = args.out or Path(f"weighting-{args.loss}")
+    result = analyse_weighting(
+        args.model, args.data, args.loss, out, cases=args.cases, device=args.device, progress=not args.quiet
+    )
+    print(
+        f"{args.loss}: Pearson r(difficulty, gradient norm) = {result['pearson']:.4f} over "
+        f"{result['voxels']:,} voxels of {result['cases']} case(s); wrote {out / 'weighting.json'} and .png"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from petseg.networks import PRESETS
     from training.demo import DemoRecipe
@@ -135,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", default=None, help="model name in the card")
     export.add_argument("--synthetic", action="store_true", help="mark the card as trained on synthetic data")
     export.set_defaults(run=_export)
+
+    weighting = commands.add_parser(
+        "analyse-weighting",
+        help="difficulty |p - t| against the loss's per-voxel gradient: Pearson r and the binned curve",
+    )
+    weighting.add_argument("--model", type=Path, required=True, help="model folder (model.json + folds)")
+    weighting.add_argument("--data", type=Path, required=True, help="nnU-Net-layout dataset with labels")
+    weighting.add_argument("--loss", choices=LOSSES, required=True)
+    weighting.add_argument("--cases", type=int, default=None, help="only the first N cases (default: all)")
+    weighting.add_argument("--out", type=Path, default=None, help="default: weighting-<loss>/")
+    weighting.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    weighting.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    weighting.set_defaults(run=_analyse_weighting)
 
     defaults = DemoRecipe()
     demo = commands.add_parser("demo", help="phantoms -> five resunet-tiny folds on the CPU -> model folder")
