@@ -185,10 +185,18 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise InputError(f"{folder}: two prediction folders are named {other!r}; rename one")
         compare[other] = match_cases(args.gt, folder, args.pet, missing_as_empty=args.missing_as_empty)
     summary = evaluate_folder(
-        cases, args.out, meta, workers=args.workers, progress=not args.quiet, compare=compare, name=name
+        cases,
+        args.out,
+        meta,
+        workers=args.workers,
+        progress=not args.quiet,
+        compare=compare,
+        name=name,
+        report_cases=None if args.no_report else args.report_cases,
     )
     print(format_summary(summary))
     extra = ", calibration.png" if args.probabilities is not None else ""
+    extra += "" if args.no_report else ", report.html"
     print(f"wrote {args.out / 'cases.csv'}, lesions.csv, summary.json{extra}")
     return 0
 
@@ -290,6 +298,16 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from petseg.phantoms import LAYOUTS, SIZES, TRACERS
 
@@ -367,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of <case>_probability.npz (petseg predict --save-probabilities): voxel calibration, "
         "entropy and confidence of correct and incorrect voxels, calibration.png",
     )
+    evaluate.add_argument(
+        "--report-cases",
+        type=_non_negative_int,
+        default=60,
+        help="cases shown in report.html, worst Dice first (default 60)",
+    )
+    evaluate.add_argument("--no-report", action="store_true", help="do not write report.html")
     evaluate.add_argument(
         "--compare",
         type=Path,

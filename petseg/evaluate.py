@@ -306,12 +306,14 @@ def evaluate_folder(
     progress: bool = True,
     compare: Mapping[str, Sequence[CaseFilesToScore]] | None = None,
     name: str = "prediction",
+    report_cases: int | None = None,
 ) -> dict[str, Any]:
     """Score the cases; write cases.csv, lesions.csv and summary.json, and return the summary.
 
     With `compare` (other prediction sets of the same cases, by name), each set's rows go to
     `cases-<name>.csv`, and the summary gains the challenge ranking of all sets and one-sided paired Wilcoxon
-    tests of this set (`name`) against each other one.
+    tests of this set (`name`) against each other one. With `report_cases` (a number, 0 included), also
+    `report.html` with a gallery of at most that many cases.
     """
     rows, lesions, calibration = score_cases(cases, workers, progress)
     summary = summarise(rows, meta)
@@ -338,6 +340,19 @@ def evaluate_folder(
 
         write_png(calibration_png(summary["calibration"]), out_dir / "calibration.png")
     write_json(json_safe(summary), out_dir / "summary.json")
+    if report_cases is not None:
+        from petseg.report import write_report
+
+        write_report(
+            out_dir / "report.html",
+            json_safe(summary),
+            rows,
+            cases,
+            meta,
+            max_cases=report_cases,
+            progress=progress,
+            title=f"petseg evaluation of {name}",
+        )
     return summary
 
 

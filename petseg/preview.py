@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage
 import SimpleITK as sitk
 
 from petseg.io import write_image
@@ -75,3 +76,50 @@ def write_preview(pet: sitk.Image, prediction: sitk.Image, truth: sitk.Image | N
     if factor > 1:
         joined = np.repeat(np.repeat(joined, factor, axis=0), factor, axis=1)
     return write_image(sitk.GetImageFromArray(joined, isVector=True), Path(path), compress=False)
+
+
+# Outline colours of the evaluation report: found and missed lesions, matched and false-positive predictions.
+FOUND_RGB = (0, 150, 60)
+MISSED_RGB = (255, 140, 0)
+MATCHED_RGB = (30, 90, 230)
+FALSE_POSITIVE_RGB = (220, 30, 30)
+OUTLINE_PX = 2
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    return mask & ~scipy.ndimage.binary_erosion(mask, iterations=OUTLINE_PX)
+
+
+def outline_panel(pet: sitk.Image, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """Coronal PET MIP (RGB uint8) with outlines: lesions found (green) and missed (orange), predicted
+    components touching a lesion (blue) and false positives touching none (red).
+
+    `truth` and `prediction` are (z, y, x) boolean arrays on the PET's grid. Components are 18-connected,
+    as in the metrics; outlines are drawn on the projections after enlarging, so they stay thin.
+    """
+    from petseg.metrics.components import Components, shared
+
+    lesions, predicted = Components.of(truth), Components.of(prediction)
+    overlap = shared(predicted, lesions)
+    found = np.concatenate([[False], overlap.any(axis=0)])
+    matched = np.concatenate([[False], overlap.any(axis=1)])
+    categories = {
+        MATCHED_RGB: matched[predicted.labels],
+        FOUND_RGB: found[lesions.labels],
+        MISSED_RGB: (lesions.labels > 0) & ~found[lesions.labels],
+        FALSE_POSITIVE_RGB: (predicted.labels > 0) & ~matched[predicted.labels],
+    }
+    pet_mip, spacing = _coronal_mip(pet)
+    pet_mip = _square_pixels(pet_mip, spacing, nearest=False)
+    factor = max(1, -(-MIN_HEIGHT_PX // pet_mip.shape[0]))
+    gray = 255.0 * (1.0 - np.clip(pet_mip / SUV_WHITE_TO_BLACK, 0.0, 1.0))
+    rgb = np.repeat(np.repeat(np.repeat(gray[..., None], 3, axis=2), factor, axis=0), factor, axis=1)
+    for colour, mask in categories.items():
+        if not mask.any():
+            continue
+        image = sitk.GetImageFromArray(mask.astype(np.uint8))
+        image.CopyInformation(pet)
+        projection = _square_pixels(_coronal_mip(image)[0], spacing, nearest=True) > 0
+        projection = np.repeat(np.repeat(projection, factor, axis=0), factor, axis=1)
+        rgb[_outline(projection)] = colour
+    return rgb.astype(np.uint8)
