@@ -15,6 +15,7 @@ from petseg.postprocess import mask_image, probability_on_pet_grid, probability_
 from petseg.predict import Predictor
 from petseg.preprocess import preprocess
 from petseg.probability import write_probability
+from petseg.tta import MirrorTTA, TtaReport
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class Segmentation:
 
     mask: sitk.Image
     probability: np.ndarray | None = None  # (z, y, x) float32 on the PET grid
+    tta: TtaReport | None = None  # what the mirrored passes did, when a plan was given
 
 
 def segment_case(
@@ -33,8 +35,14 @@ def segment_case(
     timer: StageTimer,
     progress: bool = False,
     keep_probability: bool = False,
+    tta: MirrorTTA | None = None,
 ) -> Segmentation:
-    """Read, preprocess, predict and map back one case; `keep_probability` also returns the probability."""
+    """Read, preprocess, predict and map back one case; `keep_probability` also returns the probability.
+
+    With `tta`, the prediction adds mirrored passes while its time budget allows; without, it is the
+    one plain pass.
+    """
+    prepared_from = tta.budget.clock() if tta is not None else 0.0
     with timer.stage("read"):
         ct, pet = read_case(files)
     log.debug(
@@ -44,8 +52,15 @@ def segment_case(
         case = preprocess(ct, pet, predictor.card.preprocessing)
     del ct, pet
     log.debug("network grid %s at %s mm", case.back_map.network_grid.size, case.back_map.network_grid.spacing)
+    report = None
     with timer.stage("predict"):
-        probability = predictor(case.image, progress=progress)
+        if tta is None:
+            probability = predictor(case.image, progress=progress)
+        else:
+            after_s = tta.after_prediction_s(tta.budget.clock() - prepared_from)
+            probability, report = tta.predict(
+                lambda image: predictor(image, progress=progress), case.image, after_s
+            )
     del case.image  # the network input is not needed any more: free it before the back-map
     settings = predictor.card.ensemble
     with timer.stage("postprocess"):
@@ -53,22 +68,38 @@ def segment_case(
             mask = probability_to_mask(
                 probability, case.back_map, settings.threshold, settings.back_interpolation
             )
-            return Segmentation(mask)
+            return Segmentation(mask, tta=report)
         on_pet = probability_on_pet_grid(probability, case.back_map, settings.back_interpolation)
-        return Segmentation(mask_image(on_pet > settings.threshold, case.back_map.pet_grid), on_pet)
+        mask = mask_image(on_pet > settings.threshold, case.back_map.pet_grid)
+        return Segmentation(mask, on_pet, tta=report)
 
 
-def segment(files: CaseFiles, predictor: Predictor, timer: StageTimer, progress: bool = False) -> sitk.Image:
+def segment(
+    files: CaseFiles,
+    predictor: Predictor,
+    timer: StageTimer,
+    progress: bool = False,
+    tta: MirrorTTA | None = None,
+) -> sitk.Image:
     """The lesion mask (uint8 {0,1}) of one case, on the exact grid of its PET."""
-    return segment_case(files, predictor, timer, progress).mask
+    return segment_case(files, predictor, timer, progress, tta=tta).mask
 
 
 def run_grand_challenge(
-    input_dir: Path, output_dir: Path, predictor: Predictor, timer: StageTimer, progress: bool = False
+    input_dir: Path,
+    output_dir: Path,
+    predictor: Predictor,
+    timer: StageTimer,
+    progress: bool = False,
+    *,
+    tta: MirrorTTA | None = None,
 ) -> Path:
-    """Segment the case in a Grand-Challenge `/input` folder and write the `/output` contract."""
+    """Segment the case in a Grand-Challenge `/input` folder and write the `/output` contract.
+
+    `tta`: mirrored passes within its time budget (`petseg.tta`); by default the one plain pass.
+    """
     files = find_case(input_dir)
-    mask = segment(files, predictor, timer, progress)
+    mask = segment(files, predictor, timer, progress, tta=tta)
     with timer.stage("write"):
         return write_outputs(mask, output_dir, files.pet_uuid)
 
