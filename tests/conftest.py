@@ -13,6 +13,8 @@ from petseg.io import CT_FOLDER, PET_FOLDER, write_image
 from petseg.untrained import create_untrained_model
 
 REPO = Path(__file__).resolve().parents[1]
+# The autoPET III recipe as a card without weights: what `python -m training` trains for real data.
+RECIPE_CARD = REPO / "training" / "recipes" / "autopet3-resunet-gdfl.json"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

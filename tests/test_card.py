@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import RECIPE_CARD
 
 from petseg.card import CARD_NAME, load_card, parse_card, save_card
 from petseg.errors import ModelError
@@ -11,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shipped() -> dict:
-    return json.loads((REPO / "model" / CARD_NAME).read_text())
+    """The autoPET III recipe card (the shipped demo model has a card of its own, tested below)."""
+    return json.loads(RECIPE_CARD.read_text())
 
 
 def test_defaults_are_the_seed_pipeline():
@@ -28,10 +30,21 @@ def test_defaults_are_the_seed_pipeline():
     assert card.preprocessing.orientation == "RAS"
 
 
-def test_shipped_card_uses_the_standard_preprocessing():
-    card = load_card(REPO / "model")
+def test_recipe_card_uses_the_standard_preprocessing():
+    card = parse_card(shipped())
     assert card.preprocessing == parse_card({**shipped(), "preprocessing": {}}).preprocessing
     assert len(card.folds) == 5
+    assert not card.trained
+
+
+def test_shipped_model_is_the_synthetic_demo_and_small():
+    card = load_card(REPO / "model")
+    assert card.trained
+    assert card.provenance["synthetic"] is True
+    assert card.architecture.name == "resunet-tiny"
+    assert card.preprocessing == parse_card({**shipped(), "preprocessing": {}}).preprocessing
+    size = sum(p.stat().st_size for p in (REPO / "model").iterdir())
+    assert size <= 10 * 2**20
 
 
 def test_round_trip(tmp_path):
