@@ -49,6 +49,7 @@ def select_device(preference: str = "auto", cuda_index: int | None = None) -> Co
     if preference != "cpu" and torch.cuda.is_available():
         index = torch.cuda.current_device() if cuda_index is None else cuda_index
         device = torch.device("cuda", index)
+        torch.backends.cudnn.benchmark = True  # fixed window shapes: the fastest kernels are found once
         major, _ = torch.cuda.get_device_capability(device)
         return ComputeDevice(device, torch.bfloat16 if major >= 8 else torch.float16)
     if preference == "cuda":
@@ -121,8 +122,46 @@ def sliding_window_probability(
     """The card's sliding-window pass over one network-grid volume: lesion probability (X, Y, Z).
 
     Inference and training validation both call this, so a validation score measures what the shipped
-    ensemble will do.
+    ensemble will do. On a GPU out-of-memory error the pass is retried with one window at a time, then
+    with the stitching buffers in host memory (the windows still run on the GPU): slower, same mask.
     """
+    attempts = [(settings.sw_batch_size, compute.device)]
+    if settings.sw_batch_size > 1:
+        attempts.append((1, compute.device))
+    if compute.device.type != "cpu":
+        attempts.append((1, torch.device("cpu")))
+    for number, (sw_batch_size, stitch_device) in enumerate(attempts, start=1):
+        try:
+            return _sliding_window_pass(
+                image, ensemble, settings, compute, sw_batch_size, stitch_device, progress
+            )
+        except torch.OutOfMemoryError:
+            if number == len(attempts):
+                raise MemoryError(
+                    "out of memory in the sliding-window pass, even stitching on the host"
+                ) from None
+            following = attempts[number]
+            log.warning(
+                "out of GPU memory with %d window(s) per batch, stitching on %s: retrying with %d, on %s",
+                sw_batch_size,
+                stitch_device,
+                following[0],
+                following[1],
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _sliding_window_pass(
+    image: np.ndarray,
+    ensemble: FoldEnsemble,
+    settings: EnsembleSettings,
+    compute: ComputeDevice,
+    sw_batch_size: int,
+    stitch_device: torch.device,
+    progress: bool,
+) -> np.ndarray:
     device = compute.device
     inputs = torch.from_numpy(image)[None].to(device)
     autocast = torch.autocast(
@@ -134,12 +173,12 @@ def sliding_window_probability(
         stitched = sliding_window_inference(
             inputs,
             roi_size=settings.roi_size,
-            sw_batch_size=settings.sw_batch_size,
+            sw_batch_size=sw_batch_size,
             predictor=ensemble,
             overlap=settings.overlap,
             mode=settings.blend_mode,
             sw_device=device,
-            device=device,
+            device=stitch_device,
             progress=progress,
         )
     del inputs

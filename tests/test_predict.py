@@ -90,3 +90,42 @@ def test_predictor_handles_volumes_smaller_than_the_window(tiny_model_dir):
     assert probability.min() >= 0.0
     assert probability.max() <= 1.0
     assert len(predictor.ensemble.networks) == 2
+
+
+@pytest.mark.parametrize(("failures", "expected_exit"), [(0, None), (1, None), (2, None), (3, MemoryError)])
+def test_gpu_out_of_memory_falls_back_to_single_windows_then_host_stitching(
+    tiny_model_dir, monkeypatch, caplog, failures, expected_exit
+):
+    """Injected OOM errors: each retry takes the next fallback, and the result equals the plain pass."""
+    predictor = Predictor.load(tiny_model_dir, device="cpu")
+    image = np.random.default_rng(0).random((2, 40, 36, 44), dtype=np.float32)
+    settings = predictor.card.ensemble
+    expected = predict_module.sliding_window_probability(
+        image, predictor.ensemble, settings, predictor.compute
+    )
+
+    real_pass = predict_module._sliding_window_pass
+    gpu = predict_module.ComputeDevice(torch.device("cuda", 0), torch.float16)
+    attempts = []
+
+    def flaky_pass(image, ensemble, settings, compute, sw_batch_size, stitch_device, progress):
+        attempts.append((sw_batch_size, stitch_device.type))
+        if len(attempts) <= failures:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_pass(
+            image, ensemble, settings, predictor.compute, sw_batch_size, torch.device("cpu"), progress
+        )
+
+    monkeypatch.setattr(predict_module, "_sliding_window_pass", flaky_pass)
+    monkeypatch.setattr(predict_module.torch.cuda, "is_available", lambda: False)
+    batched = type(settings)(**{**settings.__dict__, "sw_batch_size": 4})
+    caplog.set_level(logging.WARNING, logger="petseg.predict")
+    if expected_exit is not None:
+        with pytest.raises(expected_exit, match="even stitching on the host"):
+            predict_module.sliding_window_probability(image, predictor.ensemble, batched, gpu)
+    else:
+        got = predict_module.sliding_window_probability(image, predictor.ensemble, batched, gpu)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    plan = [(4, "cuda"), (1, "cuda"), (1, "cpu")]
+    assert attempts == plan[: min(failures + 1, 3)]
+    assert sum("out of GPU memory" in r.message for r in caplog.records) == min(failures, 2)
