@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,8 +31,22 @@ CONTAINER_MODEL_DIR = Path("/opt/ml/model")
 REPO_MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
 
 
+class Terminated(BaseException):
+    """SIGTERM (docker stop, a platform time-out) raised as an exception, so that cleanup runs."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command; turn every failure into one line and an exit code."""
+    """Run a command; turn every failure into one line and an exit code.
+
+    SIGTERM unwinds like Ctrl-C: staging folders are removed and a half-written output pair is taken
+    back, so a stopped container leaves a complete output or none.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return run(args)
     except PetsegError as error:
@@ -39,6 +55,9 @@ def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     except KeyboardInterrupt:
         print("petseg: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("petseg: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except MemoryError:
         print("petseg: error: out of memory", file=sys.stderr)
         return 137

@@ -1,6 +1,10 @@
 """The Grand-Challenge contract, end to end through process.py."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +220,44 @@ def test_model_folder_defaults_to_opt_ml_model_when_present(tmp_path, monkeypatc
     assert cli.default_model_dir(REPO) == REPO / "model"
     monkeypatch.setattr(cli, "CONTAINER_MODEL_DIR", tiny_model_dir)
     assert cli.default_model_dir(REPO) == tiny_model_dir
+
+
+def test_sigterm_during_inference_exits_cleanly_without_output(tmp_path):
+    """docker stop mid-case: exit 143, one line, nothing in /output (not even a staging folder)."""
+    from petseg.card import EnsembleSettings
+    from petseg.untrained import create_untrained_model
+
+    model = tmp_path / "slow model"  # small windows, heavy overlap: the pass takes minutes
+    create_untrained_model(model, folds=2, ensemble=EnsembleSettings(roi_size=(32, 32, 32), overlap=0.9))
+    input_dir, _ = phantom_input(tmp_path / "input")
+    output = tmp_path / "output"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "process.py"),
+            "--input",
+            input_dir,
+            "--output",
+            output,
+            "--model",
+            model,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # the preprocess line is logged once the network starts
+            if "preprocess" in line:
+                break
+        time.sleep(1.0)
+        assert process.poll() is None, "the case finished before it could be stopped"
+        process.send_signal(signal.SIGTERM)
+        rest = process.stderr.read()
+        assert process.wait(timeout=60) == 143
+    finally:
+        process.kill()
+    assert rest.strip().splitlines()[-1] == "petseg: terminated (SIGTERM)"
+    assert "Traceback" not in rest
+    assert not output.exists() or all_files(output) == []
+    assert not output.exists() or list(output.iterdir()) == []
