@@ -10,7 +10,12 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = {"losses": "bench.losses", "loader": "bench.loader", "metrics": "bench.metrics"}
+BENCHMARKS = {
+    "losses": "bench.losses",
+    "loader": "bench.loader",
+    "metrics": "bench.metrics",
+    "inference": "bench.inference",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
