@@ -122,13 +122,8 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
-def process_parser(default_model: Path) -> argparse.ArgumentParser:
-    from petseg.tta import DEFAULT_TIME_BUDGET_S
-
-    parser = argparse.ArgumentParser(
-        prog="process.py",
-        description="Segment the PET/CT case in a Grand-Challenge input folder (autoPET contract).",
-    )
+def add_container_arguments(parser: argparse.ArgumentParser, default_model: Path) -> None:
+    """--input, --output, --model and --device, as process.py and app.py both take them."""
     parser.add_argument("--input", type=Path, default=Path("/input"), help="input folder (default /input)")
     parser.add_argument(
         "--output", type=Path, default=Path("/output"), help="output folder (default /output)"
@@ -140,6 +135,16 @@ def process_parser(default_model: Path) -> argparse.ArgumentParser:
         help=f"model folder with model.json (default {default_model})",
     )
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+
+
+def process_parser(default_model: Path) -> argparse.ArgumentParser:
+    from petseg.tta import DEFAULT_TIME_BUDGET_S
+
+    parser = argparse.ArgumentParser(
+        prog="process.py",
+        description="Segment the PET/CT case in a Grand-Challenge input folder (autoPET contract).",
+    )
+    add_container_arguments(parser, default_model)
     parser.add_argument("--progress", action="store_true", help="show the sliding-window progress bar")
     parser.add_argument(
         "--time-budget",

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from petseg.cli import add_container_arguments
 from petseg.errors import InputError, PetsegError
 
 if TYPE_CHECKING:  # torch and MONAI load with the ensemble, after the port answers
@@ -262,17 +263,7 @@ def server_parser(default_model: Path) -> argparse.ArgumentParser:
         prog="app.py",
         description="Serve the Grand-Challenge invoke API (GET /health, POST /invoke), autoPET contract.",
     )
-    parser.add_argument("--input", type=Path, default=Path("/input"), help="input folder (default /input)")
-    parser.add_argument(
-        "--output", type=Path, default=Path("/output"), help="output folder (default /output)"
-    )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=default_model,
-        help=f"model folder with model.json (default {default_model})",
-    )
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    add_container_arguments(parser, default_model)
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("-v", "--verbose", action="store_true")
