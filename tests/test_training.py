@@ -218,3 +218,24 @@ def test_batch_dice_flag_reaches_the_loss_options_and_only_for_dice_losses(tmp_p
     assert _loss_options(build_parser().parse_args([*base, "--loss", "dl"])) == {}
     assert main([*base, "--loss", "gdfl", "--batch-dice"]) == TrainingError.exit_code
     assert "--batch-dice applies to the dl and dfl losses, not gdfl" in capsys.readouterr().err
+
+
+class _PlantedCode:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "code-ran"
+    torch.save({"epoch": 3, "payload": _PlantedCode(str(marker))}, run / "checkpoint-last.pt")
+    with pytest.raises(TrainingError, match="no readable checkpoint") as error:
+        load_checkpoint(run)
+    assert "checkpoint-last.pt" in str(error.value)
+    assert not marker.exists()
