@@ -8,12 +8,13 @@ PETSEG_DEBUG=1 is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -200,7 +201,26 @@ def process_main(argv: Sequence[str] | None = None, script_dir: Path | None = No
     started = time.perf_counter()
     args = process_parser(default_model_dir(script_dir)).parse_args(argv)
     setup_logging(args.verbose)
-    return _guarded(functools.partial(_process, started=started), args)
+    with private_caches():
+        return _guarded(functools.partial(_process, started=started), args)
+
+
+@contextlib.contextmanager
+def private_caches() -> Iterator[None]:
+    """Point library caches at a temporary folder, removed afterwards: the container writes only /output.
+
+    MONAI imports matplotlib whenever it is installed, and matplotlib would build its font cache in $HOME.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="petseg-cache-") as scratch:
+        previous = os.environ.get("MPLCONFIGDIR")
+        os.environ["MPLCONFIGDIR"] = previous or scratch
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("MPLCONFIGDIR", None)
 
 
 # ---------------------------------------------------------------- petseg <command>

@@ -298,9 +298,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def server_main(argv: Sequence[str] | None = None, script_dir: Path | None = None) -> int:
     """The Grand-Challenge invoke-mode entry point (`app.py`)."""
-    from petseg.cli import _guarded, default_model_dir
+    from petseg.cli import _guarded, default_model_dir, private_caches
     from petseg.console import setup_logging
 
     args = server_parser(default_model_dir(script_dir)).parse_args(argv)
     setup_logging(args.verbose)
-    return _guarded(_serve, args)
+    with private_caches():
+        return _guarded(_serve, args)

@@ -1,6 +1,7 @@
 """The Grand-Challenge contract, end to end through process.py."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -261,3 +262,48 @@ def test_sigterm_during_inference_exits_cleanly_without_output(tmp_path):
     assert "Traceback" not in rest
     assert not output.exists() or all_files(output) == []
     assert not output.exists() or list(output.iterdir()) == []
+
+
+def test_process_py_needs_no_network_and_writes_only_its_output(tmp_path, tiny_model_dir):
+    """As in the container: socket creation fails, and nothing appears outside /output and the temp dir."""
+    blocker = tmp_path / "no-network"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import socket\n"
+        "class _Blocked(socket.socket):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        raise OSError('network access attempted')\n"
+        "socket.socket = _Blocked\n"
+    )
+    input_dir, _ = phantom_input(tmp_path / "input")
+    home, work, scratch, output = (tmp_path / name for name in ("home", "cwd", "tmp", "output"))
+    for folder in (home, work, scratch):
+        folder.mkdir()
+    environment = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(blocker),
+        "HOME": str(home),
+        "TMPDIR": str(scratch),
+    }
+    command = [sys.executable, str(REPO / "process.py"), "--input", input_dir, "--output", output]
+    result = subprocess.run(
+        [*command, "--model", str(tiny_model_dir), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=work,
+        env=environment,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    probe = subprocess.run(
+        [sys.executable, "-c", "import socket; socket.socket()"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
+    assert "network access attempted" in probe.stderr  # the blocker is really in place
+    assert sorted(p.name for p in all_files(output)) == ["5eed0000-pet.mha", "data-centric-model.json"]
+    assert all_files(home) == []
+    assert all_files(work) == []
