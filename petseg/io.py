@@ -229,8 +229,11 @@ def write_image(image: sitk.Image, path: Path, compress: bool = True) -> Path:
     return path
 
 
-def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """`write(partial)` into a hidden staging file, then one rename onto `path`: the whole file or nothing."""
+def write_atomically(path: Path, write: Callable[[Path], object], what: str = "") -> Path:
+    """`write(partial)` into a hidden staging file, then one rename onto `path`: the whole file or nothing.
+
+    `what` names the file in the error ("cannot write cache entry: ...").
+    """
     path = Path(path)
     try:
         with _staging(path) as staging:
@@ -238,7 +241,8 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
             write(partial)
             os.replace(partial, path)
     except OSError as error:
-        raise OutputError(f"{path}: cannot write: {error.strerror or error}") from None
+        named = f" {what}" if what else ""
+        raise OutputError(f"{path}: cannot write{named}: {error.strerror or error}") from None
     return path
 
 

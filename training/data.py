@@ -13,9 +13,7 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import re
-import uuid
 import warnings
 import zipfile
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -43,7 +41,7 @@ from tqdm import tqdm
 import petseg.preprocess
 from petseg.card import PreprocessSettings
 from petseg.errors import InputError, OutputError
-from petseg.io import CaseFiles, read_case, read_image
+from petseg.io import CaseFiles, read_case, read_image, write_atomically
 from petseg.splits import Folds, grouped_folds, read_splits, write_splits
 
 log = logging.getLogger(__name__)
@@ -297,16 +295,13 @@ def _preprocess_code_hash() -> str:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """`write(file)` into a hidden temporary file beside `path`, then rename it onto `path`."""
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
+    """`write(file)` on an open binary file, written atomically onto `path` (`petseg.io.write_atomically`)."""
+
+    def into(partial: Path) -> None:
         with open(partial, "wb") as file:
             write(file)
-        os.replace(partial, path)
-    except OSError as error:
-        raise OutputError(f"{path}: cannot write cache entry: {error.strerror or error}") from None
-    finally:
-        partial.unlink(missing_ok=True)
+
+    write_atomically(path, into, what="cache entry")
 
 
 def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
