@@ -43,6 +43,13 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
+def rgb_png(rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 picture as PNG bytes."""
+    buffer = io.BytesIO()
+    _pyplot().imsave(buffer, rgb, format="png")
+    return buffer.getvalue()
+
+
 def write_png(png: bytes, path: Path) -> Path:
     """Write PNG bytes atomically."""
     return write_atomically(path, lambda partial: partial.write_bytes(png))

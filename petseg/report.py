@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ import SimpleITK as sitk
 from petseg import __version__
 from petseg.comparison import subset_key
 from petseg.io import read_image, write_text
-from petseg.plots import box_plots_png, calibration_png, stratified_png
+from petseg.plots import box_plots_png, calibration_png, rgb_png, stratified_png
 from petseg.preview import FALSE_POSITIVE_RGB, FOUND_RGB, MATCHED_RGB, MISSED_RGB, outline_panel
 
 GALLERY_CASES = 60
@@ -53,14 +52,6 @@ img.figure { max-width: 100%; }
 def _png_tag(png: bytes, alt: str, css: str = "figure") -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img class="{css}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _rgb_png(rgb: np.ndarray) -> bytes:
-    from petseg.plots import _pyplot
-
-    buffer = io.BytesIO()
-    _pyplot().imsave(buffer, rgb, format="png")
-    return buffer.getvalue()
 
 
 def _number(value: Any) -> str:
@@ -160,7 +151,7 @@ def _case_figure(case: Any, row: Mapping[str, Any]) -> str:
         f"<b>{html.escape(row['case'])}</b><br>Dice {_number(row['dice'])}, FPV {_number(row['fpv_ml'])} ml, "
         f"FNV {_number(row['fnv_ml'])} ml, {row['lesion_count']} lesion(s)"
     )
-    return f'<div class="case">{_png_tag(_rgb_png(panel), row["case"], "mip")}{caption}</div>'
+    return f'<div class="case">{_png_tag(rgb_png(panel), row["case"], "mip")}{caption}</div>'
 
 
 def write_report(
