@@ -44,6 +44,14 @@ RUN python -m venv --system-site-packages /opt/venv \
 ENV VIRTUAL_ENV=/opt/venv \
     PATH="/opt/venv/bin:${PATH}"
 
+# torch.compile's caches (`process.py --compile`, off by default) live in the image, not in /tmp: what is
+# compiled into them while the image is built or committed is reused by every job, and a job's additions
+# stay inside its container. The folder belongs to the algorithm's user so that the cache can be written.
+ENV TORCHINDUCTOR_CACHE_DIR=/opt/app/compile-cache/inductor \
+    TRITON_CACHE_DIR=/opt/app/compile-cache/triton
+RUN mkdir -p /opt/app/compile-cache/inductor /opt/app/compile-cache/triton \
+    && chown -R 1001:1001 /opt/app/compile-cache
+
 WORKDIR /opt/app
 COPY petseg/ /opt/app/petseg/
 COPY process.py /opt/app/process.py

@@ -72,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", choices=CASES, default="fdg-326")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32"),
+        default="auto",
+        help="petseg's --precision (default auto: bf16 on CPUs with native bf16, fp16/bf16 autocast on "
+        "GPUs); the references run fp32 on the CPU, as the entry did",
+    )
+    parser.add_argument("--compile", action="store_true", help="petseg with --compile (torch.compile)")
+    parser.add_argument(
         "--references",
         nargs="+",
         choices=REFERENCES,
@@ -263,17 +271,19 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         from petseg.pipeline import run_grand_challenge
         from petseg.predict import Predictor
 
-        predictor = Predictor.load(model_dir, spec["device"])
+        predictor = Predictor.load(
+            model_dir, spec["device"], precision=spec["precision"], compile=spec["compile"]
+        )
         load_s = time.perf_counter() - started
         mask = run_grand_challenge(input_dir, output, predictor, timer)
         stages = {PETSEG_STAGES[name]: seconds for name, seconds in timer.seconds.items()}
-        device = predictor.compute.describe()
+        device = predictor.compute.describe() + (", compiled" if predictor.compiled else "")
     else:
         from bench.seed_style import load_networks, segment_seed_style
         from petseg.io import find_case
         from petseg.predict import select_device
 
-        compute = select_device(spec["device"])
+        compute = select_device(spec["device"], precision="fp32")
         networks = load_networks(model_dir, None, compute.device)
         load_s = time.perf_counter() - started
         settings = seed_settings(model_dir, spec["pipeline"], spec["gzip"])
@@ -435,6 +445,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "input": str(input_dir),
                 "output": str(work / "runs" / f"{name}-{repetition}" / "output"),
                 "device": args.device,
+                "precision": args.precision,
+                "compile": args.compile,
                 "gzip": args.seed_gzip,
             }
             folder = work / "runs" / f"{name}-{repetition}"
@@ -468,6 +480,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "average": "logits",
             "back_interpolation": {"petseg": "nearest", "matched": "nearest", "seed": "bilinear (Invertd)"},
             "device": args.device,
+            "petseg_precision": args.precision,
+            "petseg_compile": args.compile,
             "repeats": args.repeats,
             "seed_gzip": args.seed_gzip,
             "in_process": args.in_process,

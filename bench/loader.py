@@ -18,7 +18,7 @@ import torch
 
 from petseg.card import Architecture, PreprocessSettings
 from petseg.networks import build_network
-from petseg.predict import select_device
+from petseg.predict import training_device
 from training.data import PatchDataset, PreprocessedCache, discover_dataset, train_transforms
 from training.losses import build_loss
 from training.trainer import training_step
@@ -57,7 +57,7 @@ def loader_rate(data: Path, patch: int, batch: int, workers: int, batches: int) 
 def model_rate(
     arch: str, loss_name: str, patch: int, batch: int, steps: int, device: str
 ) -> tuple[float, str]:
-    compute = select_device(device)
+    compute = training_device(device)
     network = build_network(Architecture(arch), (patch,) * 3).to(compute.device).train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=2e-4)
     loss_fn = build_loss(loss_name)

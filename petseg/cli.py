@@ -85,11 +85,13 @@ def default_model_dir(script_dir: Path | None = None) -> Path:
     return candidates[1] if script_dir is not None else REPO_MODEL_DIR
 
 
-def _load_predictor(model_dir: Path, device: str, timer: StageTimer) -> Predictor:
+def _load_predictor(
+    model_dir: Path, device: str, timer: StageTimer, precision: str = "auto", compile: bool = False
+) -> Predictor:
     from petseg.predict import Predictor
 
     with timer.stage("load model"):
-        predictor = Predictor.load(model_dir, device)
+        predictor = Predictor.load(model_dir, device, precision=precision, compile=compile)
     card = predictor.card
     log.info(
         "model %s: %s, %d fold(s), window %s, overlap %s, on %s",
@@ -98,7 +100,7 @@ def _load_predictor(model_dir: Path, device: str, timer: StageTimer) -> Predicto
         len(card.folds),
         "x".join(map(str, card.ensemble.roi_size)),
         card.ensemble.overlap,
-        predictor.compute.describe(),
+        predictor.compute.describe() + (", compiled" if predictor.compiled else ""),
     )
     if not card.trained:
         log.warning("UNTRAINED model (%s): its masks are meaningless", model_dir)
@@ -123,8 +125,28 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --precision and --compile: where and how the networks run."""
+    from petseg.predict import PRECISIONS
+
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (default): autocast where it pays (fp16 on GPUs below compute capability 8, bf16 from "
+        "8 on and on CPUs with native bf16); fp32: none, for bit-exact comparisons",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the networks through torch.compile (compiles on the first window; off by default: "
+        "see bench/README.md for when it pays)",
+    )
+
+
 def add_container_arguments(parser: argparse.ArgumentParser, default_model: Path) -> None:
-    """--input, --output, --model and --device, as process.py and app.py both take them."""
+    """--input, --output, --model and the compute options, as process.py and app.py both take them."""
     parser.add_argument("--input", type=Path, default=Path("/input"), help="input folder (default /input)")
     parser.add_argument(
         "--output", type=Path, default=Path("/output"), help="output folder (default /output)"
@@ -135,7 +157,7 @@ def add_container_arguments(parser: argparse.ArgumentParser, default_model: Path
         default=default_model,
         help=f"model folder with model.json (default {default_model})",
     )
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    add_compute_arguments(parser)
 
 
 def process_parser(default_model: Path) -> argparse.ArgumentParser:
@@ -175,7 +197,7 @@ def _process(args: argparse.Namespace, started: float | None = None) -> int:
 
     budget = TimeBudget(args.time_budget, start=started)
     timer = StageTimer()
-    predictor = _load_predictor(args.model, args.device, timer)
+    predictor = _load_predictor(args.model, args.device, timer, args.precision, args.compile)
     tta = MirrorTTA(budget) if args.tta == "auto" else None
     mask_path = run_grand_challenge(
         args.input, args.output, predictor, timer, progress=args.progress, tta=tta
@@ -303,7 +325,7 @@ def _predict(args: argparse.Namespace) -> int:
     cases = discover_cases(args.input)
     log.info("%d case(s) in %s", len(cases), args.input)
     timer = StageTimer()
-    predictor = _load_predictor(args.model, args.device, timer)
+    predictor = _load_predictor(args.model, args.device, timer, args.precision, args.compile)
     failed: list[str] = []
     skipped = 0
     for case in tqdm(cases, desc="cases", unit="case", disable=args.quiet or len(cases) < 2):
@@ -447,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", type=Path, required=True)
     predict.add_argument("--output", type=Path, required=True)
     predict.add_argument("--model", type=Path, default=None, help="model folder (default: as process.py)")
-    predict.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    add_compute_arguments(predict)
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     predict.add_argument(
         "--preview", action="store_true", help="also write OUTPUT/preview/<case>.png (PET MIP)"

@@ -23,39 +23,76 @@ from petseg.networks import load_fold
 log = logging.getLogger(__name__)
 
 
+# --precision: "auto" lets the networks run in the device's fastest reduced precision, "fp32" keeps
+# every operation in float32 (bit-for-bit comparisons with other fp32 pipelines).
+PRECISIONS = ("auto", "fp32")
+
+
 @dataclass(frozen=True)
 class ComputeDevice:
-    """Where the networks run and which autocast precision they use (None: full fp32)."""
+    """Where the networks run, which autocast precision they use (None: full fp32), and whether the
+    windows go through them channels-last (oneDNN's fast 3D-convolution layout on the CPU)."""
 
     device: torch.device
     amp_dtype: torch.dtype | None
+    channels_last: bool = False
 
     def describe(self) -> str:
+        precision = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
-            precision = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
             return f"{name} ({self.device}, autocast {precision})"
-        return "CPU (fp32)"
+        return f"CPU ({precision}{', channels-last' if self.channels_last else ''})"
 
 
-def select_device(preference: str = "auto", cuda_index: int | None = None) -> ComputeDevice:
-    """CUDA when available (fp16 autocast below compute capability 8, bf16 from 8 on), else CPU.
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast pays.
 
-    bf16 is emulated, and slow, on pre-Ampere cards such as the T4 that Grand Challenge uses.
+    Elsewhere oneDNN emulates bf16 and autocast would be slower than fp32.
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return torch.backends.mkldnn.is_available() and any(
+        bool(getattr(torch.cpu, check, lambda: False)()) for check in checks
+    )
+
+
+def select_device(
+    preference: str = "auto", cuda_index: int | None = None, precision: str = "auto"
+) -> ComputeDevice:
+    """CUDA when available, else CPU; with precision "auto", the reduced precision that pays there.
+
+    CUDA: fp16 autocast below compute capability 8, bf16 from 8 on (bf16 is emulated, and slow, on
+    pre-Ampere cards such as the T4 that Grand Challenge uses). CPU: bf16 autocast with channels-last
+    windows where the CPU has native bf16, else fp32. Precision "fp32" turns autocast off everywhere.
     `cuda_index` picks the GPU (a DDP rank's own); by default the current one.
     """
     if preference not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, got {preference!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    reduced = precision == "auto"
     if preference != "cpu" and torch.cuda.is_available():
         index = torch.cuda.current_device() if cuda_index is None else cuda_index
         device = torch.device("cuda", index)
         torch.backends.cudnn.benchmark = True  # fixed window shapes: the fastest kernels are found once
         major, _ = torch.cuda.get_device_capability(device)
-        return ComputeDevice(device, torch.bfloat16 if major >= 8 else torch.float16)
+        amp_dtype = torch.bfloat16 if major >= 8 else torch.float16
+        return ComputeDevice(device, amp_dtype if reduced else None)
     if preference == "cuda":
         raise ModelError("--device cuda was requested but no CUDA device is available")
     log.warning("no CUDA GPU available: running on the CPU, which is much slower")
+    if reduced and cpu_has_native_bf16():
+        return ComputeDevice(torch.device("cpu"), torch.bfloat16, channels_last=True)
     return ComputeDevice(torch.device("cpu"), None)
+
+
+def training_device(preference: str = "auto", cuda_index: int | None = None) -> ComputeDevice:
+    """The device for training: AMP on CUDA, as the seed trained; fp32 on the CPU, where training is for
+    demos and tests and an exact resume matters more than speed."""
+    compute = select_device(preference, cuda_index)
+    if compute.device.type == "cpu":
+        return ComputeDevice(compute.device, None)
+    return compute
 
 
 class FoldEnsemble(torch.nn.Module):
@@ -74,10 +111,25 @@ class FoldEnsemble(torch.nn.Module):
             raise ValueError(f"average must be 'probabilities' or 'logits', got {average!r}")
         self.networks = torch.nn.ModuleList(networks)
         self.average = average
+        self.channels_last = False
+        self.runners: list[torch.nn.Module] = list(networks)
+
+    def use_channels_last(self) -> FoldEnsemble:
+        """Weights and windows channels-last: oneDNN's fastest 3D convolutions on the CPU."""
+        self.to(memory_format=torch.channels_last_3d)
+        self.channels_last = True
+        return self
+
+    def use_compiled(self) -> FoldEnsemble:
+        """Run each fold through `torch.compile` (compiled on the first window; see `compile_cache`)."""
+        self.runners = [torch.compile(network) for network in self.networks]
+        return self
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            window = window.contiguous(memory_format=torch.channels_last_3d)
         total: torch.Tensor | None = None
-        for network in self.networks:
+        for network in self.runners:
             logits = network(window).float()
             if self.average == "probabilities":
                 score = torch.softmax(logits, dim=1)[:, 1:2]
@@ -95,17 +147,27 @@ class FoldEnsemble(torch.nn.Module):
 class Predictor:
     """A loaded ensemble on a compute device, ready to segment network-grid volumes."""
 
-    def __init__(self, card: ModelCard, ensemble: FoldEnsemble, compute: ComputeDevice) -> None:
+    def __init__(
+        self, card: ModelCard, ensemble: FoldEnsemble, compute: ComputeDevice, compile: bool = False
+    ) -> None:
         self.card = card
         self.ensemble = ensemble.to(compute.device).eval()
+        if compute.channels_last:
+            self.ensemble.use_channels_last()
+        if compile:
+            self.ensemble.use_compiled()
         self.compute = compute
+        self.compiled = compile
 
     @classmethod
-    def load(cls, model_dir: Path, device: str = "auto") -> Predictor:
+    def load(
+        cls, model_dir: Path, device: str = "auto", precision: str = "auto", compile: bool = False
+    ) -> Predictor:
         """Read the card, then every fold's weights (all validated before anything runs)."""
         card = load_card(model_dir)
         networks = [load_fold(card, model_dir, fold.weights, fold.sha256) for fold in card.folds]
-        return cls(card, FoldEnsemble(networks, card.ensemble.average), select_device(device))
+        compute = select_device(device, precision=precision)
+        return cls(card, FoldEnsemble(networks, card.ensemble.average), compute, compile)
 
     def __call__(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
         """Lesion probability (X, Y, Z) float32 for a network-grid image (2, X, Y, Z)."""

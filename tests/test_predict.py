@@ -57,15 +57,73 @@ def test_one_pass_equals_the_mean_of_one_pass_per_fold(mode):
     torch.testing.assert_close(one_pass, torch.stack(per_fold).mean(0), atol=1e-5, rtol=1e-5)
 
 
-def test_cpu_is_fp32_with_a_visible_warning(caplog, monkeypatch):
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_cpu_precision_follows_the_cpus_bf16_support(caplog, monkeypatch, native_bf16):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: native_bf16)
     with caplog.at_level(logging.WARNING, logger="petseg"):
         chosen = select_device("auto")
     assert chosen.device.type == "cpu"
-    assert chosen.amp_dtype is None
+    assert chosen.amp_dtype == (torch.bfloat16 if native_bf16 else None)
+    assert chosen.channels_last == native_bf16
+    assert chosen.describe() == ("CPU (bfloat16, channels-last)" if native_bf16 else "CPU (fp32)")
     assert any("running on the CPU" in r.message for r in caplog.records)
+    # --precision fp32, and training on the CPU, never autocast
+    assert select_device("auto", precision="fp32") == predict_module.ComputeDevice(torch.device("cpu"), None)
+    assert predict_module.training_device("cpu") == predict_module.ComputeDevice(torch.device("cpu"), None)
     with pytest.raises(ModelError, match="no CUDA device"):
         select_device("cuda")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32"):
+        select_device("cpu", precision="fp16")
+
+
+def test_cpu_bf16_support_is_read_from_torch(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not predict_module.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert predict_module.cpu_has_native_bf16() == torch.backends.mkldnn.is_available()
+
+
+def test_channels_last_and_bf16_windows_keep_the_probability(tiny_model_dir):
+    """The CPU fast path (bf16 autocast, channels-last) against plain fp32 on the same volume: the
+    channels-last layout alone changes nothing but float rounding; bf16 moves probabilities by about 1 %."""
+    fp32 = Predictor.load(tiny_model_dir, device="cpu", precision="fp32")
+    image = np.random.default_rng(1).random((2, 40, 36, 44), dtype=np.float32)
+    reference = fp32(image)
+    cpu = torch.device("cpu")
+    layouts = {
+        "fp32, channels-last": (predict_module.ComputeDevice(cpu, None, channels_last=True), 1e-4),
+        "bf16, channels-last": (predict_module.ComputeDevice(cpu, torch.bfloat16, channels_last=True), 0.05),
+    }
+    for name, (compute, tolerance) in layouts.items():
+        fast = Predictor(fp32.card, FoldEnsemble(folds_of(fp32), fp32.card.ensemble.average), compute)
+        assert fast.ensemble.channels_last
+        probability = fast(image)
+        assert np.abs(probability - reference).max() < tolerance, name
+        if compute.amp_dtype is not None:
+            assert not np.array_equal(probability, reference), "bf16 must have run"
+
+
+@pytest.mark.slow  # torch.compile builds C++ kernels for the CPU on first use: tens of seconds
+def test_compiled_networks_give_the_same_probability(tiny_model_dir):
+    import shutil
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler")
+    plain = Predictor.load(tiny_model_dir, device="cpu", precision="fp32")
+    compiled = Predictor.load(tiny_model_dir, device="cpu", precision="fp32", compile=True)
+    assert compiled.compiled and not plain.compiled
+    assert all(type(runner).__name__ == "OptimizedModule" for runner in compiled.ensemble.runners)
+    image = np.random.default_rng(2).random((2, 40, 36, 44), dtype=np.float32)
+    np.testing.assert_allclose(compiled(image), plain(image), atol=1e-4)
+
+
+def folds_of(predictor: Predictor) -> list[torch.nn.Module]:
+    """Fresh copies of a predictor's fold networks (a Predictor moves its ensemble in place)."""
+    import copy
+
+    return [copy.deepcopy(network) for network in predictor.ensemble.networks]
 
 
 @pytest.mark.parametrize(
@@ -78,6 +136,8 @@ def test_autocast_precision_follows_compute_capability(monkeypatch, capability, 
     chosen = predict_module.select_device("auto")
     assert chosen.device.type == "cuda"
     assert chosen.amp_dtype == dtype
+    assert not chosen.channels_last
+    assert predict_module.select_device("auto", precision="fp32").amp_dtype is None
     assert select_device("cpu").device.type == "cpu"
 
 

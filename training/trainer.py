@@ -35,7 +35,7 @@ from petseg.card import Architecture, EnsembleSettings, PreprocessSettings
 from petseg.errors import PetsegError
 from petseg.metrics import case_scores
 from petseg.networks import build_network, input_divisor
-from petseg.predict import ComputeDevice, FoldEnsemble, select_device, sliding_window_probability
+from petseg.predict import ComputeDevice, FoldEnsemble, sliding_window_probability, training_device
 from training.data import (
     CaseRecord,
     PatchDataset,
@@ -247,7 +247,7 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
 
 def _compute_device(config: TrainConfig, dist: Distributed) -> ComputeDevice:
     """Under DDP each rank runs on its own GPU (LOCAL_RANK)."""
-    return select_device(config.device, cuda_index=dist.local_rank if dist.enabled else None)
+    return training_device(config.device, cuda_index=dist.local_rank if dist.enabled else None)
 
 
 def _start_run_dir(config: TrainConfig, dist: Distributed, extra: dict[str, Any]) -> None:

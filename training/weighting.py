@@ -116,7 +116,7 @@ def analyse_weighting(
     from training.losses import build_loss
 
     card = load_card(Path(model_dir))
-    compute = select_device(device)
+    compute = select_device(device, precision="fp32")  # the logits as trained, unrounded
     networks = [load_fold(card, Path(model_dir), fold.weights, fold.sha256) for fold in card.folds]
     ensemble = MeanLogits(networks).to(compute.device).eval()
     loss_fn = build_loss(loss)
