@@ -9,12 +9,18 @@ interrupted write never leaves a second (partial) image in a folder the platform
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import math
 import os
 import shutil
+import struct
+import sys
+import tempfile
+import threading
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,25 @@ MASK_FOLDER = Path("images") / "automated-petct-lesion-segmentation"
 DATA_CENTRIC_JSON = "data-centric-model.json"
 
 _LFS_SIGNATURE = b"version https://git-lfs"
+# Bytes per voxel of the scalar pixel types an input may have; anything else (complex, vector) is refused.
+_PIXEL_BYTES = {
+    sitk.sitkUInt8: 1,
+    sitk.sitkInt8: 1,
+    sitk.sitkUInt16: 2,
+    sitk.sitkInt16: 2,
+    sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4,
+    sitk.sitkUInt64: 8,
+    sitk.sitkInt64: 8,
+    sitk.sitkFloat32: 4,
+    sitk.sitkFloat64: 8,
+}
+# Deflate cannot expand data more than about 1032-fold: a header describing more is lying.
+_MAX_DEFLATE_RATIO = 1032
+_METAIMAGE_HEADER_LIMIT = 1 << 20
+# What ITK's MetaImage reader prints (without raising) when the voxel data it returns are incomplete.
+_NATIVE_READ_FAILURES = ("Uncompress failed", "not read completely")
+_native_stderr_lock = threading.Lock()
 # PET in SUV rarely exceeds ~100 outside the bladder; activity concentrations in Bq/ml are thousands.
 _BQML_PERCENTILE = 99.0
 _BQML_THRESHOLD = 100.0
@@ -100,30 +125,243 @@ def _check_not_pointer(path: Path) -> None:
 def read_image(path: Path, role: str) -> sitk.Image:
     """Read a 3D image as float32 and reject what cannot be segmented.
 
+    The header is read and checked first (dimension, pixel type, geometry, and that the file holds as much
+    voxel data as the header describes), so a lying header costs neither time nor memory. What ITK prints
+    on the process's stderr while reading is kept off it: it becomes part of the error, or one warning
+    line, and a read that ITK completes with a complaint there (corrupt compressed data) is an error.
     `role` ("CT", "PET", "label") only names the image in messages.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: {role} file not found")
     _check_not_pointer(path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        first = _first_itk_line(str(error))
-        raise InputError(f"{path}: cannot read {role} image: {first}") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            f"{path}: {role} image has {image.GetNumberOfComponentsPerPixel()} components per voxel;"
-            " expected a scalar image"
-        )
-    if image.GetDimension() != 3:
-        raise InputError(
-            f"{path}: {role} image is {image.GetDimension()}D (size {image.GetSize()}); expected 3D"
-        )
+    failure = None
+    with _native_stderr() as noise:
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            _check_header(reader, path, role)
+            image = reader.Execute()
+        except RuntimeError as error:
+            failure = _first_itk_line(str(error))
+    if failure is not None:
+        detail = f" ({noise[0][:200]})" if noise else ""
+        raise InputError(f"{path}: cannot read {role} image: {failure}{detail}")
+    complaints = [line for line in noise if any(marker in line for marker in _NATIVE_READ_FAILURES)]
+    if complaints:
+        raise InputError(f"{path}: cannot read {role} image: voxel data are corrupt ({complaints[0]})")
+    if noise:
+        log.warning("%s: the image reader says: %s", path, " ".join(noise)[:500])
     if role.lower() != "label":
         image = sitk.Cast(image, sitk.sitkFloat32)
         _check_finite(image, path, role)
     return image
+
+
+@contextlib.contextmanager
+def _native_stderr() -> Iterator[list[str]]:
+    """Capture what native code (ITK's readers) writes to file descriptor 2 while the block runs.
+
+    The non-empty lines are in the yielded list once the block has ended. Without a usable descriptor 2,
+    nothing is captured.
+    """
+    lines: list[str] = []
+    with _native_stderr_lock:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            saved = None
+        if saved is None:
+            yield lines
+            return
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read().decode(errors="replace")
+                lines.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _check_header(reader: sitk.ImageFileReader, path: Path, role: str) -> None:
+    """Everything the header tells, checked before the voxels are read."""
+    dimension = reader.GetDimension()
+    size = tuple(reader.GetSize())
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(
+            f"{path}: {role} image has {reader.GetNumberOfComponents()} components per voxel;"
+            " expected a scalar image"
+        )
+    if dimension != 3:
+        raise InputError(f"{path}: {role} image is {dimension}D (size {size}); expected 3D")
+    if reader.GetPixelID() not in _PIXEL_BYTES:
+        raise InputError(
+            f"{path}: {role} image has pixel type {sitk.GetPixelIDValueAsString(reader.GetPixelID())};"
+            " expected integers or real numbers"
+        )
+    if min(size) < 1:
+        raise InputError(f"{path}: {role} image has no voxels (size {size})")
+    spacing = np.asarray(reader.GetSpacing(), dtype=float)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InputError(f"{path}: {role} image has an invalid voxel spacing {tuple(spacing)}")
+    if not np.isfinite(reader.GetOrigin()).all():
+        raise InputError(f"{path}: {role} image has an invalid origin {reader.GetOrigin()}")
+    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)
+    if not np.isfinite(direction).all() or abs(np.linalg.det(direction)) < 1e-6:
+        raise InputError(f"{path}: {role} image has a singular direction matrix {reader.GetDirection()}")
+    _check_voxel_data_size(path, role, math.prod(size) * _PIXEL_BYTES[reader.GetPixelID()])
+
+
+def _check_voxel_data_size(path: Path, role: str, needed: int) -> None:
+    """The file must hold the voxel data that its header describes (`needed` bytes, as ITK reads them).
+
+    MetaImage (.mha, .mhd) and NIfTI (.nii, .nii.gz) are checked; ITK itself reports truncated NRRD files.
+    Compressed data are checked against the header's stored size where there is one (MetaImage), the
+    uncompressed size in the gzip trailer (NIfTI; a mismatch is settled by decompressing), and the most
+    that deflate can expand.
+    """
+    name = path.name.lower()
+    if name.endswith((".mha", ".mhd")):
+        layout = _metaimage_layout(path)
+        if layout is None:
+            return
+        available, compressed, declared = layout
+        if not compressed and available < needed:
+            raise InputError(
+                f"{path}: {role} image is truncated: the header describes {needed} bytes of voxel data, "
+                f"the file holds {available}"
+            )
+        if compressed and declared is not None and available < declared:
+            raise InputError(
+                f"{path}: {role} image is truncated: the header declares {declared} bytes of compressed "
+                f"voxel data, the file holds {available}"
+            )
+        if compressed and needed > _MAX_DEFLATE_RATIO * (declared or available) + 64:
+            raise InputError(
+                f"{path}: {role} image header describes {needed} bytes of voxel data, more than "
+                f"{declared or available} compressed bytes can hold"
+            )
+    elif name.endswith((".nii", ".nii.gz")):
+        compressed = name.endswith(".gz")
+        layout = _nifti_layout(path, compressed)
+        if layout is None:
+            return
+        offset, data_bytes = layout  # from the header itself: ITK may report scaled data as float
+        if compressed:
+            _check_gzip_holds(path, role, offset + data_bytes)
+        elif path.stat().st_size - offset < data_bytes:
+            raise InputError(
+                f"{path}: {role} image is truncated: the header describes {data_bytes} bytes of voxel "
+                f"data, the file holds {max(path.stat().st_size - offset, 0)}"
+            )
+
+
+def _metaimage_layout(path: Path) -> tuple[int, bool, int | None] | None:
+    """(bytes after the header, compressed, declared compressed size) of a MetaImage file's voxel data.
+
+    None when the data are not binary bytes in one file that can be measured (text data, a list or
+    pattern of files, an explicit header size) or the header cannot be parsed here: ITK then decides.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(_METAIMAGE_HEADER_LIMIT)
+    fields: dict[str, str] = {}
+    offset = 0
+    for raw in head.splitlines(keepends=True):
+        offset += len(raw)
+        key, equals, value = raw.decode("latin-1").partition("=")
+        if not equals:
+            continue
+        key, value = key.strip().lower(), value.strip()
+        fields[key] = value
+        if key == "elementdatafile":
+            break
+    else:
+        return None
+    data_file = fields["elementdatafile"]
+    if (
+        "headersize" in fields
+        or fields.get("binarydata", "true").lower() != "true"
+        or data_file.upper().startswith("LIST")
+        or "%" in data_file
+    ):
+        return None
+    if data_file.upper() == "LOCAL":
+        available = path.stat().st_size - offset
+    else:
+        external = path.parent / data_file
+        if not external.is_file():
+            return None  # ITK names the missing file
+        available = external.stat().st_size
+    compressed = fields.get("compresseddata", "false").lower() == "true"
+    declared = fields.get("compresseddatasize", "")
+    return available, compressed, int(declared) if declared.isdigit() else None
+
+
+def _nifti_layout(path: Path, compressed: bool) -> tuple[int, int] | None:
+    """(offset, bytes) of a single-file NIfTI-1 or NIfTI-2 image's voxel data, from its header.
+
+    None when the header cannot be read here: ITK then reports what is wrong.
+    """
+    try:
+        with gzip.open(path, "rb") if compressed else path.open("rb") as handle:
+            header = handle.read(540)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(f"{order}i", header[:4])[0] == 348:
+            dims = struct.unpack(f"{order}8h", header[40:56])
+            bitpix = struct.unpack(f"{order}h", header[72:74])[0]
+            offset, minimum = struct.unpack(f"{order}f", header[108:112])[0], 352
+            break
+        if len(header) >= 540 and struct.unpack(f"{order}i", header[:4])[0] == 540:
+            dims = struct.unpack(f"{order}8q", header[16:80])
+            bitpix = struct.unpack(f"{order}h", header[14:16])[0]
+            offset, minimum = struct.unpack(f"{order}q", header[168:176])[0], 544
+            break
+    else:
+        return None
+    rank = dims[0]
+    if not (1 <= rank <= 7 and all(d > 0 for d in dims[1 : rank + 1])) or bitpix <= 0 or bitpix % 8:
+        return None
+    if not math.isfinite(offset) or offset < 0:
+        return None
+    return max(int(offset), minimum), math.prod(dims[1 : rank + 1]) * bitpix // 8
+
+
+def _check_gzip_holds(path: Path, role: str, needed: int) -> None:
+    """A gzip file must decompress to at least `needed` bytes; its trailer says so in the common case."""
+    size = path.stat().st_size
+    if needed > _MAX_DEFLATE_RATIO * size + 64:
+        raise InputError(
+            f"{path}: {role} image header describes {needed} bytes of data, more than {size} compressed "
+            "bytes can hold"
+        )
+    with path.open("rb") as handle:
+        handle.seek(max(size - 4, 0))
+        trailer = handle.read(4)
+    if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == needed % 2**32:
+        return  # the uncompressed size recorded at the end of the file is what the header describes
+    # Several gzip members, extra bytes, or a truncated file: count what really decompresses.
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while total < needed:
+                block = handle.read(min(1 << 22, needed - total))
+                if not block:
+                    break
+                total += len(block)
+    except (OSError, EOFError, zlib.error) as error:
+        raise InputError(f"{path}: {role} image is truncated or corrupt: {error}") from None
+    if total < needed:
+        raise InputError(
+            f"{path}: {role} image is truncated: the header describes {needed} bytes of data, the file "
+            f"decompresses to {total}"
+        )
 
 
 def _first_itk_line(message: str) -> str:

@@ -1,5 +1,7 @@
+import gzip
 import json
 import logging
+import struct
 
 import numpy as np
 import pytest
@@ -83,7 +85,7 @@ def test_truncated_file_is_reported(tmp_path):
     sitk.WriteImage(volume((20, 20, 20)), str(good), False)
     cut = tmp_path / "cut.mha"
     cut.write_bytes(good.read_bytes()[:-5000])
-    with pytest.raises(InputError, match="cannot read CT image"):
+    with pytest.raises(InputError, match="CT image is truncated: the header describes 32000 bytes"):
         read_image(cut, "CT")
 
 
@@ -192,3 +194,95 @@ def test_messages_keep_double_spaces_of_real_case_ids(tmp_path):
         find_image(folder)
     assert "Ganzkoerper  primaer" in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+def metaimage(dims, element="MET_UCHAR", data=b"", fields="") -> bytes:
+    """A hand-written MetaImage file: header lines as given, then `data` as the voxel bytes."""
+    header = (
+        "ObjectType = Image\n"
+        f"NDims = {len(dims)}\n"
+        "BinaryData = True\n"
+        "BinaryDataByteOrderMSB = False\n"
+        f"{fields}"
+        f"DimSize = {' '.join(map(str, dims))}\n"
+        f"ElementType = {element}\n"
+        "ElementDataFile = LOCAL\n"
+    )
+    return header.encode() + data
+
+
+@pytest.mark.parametrize(
+    ("dims", "fields", "message"),
+    [
+        ((400, 400, 661), "", "PET image is truncated: the header describes 423040000 bytes of voxel data"),
+        ((10**5, 10**5, 10**5), "", "the header describes 4000000000000000 bytes"),
+        ((1500, 1500, 1000), "CompressedData = True\n", "more than 100 compressed bytes can hold"),
+        ((0, 10, 10), "", "PET image has no voxels (size (0, 10, 10))"),
+        ((2, 2, 2), "TransformMatrix = 1 0 0 1 0 0 0 0 1\n", "singular direction matrix"),
+    ],
+)
+def test_a_lying_header_is_refused_before_the_voxels_are_read(tmp_path, capfd, dims, fields, message):
+    """A header describing far more data than the file holds costs neither time nor memory (ITK would
+    allocate, and for compressed data fill, the whole volume: 9 GB for the third case)."""
+    path = tmp_path / "pet.mha"
+    path.write_bytes(metaimage(dims, "MET_FLOAT", b"\0" * 100, fields))
+    with pytest.raises(InputError) as raised:
+        read_image(path, "PET")
+    assert message in str(raised.value)
+    assert str(raised.value).startswith(str(path))
+    assert capfd.readouterr().err == ""  # ITK's own complaints stay off stderr
+
+
+def test_truncated_compressed_metaimage_is_reported_from_its_declared_size(tmp_path, capfd):
+    good = tmp_path / "good.mha"
+    sitk.WriteImage(volume((20, 20, 20), value=3.0), str(good), True)
+    cut = tmp_path / "cut.mha"
+    cut.write_bytes(good.read_bytes()[:-10])
+    with pytest.raises(InputError, match=r"PET image is truncated: the header declares \d+ bytes"):
+        read_image(cut, "PET")
+    assert capfd.readouterr().err == ""
+
+
+def test_corrupt_compressed_voxels_are_an_error_not_a_garbage_image(tmp_path, capfd):
+    """ITK prints 'Uncompress failed' and returns an image anyway; petseg refuses it, in one line."""
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.gamma(2.0, 1.0, (20, 20, 20)).astype(np.float32))
+    good = tmp_path / "good.mha"
+    sitk.WriteImage(image, str(good), True)
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    bad = tmp_path / "bad.mha"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"PET image: voxel data are corrupt \(Uncompress failed\)"):
+        read_image(bad, "PET")
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name", ["cut.nii", "cut.nii.gz"])
+def test_truncated_nifti_is_reported(tmp_path, name):
+    """ITK's NIfTI reader returns a truncated file's image with zeros (or garbage) where data are missing."""
+    good = tmp_path / name.replace("cut", "good")
+    sitk.WriteImage(volume((20, 30, 40), value=2.0), str(good), name.endswith(".gz"))
+    (tmp_path / name).write_bytes(good.read_bytes()[: int(good.stat().st_size * 0.8)])
+    with pytest.raises(InputError, match="CT image is truncated"):
+        read_image(tmp_path / name, "CT")
+
+
+def test_valid_nifti_variants_are_not_mistaken_for_truncated_ones(tmp_path):
+    """Scaled integers (read as float), several gzip members, trailing bytes: all complete files."""
+    array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "plain.nii"))
+    header = bytearray((tmp_path / "plain.nii").read_bytes())
+    header[112:120] = struct.pack("<2f", 2.0, 0.5)  # scl_slope, scl_inter
+    scaled = bytes(header)
+    variants = {
+        "scaled.nii": scaled,
+        "scaled.nii.gz": gzip.compress(scaled),
+        "members.nii.gz": gzip.compress(scaled[:500]) + gzip.compress(scaled[500:]),
+        "trailing.nii.gz": gzip.compress(scaled + b"\0" * 100),
+    }
+    for name, data in variants.items():
+        (tmp_path / name).write_bytes(data)
+        image = read_image(tmp_path / name, "PET")
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), array * 2.0 + 0.5)
