@@ -10,7 +10,11 @@ every repetition, each in a fresh Python process (as a container runs a case):
   every fold on each window);
 - `seed`: `bench.seed_style`, the entry's own MONAI pipeline (its crop and 2 mm grid, one pass per fold,
   Invertd, NIfTI round trip);
-- `matched`: the same MONAI pipeline on petseg's crop and grid, whose mask must equal petseg's.
+- `matched`: the same MONAI pipeline on petseg's crop and grid, whose mask must equal petseg's;
+- with `--compile`, `compiled`: petseg with `torch.compile` (compilation on the first window counted).
+
+petseg runs at `--precision` (default auto: bf16 autocast on CPUs with native bf16 and on GPUs from compute
+capability 8, fp16 below); the references run fp32, as the entry did.
 
 Reported: the median seconds per stage (read, preprocess, network, back-map, write; model loading apart),
 each process's peak resident memory (its high-water mark, from wait4), the peak GPU memory where there is a
@@ -78,7 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="petseg's --precision (default auto: bf16 on CPUs with native bf16, fp16/bf16 autocast on "
         "GPUs); the references run fp32 on the CPU, as the entry did",
     )
-    parser.add_argument("--compile", action="store_true", help="petseg with --compile (torch.compile)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also run `compiled`: petseg with --compile (torch.compile), to weigh compiling on and off",
+    )
     parser.add_argument(
         "--references",
         nargs="+",
@@ -267,12 +275,12 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     timer = StageTimer(quiet=True)
     shape = None  # petseg's network grid is computed by the parent, outside the measured run
     started = time.perf_counter()
-    if spec["pipeline"] == "petseg":
+    if spec["pipeline"] in ("petseg", "compiled"):
         from petseg.pipeline import run_grand_challenge
         from petseg.predict import Predictor
 
         predictor = Predictor.load(
-            model_dir, spec["device"], precision=spec["precision"], compile=spec["compile"]
+            model_dir, spec["device"], precision=spec["precision"], compile=spec["pipeline"] == "compiled"
         )
         load_s = time.perf_counter() - started
         mask = run_grand_challenge(input_dir, output, predictor, timer)
@@ -434,7 +442,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     del ct, pet
     prepared_s = time.perf_counter() - started
 
-    pipelines = ["petseg", *[name for name in REFERENCES if name in args.references]]
+    pipelines = ["petseg", *(["compiled"] if args.compile else [])]
+    pipelines += [name for name in REFERENCES if name in args.references]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in pipelines}
     load_before = os.getloadavg()[0]
     for repetition in range(args.repeats):
@@ -446,7 +455,6 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "output": str(work / "runs" / f"{name}-{repetition}" / "output"),
                 "device": args.device,
                 "precision": args.precision,
-                "compile": args.compile,
                 "gzip": args.seed_gzip,
             }
             folder = work / "runs" / f"{name}-{repetition}"
@@ -462,7 +470,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             np.array_equal(read_mask(first)[0], read_mask(Path(run["mask"]))[0]) for run in runs[name][1:]
         )
         masks[name] = {**compare_masks(petseg_mask, first), "repeatable": repeatable}
-        shapes[name] = list(petseg_grid) if name == "petseg" else runs[name][0]["network_input_xyz"]
+        own_grid = name in ("petseg", "compiled")
+        shapes[name] = list(petseg_grid) if own_grid else runs[name][0]["network_input_xyz"]
     return {
         "benchmark": "inference",
         "date": datetime.date.today().isoformat(),
@@ -478,7 +487,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "blend_mode": "constant",
             "sw_batch_size": 1,
             "average": "logits",
-            "back_interpolation": {"petseg": "nearest", "matched": "nearest", "seed": "bilinear (Invertd)"},
+            "back_interpolation": {
+                "petseg": "nearest",
+                "compiled": "nearest",
+                "matched": "nearest",
+                "seed": "bilinear (Invertd)",
+            },
             "device": args.device,
             "petseg_precision": args.precision,
             "petseg_compile": args.compile,

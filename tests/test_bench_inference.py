@@ -113,7 +113,6 @@ def test_a_fresh_process_reports_its_peak_memory(benchmark, tmp_path):
         "output": str(tmp_path / "output"),
         "device": "cpu",
         "precision": "auto",
-        "compile": False,
         "gzip": False,
     }
     result = run_child(spec, tmp_path / "run")
