@@ -62,8 +62,9 @@ def select_device(
     """CUDA when available, else CPU; with precision "auto", the reduced precision that pays there.
 
     CUDA: fp16 autocast below compute capability 8, bf16 from 8 on (bf16 is emulated, and slow, on
-    pre-Ampere cards such as the T4 that Grand Challenge uses). CPU: bf16 autocast with channels-last
-    windows where the CPU has native bf16, else fp32. Precision "fp32" turns autocast off everywhere.
+    pre-Ampere cards such as the T4 that Grand Challenge uses). CPU: channels-last windows, in bf16
+    autocast where the CPU has native bf16. Precision "fp32" means plain fp32 everywhere, in the
+    default memory layout: bit-for-bit what another fp32 pipeline computes.
     `cuda_index` picks the GPU (a DDP rank's own); by default the current one.
     """
     if preference not in ("auto", "cuda", "cpu"):
@@ -81,9 +82,11 @@ def select_device(
     if preference == "cuda":
         raise ModelError("--device cuda was requested but no CUDA device is available")
     log.warning("no CUDA GPU available: running on the CPU, which is much slower")
-    if reduced and cpu_has_native_bf16():
-        return ComputeDevice(torch.device("cpu"), torch.bfloat16, channels_last=True)
-    return ComputeDevice(torch.device("cpu"), None)
+    if not reduced:
+        return ComputeDevice(torch.device("cpu"), None)
+    return ComputeDevice(
+        torch.device("cpu"), torch.bfloat16 if cpu_has_native_bf16() else None, channels_last=True
+    )
 
 
 def training_device(preference: str = "auto", cuda_index: int | None = None) -> ComputeDevice:

@@ -65,8 +65,8 @@ def test_cpu_precision_follows_the_cpus_bf16_support(caplog, monkeypatch, native
         chosen = select_device("auto")
     assert chosen.device.type == "cpu"
     assert chosen.amp_dtype == (torch.bfloat16 if native_bf16 else None)
-    assert chosen.channels_last == native_bf16
-    assert chosen.describe() == ("CPU (bfloat16, channels-last)" if native_bf16 else "CPU (fp32)")
+    assert chosen.channels_last
+    assert chosen.describe() == f"CPU ({'bfloat16' if native_bf16 else 'fp32'}, channels-last)"
     assert any("running on the CPU" in r.message for r in caplog.records)
     # --precision fp32, and training on the CPU, never autocast
     assert select_device("auto", precision="fp32") == predict_module.ComputeDevice(torch.device("cpu"), None)
@@ -113,7 +113,8 @@ def test_compiled_networks_give_the_same_probability(tiny_model_dir):
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
     plain = Predictor.load(tiny_model_dir, device="cpu", precision="fp32")
     compiled = Predictor.load(tiny_model_dir, device="cpu", precision="fp32", compile=True)
-    assert compiled.compiled and not plain.compiled
+    assert compiled.compiled
+    assert not plain.compiled
     assert all(type(runner).__name__ == "OptimizedModule" for runner in compiled.ensemble.runners)
     image = np.random.default_rng(2).random((2, 40, 36, 44), dtype=np.float32)
     np.testing.assert_allclose(compiled(image), plain(image), atol=1e-4)
