@@ -221,37 +221,48 @@ def _check_voxel_data_size(path: Path, role: str, needed: int) -> None:
     """The file must hold the voxel data that its header describes (`needed` bytes, as ITK reads them).
 
     MetaImage (.mha, .mhd) and NIfTI (.nii, .nii.gz) are checked; ITK itself reports truncated NRRD files.
-    Compressed data are checked against the header's stored size where there is one (MetaImage), the
-    uncompressed size in the gzip trailer (NIfTI; a mismatch is settled by decompressing), and the most
-    that deflate can expand.
+    Uncompressed data are measured. Compressed MetaImage data are inflated (without keeping them) and
+    must give exactly `needed` bytes: a zlib stream records no length, and ITK fills what is missing with
+    zeros. A gzip file (NIfTI) records its uncompressed size in its trailer; a mismatch there is settled by
+    inflating.
     """
     name = path.name.lower()
     if name.endswith((".mha", ".mhd")):
         layout = _metaimage_layout(path)
         if layout is None:
             return
-        available, compressed, declared = layout
-        if not compressed and available < needed:
-            raise InputError(
-                f"{path}: {role} image is truncated: the header describes {needed} bytes of voxel data, "
-                f"the file holds {available}"
-            )
-        if compressed and declared is not None and available < declared:
+        data_path, offset, available, compressed, declared = layout
+        if not compressed:
+            if available < needed:
+                raise InputError(
+                    f"{path}: {role} image is truncated: the header describes {needed} bytes of voxel data, "
+                    f"the file holds {available}"
+                )
+            return
+        if declared is not None and available < declared:
             raise InputError(
                 f"{path}: {role} image is truncated: the header declares {declared} bytes of compressed "
                 f"voxel data, the file holds {available}"
             )
-        if compressed and needed > _MAX_DEFLATE_RATIO * (declared or available) + 64:
+        stored = min(available, declared) if declared is not None else available
+        if needed > _MAX_DEFLATE_RATIO * stored + 64:
             raise InputError(
                 f"{path}: {role} image header describes {needed} bytes of voxel data, more than "
-                f"{declared or available} compressed bytes can hold"
+                f"{stored} compressed bytes can hold"
+            )
+        inflated = _inflated_size(data_path, offset, stored, limit=needed + 1, what=f"{path}: {role} image")
+        if inflated != needed:
+            more = "more than" if inflated > needed else f"only {inflated} of"
+            raise InputError(
+                f"{path}: {role} image header describes {needed} bytes of voxel data, its compressed data "
+                f"hold {more} that"
             )
     elif name.endswith((".nii", ".nii.gz")):
         compressed = name.endswith(".gz")
-        layout = _nifti_layout(path, compressed)
-        if layout is None:
+        nifti = _nifti_layout(path, compressed)
+        if nifti is None:
             return
-        offset, data_bytes = layout  # from the header itself: ITK may report scaled data as float
+        offset, data_bytes = nifti  # from the header itself: ITK may report scaled data as float
         if compressed:
             _check_gzip_holds(path, role, offset + data_bytes)
         elif path.stat().st_size - offset < data_bytes:
@@ -261,8 +272,31 @@ def _check_voxel_data_size(path: Path, role: str, needed: int) -> None:
             )
 
 
-def _metaimage_layout(path: Path) -> tuple[int, bool, int | None] | None:
-    """(bytes after the header, compressed, declared compressed size) of a MetaImage file's voxel data.
+def _inflated_size(path: Path, offset: int, stored: int, limit: int, what: str) -> int:
+    """How many bytes the zlib (or gzip) stream of `stored` bytes at `offset` inflates to, up to `limit`."""
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header, as ITK accepts
+    total = 0
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        left = stored
+        try:
+            while left > 0 and total < limit and not inflater.eof:
+                chunk = handle.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                while chunk and total < limit:
+                    total += len(inflater.decompress(chunk, 1 << 24))
+                    chunk = inflater.unconsumed_tail
+        except zlib.error as error:
+            raise InputError(f"{what}: compressed voxel data are corrupt ({error})") from None
+    if not inflater.eof and total < limit:
+        raise InputError(f"{what}: compressed voxel data end early (truncated file)")
+    return total
+
+
+def _metaimage_layout(path: Path) -> tuple[Path, int, int, bool, int | None] | None:
+    """(data file, offset, bytes there, compressed, declared compressed size) of a MetaImage's voxel data.
 
     None when the data are not binary bytes in one file that can be measured (text data, a list or
     pattern of files, an explicit header size) or the header cannot be parsed here: ITK then decides.
@@ -291,15 +325,15 @@ def _metaimage_layout(path: Path) -> tuple[int, bool, int | None] | None:
     ):
         return None
     if data_file.upper() == "LOCAL":
-        available = path.stat().st_size - offset
+        data_path = path
     else:
-        external = path.parent / data_file
-        if not external.is_file():
+        data_path, offset = path.parent / data_file, 0
+        if not data_path.is_file():
             return None  # ITK names the missing file
-        available = external.stat().st_size
+    available = data_path.stat().st_size - offset
     compressed = fields.get("compresseddata", "false").lower() == "true"
     declared = fields.get("compresseddatasize", "")
-    return available, compressed, int(declared) if declared.isdigit() else None
+    return data_path, offset, available, compressed, int(declared) if declared.isdigit() else None
 
 
 def _nifti_layout(path: Path, compressed: bool) -> tuple[int, int] | None:

@@ -243,20 +243,38 @@ def test_truncated_compressed_metaimage_is_reported_from_its_declared_size(tmp_p
     assert capfd.readouterr().err == ""
 
 
-def test_corrupt_compressed_voxels_are_an_error_not_a_garbage_image(tmp_path, capfd):
-    """ITK prints 'Uncompress failed' and returns an image anyway; petseg refuses it, in one line."""
+def compressed_pet(tmp_path) -> bytes:
     rng = np.random.default_rng(0)
     image = sitk.GetImageFromArray(rng.gamma(2.0, 1.0, (20, 20, 20)).astype(np.float32))
-    good = tmp_path / "good.mha"
-    sitk.WriteImage(image, str(good), True)
-    data = bytearray(good.read_bytes())
+    sitk.WriteImage(image, str(tmp_path / "good.mha"), True)
+    return (tmp_path / "good.mha").read_bytes()
+
+
+def test_corrupt_compressed_voxels_are_an_error_not_a_garbage_image(tmp_path, capfd):
+    """ITK prints 'Uncompress failed' on stderr and returns an image anyway; petseg refuses the file."""
+    data = bytearray(compressed_pet(tmp_path))
     middle = len(data) // 2
     data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
     bad = tmp_path / "bad.mha"
     bad.write_bytes(bytes(data))
-    with pytest.raises(InputError, match=r"PET image: voxel data are corrupt \(Uncompress failed\)"):
+    with pytest.raises(InputError, match="PET image: compressed voxel data are corrupt"):
         read_image(bad, "PET")
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ("20 20 40", "describes 64000 bytes of voxel data, its compressed data hold only 32000 of that"),
+        ("20 20 19", "describes 30400 bytes of voxel data, its compressed data hold more than that"),
+    ],
+)
+def test_compressed_data_must_inflate_to_exactly_what_the_header_describes(tmp_path, size, message):
+    """ITK fills voxels missing from a compressed stream with zeros and drops extra ones, silently."""
+    lying = compressed_pet(tmp_path).replace(b"DimSize = 20 20 20", f"DimSize = {size}".encode())
+    (tmp_path / "lying.mha").write_bytes(lying)
+    with pytest.raises(InputError, match=message):
+        read_image(tmp_path / "lying.mha", "PET")
 
 
 @pytest.mark.parametrize("name", ["cut.nii", "cut.nii.gz"])
