@@ -15,6 +15,7 @@ BENCHMARKS = {
     "loader": "bench.loader",
     "metrics": "bench.metrics",
     "inference": "bench.inference",
+    "window": "bench.window",
 }
 
 
