@@ -56,6 +56,7 @@ _PIXEL_BYTES = {
 # Deflate cannot expand data more than about 1032-fold: a header describing more is lying.
 _MAX_DEFLATE_RATIO = 1032
 _METAIMAGE_HEADER_LIMIT = 1 << 20
+_MAX_METAIMAGE_DIMENSION = 5  # ITK's limit for image IO
 # What ITK's MetaImage reader prints (without raising) when the voxel data it returns are incomplete.
 _NATIVE_READ_FAILURES = ("Uncompress failed", "not read completely")
 _native_stderr_lock = threading.Lock()
@@ -138,6 +139,7 @@ def read_image(path: Path, role: str) -> sitk.Image:
     failure = None
     with _native_stderr() as noise:
         try:
+            _check_metaimage_dimension(path, role)
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
@@ -239,6 +241,11 @@ def _check_voxel_data_size(path: Path, role: str, needed: int) -> None:
                     f"the file holds {available}"
                 )
             return
+        if declared is None and data_path == path:
+            raise InputError(
+                f"{path}: {role} image has compressed voxel data but no CompressedDataSize in its header: "
+                "ITK cannot read such a file"
+            )
         if declared is not None and available < declared:
             raise InputError(
                 f"{path}: {role} image is truncated: the header declares {declared} bytes of compressed "
@@ -259,7 +266,7 @@ def _check_voxel_data_size(path: Path, role: str, needed: int) -> None:
             )
     elif name.endswith((".nii", ".nii.gz")):
         compressed = name.endswith(".gz")
-        nifti = _nifti_layout(path, compressed)
+        nifti = _nifti_layout(path, role, compressed)
         if nifti is None:
             return
         offset, data_bytes = nifti  # from the header itself: ITK may report scaled data as float
@@ -295,12 +302,13 @@ def _inflated_size(path: Path, offset: int, stored: int, limit: int, what: str) 
     return total
 
 
-def _metaimage_layout(path: Path) -> tuple[Path, int, int, bool, int | None] | None:
-    """(data file, offset, bytes there, compressed, declared compressed size) of a MetaImage's voxel data.
+def _metaimage_header(path: Path) -> tuple[dict[str, str], int] | None:
+    """The fields of a MetaImage header (keys in lower case) and where its local data start.
 
-    None when the data are not binary bytes in one file that can be measured (text data, a list or
-    pattern of files, an explicit header size) or the header cannot be parsed here: ITK then decides.
+    None for a file that is not MetaImage (no `ElementDataFile` line in the first megabyte).
     """
+    if not path.name.lower().endswith((".mha", ".mhd")):
+        return None
     with path.open("rb") as handle:
         head = handle.read(_METAIMAGE_HEADER_LIMIT)
     fields: dict[str, str] = {}
@@ -313,9 +321,33 @@ def _metaimage_layout(path: Path) -> tuple[Path, int, int, bool, int | None] | N
         key, value = key.strip().lower(), value.strip()
         fields[key] = value
         if key == "elementdatafile":
-            break
-    else:
+            return fields, offset
+    return None
+
+
+def _check_metaimage_dimension(path: Path, role: str) -> None:
+    """ITK's MetaImage reader never returns from a negative NDims (or one that overflows an int)."""
+    header = _metaimage_header(path)
+    if header is None or "ndims" not in header[0]:
+        return
+    ndims = header[0]["ndims"]
+    if not (ndims.isdigit() and 1 <= int(ndims) <= _MAX_METAIMAGE_DIMENSION):
+        raise InputError(
+            f"{path}: {role} image header has NDims = {ndims[:20]!r}; expected a whole number from 1 to "
+            f"{_MAX_METAIMAGE_DIMENSION}"
+        )
+
+
+def _metaimage_layout(path: Path) -> tuple[Path, int, int, bool, int | None] | None:
+    """(data file, offset, bytes there, compressed, declared compressed size) of a MetaImage's voxel data.
+
+    None when the data are not binary bytes in one file that can be measured (text data, a list or
+    pattern of files, an explicit header size) or the header cannot be parsed here: ITK then decides.
+    """
+    header = _metaimage_header(path)
+    if header is None:
         return None
+    fields, offset = header
     data_file = fields["elementdatafile"]
     if (
         "headersize" in fields
@@ -336,15 +368,17 @@ def _metaimage_layout(path: Path) -> tuple[Path, int, int, bool, int | None] | N
     return data_path, offset, available, compressed, int(declared) if declared.isdigit() else None
 
 
-def _nifti_layout(path: Path, compressed: bool) -> tuple[int, int] | None:
+def _nifti_layout(path: Path, role: str, compressed: bool) -> tuple[int, int] | None:
     """(offset, bytes) of a single-file NIfTI-1 or NIfTI-2 image's voxel data, from its header.
 
-    None when the header cannot be read here: ITK then reports what is wrong.
+    None when the header cannot be read here (not gzip, not NIfTI): ITK then reports what is wrong.
     """
     try:
         with gzip.open(path, "rb") if compressed else path.open("rb") as handle:
             header = handle.read(540)
-    except (OSError, EOFError, zlib.error):
+    except EOFError:  # ITK reads what there is of a gzip file cut inside the header, and returns an image
+        raise InputError(f"{path}: {role} image is truncated: the file ends inside its header") from None
+    except (OSError, zlib.error):
         return None
     for order in "<>":
         if len(header) >= 348 and struct.unpack(f"{order}i", header[:4])[0] == 348:
@@ -380,12 +414,13 @@ def _check_gzip_holds(path: Path, role: str, needed: int) -> None:
         trailer = handle.read(4)
     if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == needed % 2**32:
         return  # the uncompressed size recorded at the end of the file is what the header describes
-    # Several gzip members, extra bytes, or a truncated file: count what really decompresses.
+    # Several gzip members, extra bytes, or a truncated file: count what really decompresses, to the end
+    # of the stream (which checks its CRC) unless it runs far past what the header describes.
     total = 0
     try:
         with gzip.open(path, "rb") as handle:
-            while total < needed:
-                block = handle.read(min(1 << 22, needed - total))
+            while total <= needed + (1 << 20):
+                block = handle.read(1 << 22)
                 if not block:
                     break
                 total += len(block)

@@ -1,6 +1,7 @@
 import gzip
 import json
 import logging
+import re
 import struct
 
 import numpy as np
@@ -216,7 +217,12 @@ def metaimage(dims, element="MET_UCHAR", data=b"", fields="") -> bytes:
     [
         ((400, 400, 661), "", "PET image is truncated: the header describes 423040000 bytes of voxel data"),
         ((10**5, 10**5, 10**5), "", "the header describes 4000000000000000 bytes"),
-        ((1500, 1500, 1000), "CompressedData = True\n", "more than 100 compressed bytes can hold"),
+        (
+            (1500, 1500, 1000),
+            "CompressedData = True\nCompressedDataSize = 100\n",
+            "more than 100 compressed bytes can hold",
+        ),
+        ((20, 20, 20), "CompressedData = True\n", "compressed voxel data but no CompressedDataSize"),
         ((0, 10, 10), "", "PET image has no voxels (size (0, 10, 10))"),
         ((2, 2, 2), "TransformMatrix = 1 0 0 1 0 0 0 0 1\n", "singular direction matrix"),
     ],
@@ -304,3 +310,25 @@ def test_valid_nifti_variants_are_not_mistaken_for_truncated_ones(tmp_path):
         (tmp_path / name).write_bytes(data)
         image = read_image(tmp_path / name, "PET")
         np.testing.assert_array_equal(sitk.GetArrayFromImage(image), array * 2.0 + 0.5)
+
+
+@pytest.mark.parametrize("ndims", ["-1", "2147483648", "99", "3.5"])
+def test_a_metaimage_header_that_would_hang_itk_is_refused(tmp_path, ndims):
+    """ITK's MetaImage reader never returns from NDims = -1 (or 2**31, which overflows to it)."""
+    path = tmp_path / "pet.mha"
+    path.write_bytes(
+        f"ObjectType = Image\nNDims = {ndims}\nDimSize = \nElementType = MET_CHAR\n"
+        "ElementDataFile = LOCAL\n".encode()
+    )
+    with pytest.raises(InputError, match=rf"PET image header has NDims = '{re.escape(ndims)}'"):
+        read_image(path, "PET")
+
+
+@pytest.mark.parametrize("keep", [180, -3])
+def test_a_gzip_file_cut_inside_its_header_or_trailer_is_truncated(tmp_path, keep):
+    """ITK returns an image for both: from a header cut short, and without the checksum at the end."""
+    noise = np.random.default_rng(7).gamma(2.0, 1.0, (9, 11, 13)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(noise), str(tmp_path / "good.nii.gz"), True)
+    (tmp_path / "cut.nii.gz").write_bytes((tmp_path / "good.nii.gz").read_bytes()[:keep])
+    with pytest.raises(InputError, match="PET image is truncated"):
+        read_image(tmp_path / "cut.nii.gz", "PET")
