@@ -1,0 +1,866 @@
+"""Hostile inputs for the entry points that read images: process.py, `petseg predict` and `petseg evaluate`.
+
+Every case builds a broken or unusual input, runs the entry point (in this process; a few again in a real
+one) and checks:
+
+- the exit code;
+- that stderr holds nothing but log lines and petseg's own messages (no traceback, nothing printed by ITK),
+  with the problem on exactly one line that names the file or folder at fault;
+- that the output holds no file afterwards (besides what was there before), or, where the input is
+  accepted, only complete outputs.
+
+The image reader is also fuzzed with hypothesis (random MetaImage headers, truncated files). The counts in
+docs/reliability.md come from `pytest tests/test_hostile_inputs.py --collect-only -q`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import multiprocessing
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import REPO, all_files
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from petseg.card import EnsembleSettings
+from petseg.cli import main, process_main
+from petseg.errors import InputError
+from petseg.io import CT_FOLDER, DATA_CENTRIC_JSON, MASK_FOLDER, PET_FOLDER, read_image
+from petseg.phantoms import make_case
+from petseg.untrained import create_untrained_model
+
+ENTRY_POINTS = ("process", "predict", "evaluate")
+CASE_NAME = "case  01"  # as real autoPET case ids: spaces, double ones included
+CT_NAME, PET_NAME = "c0ffee00-ct.mha", "5eed0000-pet.mha"
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 882706\n".format("ab" * 32)
+PIXEL_TYPES = {
+    "int8": sitk.sitkInt8,
+    "uint8": sitk.sitkUInt8,
+    "int16": sitk.sitkInt16,
+    "uint16": sitk.sitkUInt16,
+    "int32": sitk.sitkInt32,
+    "uint32": sitk.sitkUInt32,
+    "int64": sitk.sitkInt64,
+    "uint64": sitk.sitkUInt64,
+    "float32": sitk.sitkFloat32,
+    "float64": sitk.sitkFloat64,
+}
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Exit `code`, with `message` on exactly one stderr line, which names the file or folder at fault."""
+
+    code: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Exit 0 with complete outputs; `says`, when given, must be in the log (a warning)."""
+
+    says: str | None = None
+
+
+@dataclass
+class Run:
+    """One entry point on one hostile case: where its input and output are."""
+
+    entry: str
+    root: Path
+    stack: contextlib.ExitStack
+    before: dict[Path, bytes] = field(default_factory=dict)  # output files present before the run
+
+    @property
+    def input(self) -> Path:  # process and predict: one Grand-Challenge case folder
+        return self.root / CASE_NAME
+
+    @property
+    def ct_dir(self) -> Path:
+        return self.input / CT_FOLDER
+
+    @property
+    def pet_dir(self) -> Path:
+        return self.input / PET_FOLDER
+
+    @property
+    def ct(self) -> Path:
+        return self.ct_dir / CT_NAME
+
+    @property
+    def pet(self) -> Path:
+        return self.pet_dir / PET_NAME
+
+    # evaluate: ground truths, predictions and PET images, one case each
+    @property
+    def gt_dir(self) -> Path:
+        return self.root / "gt"
+
+    @property
+    def pred_dir(self) -> Path:
+        return self.root / "pred"
+
+    @property
+    def pet_eval_dir(self) -> Path:
+        return self.root / "pet"
+
+    @property
+    def prediction(self) -> Path:
+        return self.pred_dir / f"{CASE_NAME}.mha"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "out"
+
+    def keep(self, path: Path, content: bytes) -> None:
+        """Put a file into the output before the run; it must be there, unchanged, afterwards."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        self.before[path] = content
+
+    def argv(self, model: Path) -> list[str]:
+        if self.entry == "process":
+            return ["--input", str(self.input), "--output", str(self.output), "--model", str(model)]
+        if self.entry == "predict":
+            return [
+                "predict", "--input", str(self.input), "--output", str(self.output), "--model", str(model),
+                "--device", "cpu", "-q",
+            ]  # fmt: skip
+        return [
+            "evaluate", "--gt", str(self.gt_dir), "--pred", str(self.pred_dir),
+            "--pet", str(self.pet_eval_dir), "--out", str(self.output), "--workers", "1", "--no-report", "-q",
+        ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- the images
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A one-fold untrained resunet-tiny with 64-voxel windows and no overlap: the quickest real model."""
+    folder = tmp_path_factory.mktemp("hostile-model")
+    create_untrained_model(folder, folds=1, ensemble=EnsembleSettings((64, 64, 64), overlap=0.0))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """A tiny FDG phantom (PET 64 x 64 x 96 at the autoPET FDG spacing), with lesions."""
+    return make_case(seed=3, index=0, tracer="fdg", size="tiny", grid="fdg-400", lesion_free=False)
+
+
+def write(image: sitk.Image, path: Path, compress: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), compress)
+    return path
+
+
+def as_float(image: sitk.Image) -> sitk.Image:
+    return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def with_value(image: sitk.Image, index: tuple[int, int, int], value: float) -> sitk.Image:
+    changed = as_float(image)
+    changed[index] = value
+    return changed
+
+
+def moved(image: sitk.Image, shift_mm: float) -> sitk.Image:
+    changed = sitk.Image(image)
+    changed.SetOrigin([o + shift_mm for o in image.GetOrigin()])
+    return changed
+
+
+def flat(image: sitk.Image) -> sitk.Image:
+    """The middle slice as a 2D image."""
+    return image[:, :, image.GetSize()[2] // 2]
+
+
+def four_d(image: sitk.Image) -> sitk.Image:
+    return sitk.JoinSeries([image, image])
+
+
+def vector(image: sitk.Image) -> sitk.Image:
+    return sitk.Compose([as_float(image), as_float(image)])
+
+
+def one_slice(image: sitk.Image) -> sitk.Image:
+    middle = image.GetSize()[2] // 2
+    return image[:, :, middle : middle + 1]
+
+
+def tiny(image: sitk.Image, size=(16, 16, 10)) -> sitk.Image:
+    """A crop through the body, far smaller than the model's 64-voxel window."""
+    x, y, z = (s // 2 for s in image.GetSize())
+    return image[x : x + size[0], y : y + size[1], z : z + size[2]]
+
+
+def lfs_pointer(path: Path) -> None:
+    path.write_text(LFS_POINTER)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
+
+
+def lie_about_size(path: Path) -> None:
+    """Rewrite the file uncompressed with a header claiming the largest autoPET grid, 400 x 400 x 661."""
+    image = sitk.ReadImage(str(path))
+    write(image, path, compress=False)
+    data = path.read_bytes()
+    size = " ".join(map(str, image.GetSize())).encode()
+    path.write_bytes(data.replace(b"DimSize = " + size, b"DimSize = 400 400 661", 1))
+
+
+def garbage(path: Path) -> None:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+
+
+def empty_file(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """The folder cannot be written, also by root (which ignores modes): chmod, or chattr +i as root."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    else:
+        if shutil.which("chattr") is None:
+            pytest.skip("running as root without chattr: cannot make a read-only folder")
+        made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+        if made.returncode != 0:
+            pytest.skip(f"running as root and chattr +i fails: {made.stderr.decode().strip()}")
+        undo = ["chattr", "-i", str(folder)]
+    try:
+        with contextlib.suppress(OSError):
+            (folder / "probe").touch()
+            (folder / "probe").unlink()
+            pytest.skip("the folder stays writable")
+        yield
+    finally:
+        subprocess.run(undo, check=False)
+
+
+# -------------------------------------------------------------------- process.py and petseg predict
+
+
+def image_input(run: Run, phantom, ct: sitk.Image | None = None, pet: sitk.Image | None = None) -> None:
+    write(phantom.ct if ct is None else ct, run.ct)
+    write(phantom.pet if pet is None else pet, run.pet)
+
+
+Builder = Callable[[Run, object], Path]
+
+
+def _missing_folder(run: Run, phantom) -> Path:
+    image_input(run, phantom)
+    shutil.rmtree(run.ct_dir)
+    return run.ct_dir
+
+
+def _empty_folders(run: Run, phantom) -> Path:
+    run.ct_dir.mkdir(parents=True)
+    run.pet_dir.mkdir(parents=True)
+    (run.ct_dir / "README.txt").write_text("not an image")
+    return run.ct_dir
+
+
+def _two_images(run: Run, phantom) -> Path:
+    image_input(run, phantom)
+    write(phantom.pet, run.pet_dir / "5eed0001-pet.nii.gz")
+    return run.pet_dir
+
+
+def _file_case(damage: Callable[[Path], None], which: str = "pet") -> Builder:
+    def build(run: Run, phantom) -> Path:
+        image_input(run, phantom)
+        path = run.pet if which == "pet" else run.ct
+        damage(path)
+        return path
+
+    return build
+
+
+def _image_case(pet: Callable | None = None, ct: Callable | None = None, culprit: str = "pet") -> Builder:
+    def build(run: Run, phantom) -> Path:
+        image_input(
+            run,
+            phantom,
+            ct=None if ct is None else ct(phantom.ct),
+            pet=None if pet is None else pet(phantom.pet),
+        )
+        return {"pet": run.pet, "ct": run.ct, "input": run.input}[culprit]
+
+    return build
+
+
+def _read_only_output(run: Run, phantom) -> Path:
+    image_input(run, phantom)
+    run.stack.enter_context(read_only(run.output))
+    return run.output
+
+
+def _output_holds_files(run: Run, phantom) -> Path:
+    image_input(run, phantom)
+    run.keep(run.output / "notes.txt", b"left here by someone else\n")
+    if run.entry == "process":  # a stale mask of the same name: replaced by a complete one
+        (run.output / MASK_FOLDER).mkdir(parents=True)
+        (run.output / MASK_FOLDER / PET_NAME).write_bytes(b"half a mask from an earlier run")
+    return run.output
+
+
+def _output_is_a_file(run: Run, phantom) -> Path:
+    image_input(run, phantom)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.keep(run.output, b"a file where the output folder should be\n")
+    return run.output
+
+
+def _pixel_type(name: str) -> Builder:
+    return _image_case(
+        pet=lambda p: sitk.Cast(p, PIXEL_TYPES[name]), ct=lambda c: sitk.Cast(c, PIXEL_TYPES[name])
+    )
+
+
+OUTPUT_PROBLEM = Refused(5, "cannot write")
+
+IMAGE_CASES: dict[str, tuple[Builder, Refused | Accepted]] = {
+    "missing_folder": (_missing_folder, Refused(3, "input folder not found")),
+    "empty_folders": (_empty_folders, Refused(3, "no image file")),
+    "two_images": (_two_images, Refused(3, "expected exactly one image, found 2")),
+    "lfs_pointer": (_file_case(lfs_pointer), Refused(3, "Git LFS pointer")),
+    "empty_file": (_file_case(empty_file, "ct"), Refused(3, "file is empty")),
+    "not_an_image": (_file_case(garbage, "ct"), Refused(3, "cannot read CT image")),
+    "truncated": (_file_case(truncate, "ct"), Refused(3, "CT image is truncated")),
+    "lying_header": (_file_case(lie_about_size), Refused(3, "the header describes 423040000 bytes")),
+    "2d": (_image_case(pet=flat), Refused(3, "PET image is 2D")),
+    "4d": (_image_case(pet=four_d), Refused(3, "PET image is 4D")),
+    "vector": (_image_case(pet=vector), Refused(3, "2 components per voxel")),
+    "one_slice": (_image_case(pet=one_slice, ct=one_slice), Accepted()),
+    "smaller_than_window": (_image_case(pet=tiny, ct=tiny), Accepted()),
+    "nan": (
+        _image_case(pet=lambda p: with_value(p, (30, 30, 40), float("nan"))),
+        Refused(3, "PET image has 1 NaN or infinite voxels"),
+    ),
+    "inf": (
+        _image_case(ct=lambda c: with_value(c, (30, 30, 40), float("inf")), culprit="ct"),
+        Refused(3, "CT image has 1 NaN or infinite voxels"),
+    ),
+    "negative_suv": (_image_case(pet=lambda p: p - 5.0), Accepted()),
+    "bq_per_ml": (_image_case(pet=lambda p: p * 5300.0), Accepted(says="looks like Bq/ml")),
+    "no_overlap": (
+        _image_case(ct=lambda c: moved(c, 3000.0), culprit="ct"),
+        Refused(3, "CT does not overlap the PET"),
+    ),
+    "different_directions": (_image_case(ct=lambda c: sitk.DICOMOrient(c, "LPS")), Accepted()),
+    **{f"pixel_{name}": (_pixel_type(name), Accepted()) for name in PIXEL_TYPES},
+    "read_only_output": (_read_only_output, OUTPUT_PROBLEM),
+    "output_holds_files": (_output_holds_files, Accepted()),
+    "output_is_a_file": (_output_is_a_file, OUTPUT_PROBLEM),
+}
+
+
+# ----------------------------------------------------------------------------------- petseg evaluate
+
+
+def evaluate_input(run: Run, phantom, truth=None, prediction=None, pet=None) -> None:
+    label = phantom.label
+    write(label if truth is None else truth(label), run.gt_dir / f"{CASE_NAME}.mha")
+    write(label if prediction is None else prediction(label), run.prediction)
+    write(phantom.pet if pet is None else pet(phantom.pet), run.pet_eval_dir / f"{CASE_NAME}.mha")
+
+
+def _eval_missing_folder(run: Run, phantom) -> Path:
+    evaluate_input(run, phantom)
+    shutil.rmtree(run.pred_dir)
+    return run.pred_dir
+
+
+def _eval_empty_folder(run: Run, phantom) -> Path:
+    evaluate_input(run, phantom)
+    for path in run.gt_dir.iterdir():
+        path.unlink()
+    return run.gt_dir
+
+
+def _eval_two_images(run: Run, phantom) -> Path:
+    evaluate_input(run, phantom)
+    write(phantom.label, run.pred_dir / f"{CASE_NAME}.nii.gz")
+    return run.pred_dir
+
+
+def _eval_file_case(damage: Callable[[Path], None]) -> Builder:
+    def build(run: Run, phantom) -> Path:
+        evaluate_input(run, phantom)
+        damage(run.prediction)
+        return run.prediction
+
+    return build
+
+
+def _eval_image_case(
+    prediction: Callable | None = None,
+    pet: Callable | None = None,
+    truth: Callable | None = None,
+    culprit: str = "prediction",
+) -> Builder:
+    def build(run: Run, phantom) -> Path:
+        evaluate_input(run, phantom, truth, prediction, pet)
+        return {"prediction": run.prediction, "pet": run.pet_eval_dir / f"{CASE_NAME}.mha"}[culprit]
+
+    return build
+
+
+def _both(change: Callable) -> Builder:
+    """The same change to ground truth, prediction and PET (geometry cases that stay consistent)."""
+    return _eval_image_case(prediction=change, pet=change, truth=change)
+
+
+def _eval_read_only_output(run: Run, phantom) -> Path:
+    evaluate_input(run, phantom)
+    run.stack.enter_context(read_only(run.output))
+    return run.output
+
+
+def _eval_output_holds_files(run: Run, phantom) -> Path:
+    evaluate_input(run, phantom)
+    run.keep(run.output / "notes.txt", b"left here by someone else\n")
+    (run.output / "cases.csv").write_text("case,dice\nfrom an earlier run,0.1\n")  # replaced
+    return run.output
+
+
+def _eval_output_is_a_file(run: Run, phantom) -> Path:
+    evaluate_input(run, phantom)
+    run.keep(run.output, b"a file where the output folder should be\n")
+    return run.output
+
+
+def _redirected(image: sitk.Image) -> sitk.Image:
+    changed = sitk.Image(image)
+    changed.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    return changed
+
+
+def _mask_type(name: str) -> Builder:
+    def cast(image: sitk.Image) -> sitk.Image:
+        return sitk.Cast(image, PIXEL_TYPES[name])
+
+    return _eval_image_case(prediction=cast, truth=cast)
+
+
+EVALUATE_CASES: dict[str, tuple[Builder, Refused | Accepted]] = {
+    "missing_folder": (_eval_missing_folder, Refused(3, "prediction folder not found")),
+    "empty_folders": (_eval_empty_folder, Refused(3, "no ground-truth images")),
+    "two_images": (_eval_two_images, Refused(3, "two prediction files for case")),
+    "lfs_pointer": (_eval_file_case(lfs_pointer), Refused(3, "Git LFS pointer")),
+    "empty_file": (_eval_file_case(empty_file), Refused(3, "file is empty")),
+    "not_an_image": (_eval_file_case(garbage), Refused(3, "cannot read prediction image")),
+    "truncated": (_eval_file_case(truncate), Refused(3, "prediction image is truncated")),
+    "lying_header": (_eval_file_case(lie_about_size), Refused(3, "the header describes 105760000 bytes")),
+    "2d": (_eval_image_case(prediction=flat), Refused(3, "prediction image is 2D")),
+    "4d": (_eval_image_case(prediction=four_d), Refused(3, "prediction image is 4D")),
+    "vector": (_eval_image_case(prediction=vector), Refused(3, "2 components per voxel")),
+    "one_slice": (_both(one_slice), Accepted()),
+    "smaller_than_window": (_both(lambda image: tiny(image, (3, 3, 2))), Accepted()),
+    "nan": (
+        _eval_image_case(prediction=lambda m: with_value(m, (30, 30, 40), float("nan"))),
+        Refused(3, "prediction image has 1 NaN or infinite voxels"),
+    ),
+    "inf": (
+        _eval_image_case(pet=lambda p: with_value(p, (30, 30, 40), float("inf")), culprit="pet"),
+        Refused(3, "PET image has 1 NaN or infinite voxels"),
+    ),
+    "negative_suv": (_eval_image_case(pet=lambda p: p - 5.0), Accepted()),
+    "bq_per_ml": (_eval_image_case(pet=lambda p: p * 5300.0), Accepted()),
+    "not_a_mask": (
+        _eval_image_case(prediction=lambda m: with_value(m, (30, 30, 40), -1.0)),
+        Refused(3, "not a binary mask"),
+    ),
+    "no_overlap": (_eval_image_case(prediction=lambda m: moved(m, 3000.0)), Refused(3, "not on the grid of")),
+    "different_directions": (_eval_image_case(prediction=_redirected), Refused(3, "direction differs")),
+    **{f"pixel_{name}": (_mask_type(name), Accepted()) for name in PIXEL_TYPES},
+    "read_only_output": (_eval_read_only_output, OUTPUT_PROBLEM),
+    "output_holds_files": (_eval_output_holds_files, Accepted()),
+    "output_is_a_file": (_eval_output_is_a_file, OUTPUT_PROBLEM),
+}
+
+CASES = {"process": IMAGE_CASES, "predict": IMAGE_CASES, "evaluate": EVALUATE_CASES}
+# `petseg predict` reports a case it could not write like one it could not read: exit 3, not 5.
+PREDICT_OUTPUT_CODE = pytest.mark.xfail(
+    reason="petseg predict exits 3 for every failed case; an unwritable output should exit 5", strict=True
+)
+
+
+def _params():
+    for entry in ENTRY_POINTS:
+        for name, (_, outcome) in CASES[entry].items():
+            marks = [PREDICT_OUTPUT_CODE] if entry == "predict" and outcome == OUTPUT_PROBLEM else []
+            yield pytest.param(entry, name, id=f"{entry}-{name}", marks=marks)
+
+
+# ------------------------------------------------------------------------------------------ the checks
+
+
+def check_stderr(err: str, outcome: Refused | Accepted, culprit: Path) -> None:
+    lines = err.splitlines()
+    assert "Traceback" not in err, err
+    stray = [line for line in lines if not (LOG_LINE.match(line) or line.startswith("petseg: "))]
+    assert stray == [], err  # ITK output, warnings, continuation lines of a multi-line message
+    if isinstance(outcome, Accepted):
+        assert not any(line.startswith("petseg: error") for line in lines), err
+        assert not any(" ERROR " in line for line in lines), err
+        if outcome.says:
+            assert outcome.says in err
+        return
+    hits = [line for line in lines if outcome.message in line]
+    assert len(hits) == 1, err
+    assert str(culprit) in hits[0], err
+    assert lines[-1].startswith("petseg: error: "), err
+    assert sum(line.startswith("petseg: error") for line in lines) == 1, err
+
+
+def output_files(run: Run) -> list[Path]:
+    if run.output.is_file():
+        return [run.output]
+    return all_files(run.output)
+
+
+def check_outputs(run: Run, outcome: Refused | Accepted, source_pet: Path | None) -> None:
+    for path, content in run.before.items():
+        assert path.read_bytes() == content, f"{path} was changed"
+    assert not [p for p in run.root.rglob("*") if ".petseg-partial" in p.name]
+    made = sorted(set(output_files(run)) - set(run.before))
+    if isinstance(outcome, Refused):
+        assert made == [], made
+        return
+    if run.entry == "evaluate":
+        assert [p.name for p in made] == ["cases.csv", "lesions.csv", "summary.json"]
+        with (run.output / "cases.csv").open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [row["case"] for row in rows] == [CASE_NAME]
+        assert json.loads((run.output / "summary.json").read_text())["cases"] == 1
+        return
+    folder = run.output if run.entry == "process" else run.output / CASE_NAME
+    mask_path = folder / MASK_FOLDER / PET_NAME
+    assert made == sorted([mask_path, folder / DATA_CENTRIC_JSON])
+    assert json.loads((folder / DATA_CENTRIC_JSON).read_text()) is False
+    mask, pet = sitk.ReadImage(str(mask_path)), sitk.ReadImage(str(source_pet))
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert mask.GetSize() == pet.GetSize()
+    assert mask.GetSpacing() == pet.GetSpacing()
+    assert mask.GetOrigin() == pet.GetOrigin()
+    assert mask.GetDirection() == pet.GetDirection()
+    assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1}
+
+
+def run_in_process(run: Run, model: Path) -> int:
+    argv = run.argv(model)
+    return process_main([*argv, "--device", "cpu"]) if run.entry == "process" else main(argv)
+
+
+@pytest.mark.parametrize(("entry", "name"), list(_params()))
+def test_hostile_input(tmp_path, model, phantom, capfd, entry, name):
+    build, outcome = CASES[entry][name]
+    with contextlib.ExitStack() as stack:
+        run = Run(entry, tmp_path, stack)
+        culprit = build(run, phantom)
+        capfd.readouterr()
+        code = run_in_process(run, model)
+        err = capfd.readouterr().err
+        assert code == (outcome.code if isinstance(outcome, Refused) else 0), err
+        check_stderr(err, outcome, culprit)
+        check_outputs(run, outcome, run.pet if entry != "evaluate" else None)
+
+
+SUBPROCESS_CASES = [
+    ("process", "lying_header"),
+    ("process", "truncated"),
+    ("process", "read_only_output"),
+    ("process", "one_slice"),
+    ("predict", "lfs_pointer"),
+    ("evaluate", "lying_header"),
+]
+
+
+@pytest.mark.parametrize(("entry", "name"), SUBPROCESS_CASES, ids=[f"{e}-{n}" for e, n in SUBPROCESS_CASES])
+def test_hostile_input_in_a_real_process(tmp_path, model, phantom, entry, name):
+    """As users run them: process.py and `python -m petseg`, whose stderr also holds what native code
+    (ITK) and Python itself print."""
+    build, outcome = CASES[entry][name]
+    with contextlib.ExitStack() as stack:
+        run = Run(entry, tmp_path, stack)
+        culprit = build(run, phantom)
+        argv = run.argv(model)
+        if entry == "process":
+            command = [sys.executable, str(REPO / "process.py"), *argv, "--device", "cpu"]
+        else:
+            command = [sys.executable, "-m", "petseg", *argv]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
+        assert result.returncode == (outcome.code if isinstance(outcome, Refused) else 0), result.stderr
+        check_stderr(result.stderr, outcome, culprit)
+        check_outputs(run, outcome, run.pet if entry != "evaluate" else None)
+
+
+# ------------------------------------------------------------------------------ fuzzing the image reader
+
+READ_TIMEOUT_S = 20.0
+FUZZ_SETTINGS = settings(
+    max_examples=500,
+    deadline=None,  # the reader process below bounds each read
+    derandomize=True,  # the same examples on every run: counts and results are reproducible
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+ELEMENT_BYTES = {
+    "MET_UCHAR": 1,
+    "MET_CHAR": 1,
+    "MET_USHORT": 2,
+    "MET_SHORT": 2,
+    "MET_UINT": 4,
+    "MET_INT": 4,
+    "MET_ULONG_LONG": 8,
+    "MET_LONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
+ELEMENT_DTYPES = {
+    "MET_UCHAR": "u1",
+    "MET_CHAR": "i1",
+    "MET_USHORT": "u2",
+    "MET_SHORT": "i2",
+    "MET_UINT": "u4",
+    "MET_INT": "i4",
+    "MET_ULONG_LONG": "u8",
+    "MET_LONG_LONG": "i8",
+    "MET_FLOAT": "f4",
+    "MET_DOUBLE": "f8",
+}
+
+
+class Reader:
+    """`read_image` in a separate process: a hang or a crash shows as no answer within the time limit.
+
+    The process is replaced after one, and the file that caused it is kept beside it (`.hang`).
+    """
+
+    def __init__(self) -> None:
+        self.pool = multiprocessing.get_context("spawn").Pool(1)
+
+    def __call__(self, path: Path):
+        """The image, or the exception, that `read_image(path, "PET")` gives in the reader process."""
+        pending = self.pool.apply_async(read_image, (path, "PET"))
+        try:
+            return pending.get(timeout=READ_TIMEOUT_S)
+        except multiprocessing.TimeoutError:
+            kept = path.with_name(path.name + ".hang")
+            shutil.copyfile(path, kept)
+            self.close()
+            self.pool = multiprocessing.get_context("spawn").Pool(1)
+            pytest.fail(f"{kept}: no answer within {READ_TIMEOUT_S:g} s (a hang, or a crash of the reader)")
+        except Exception as error:
+            return error
+
+    def peak_rss_kb(self) -> int:
+        return self.pool.apply(resource.getrusage, (resource.RUSAGE_SELF,)).ru_maxrss
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+@pytest.fixture(scope="module")
+def reader() -> Iterator[Reader]:
+    process = Reader()
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+def assert_valid_or_refused(result, path: Path) -> None:
+    """What the reader may give: a usable 3D float32 image, or one line of InputError naming the file."""
+    if isinstance(result, InputError):
+        assert str(result).startswith(str(path)), result
+        assert "\n" not in str(result)
+        return
+    assert isinstance(result, sitk.Image), f"{type(result).__name__}: {result}"
+    assert result.GetDimension() == 3
+    assert result.GetPixelID() == sitk.sitkFloat32
+    assert min(result.GetSize()) >= 1
+    assert np.isfinite(sitk.GetArrayViewFromImage(result)).all()
+
+
+finite = st.floats(-1e3, 1e3, allow_nan=False).map(lambda v: round(v, 3))
+anything = st.one_of(
+    finite, st.sampled_from([0.0, -1.0, float("nan"), float("inf"), 1e308]), st.text(max_size=4)
+)
+
+
+@st.composite
+def metaimage_files(draw) -> tuple[bytes, np.ndarray | None, bool]:
+    """(file bytes, the voxels it must read as, whether it must be refused).
+
+    A well-formed header (3D, a known scalar type, sane geometry, binary data in the file) comes with an
+    expectation: exactly the voxels it describes read back as they are; fewer (uncompressed or compressed)
+    are refused. Anything else may be read or refused, but never crash, hang or print more than one line.
+    """
+    well_formed = draw(st.booleans())
+    if well_formed:
+        ndims, dims = 3, draw(st.lists(st.integers(1, 12), min_size=3, max_size=3))
+        element = draw(st.sampled_from(sorted(ELEMENT_BYTES)))
+    else:
+        ndims = draw(st.integers(-1, 5))
+        dims = draw(
+            st.lists(st.one_of(st.integers(-3, 12), st.sampled_from([0, 661, 2**31, 10**12])), max_size=5)
+        )
+        element = draw(st.sampled_from([*sorted(ELEMENT_BYTES), "MET_FOO", "", "MET_FLOAT_ARRAY"]))
+    fields = {"ObjectType": "Image", "NDims": str(ndims), "DimSize": " ".join(map(str, dims))}
+    msb = draw(st.booleans())
+    fields["BinaryDataByteOrderMSB"] = str(msb)
+    if well_formed:
+        fields["ElementSpacing"] = " ".join(
+            str(v) for v in draw(st.lists(st.floats(0.1, 10), min_size=3, max_size=3))
+        )
+        fields["Offset"] = " ".join(map(str, draw(st.lists(finite, min_size=3, max_size=3))))
+        fields["TransformMatrix"] = draw(
+            st.sampled_from(["1 0 0 0 1 0 0 0 1", "1 0 0 0 -1 0 0 0 1", "0 1 0 1 0 0 0 0 1"])
+        )
+    else:
+        for key in (
+            "ElementSpacing",
+            "Offset",
+            "TransformMatrix",
+            "ElementNumberOfChannels",
+            "CenterOfRotation",
+        ):
+            if draw(st.booleans()):
+                fields[key] = " ".join(map(str, draw(st.lists(anything, max_size=10))))
+        for _ in range(draw(st.integers(0, 3))):
+            key = "X" + draw(
+                st.text(alphabet=st.characters(codec="ascii", exclude_characters="=\r\n"), max_size=8)
+            )
+            fields[key] = " ".join(draw(st.text(max_size=12)).splitlines())
+    compressed = draw(st.booleans())
+    fields["CompressedData"] = str(compressed)
+    if well_formed:
+        dtype = np.dtype(ELEMENT_DTYPES[element]).newbyteorder(">" if msb else "<")
+        voxels = draw(
+            st.binary(min_size=math.prod(dims) * dtype.itemsize, max_size=math.prod(dims) * dtype.itemsize)
+        )
+        values = np.frombuffer(voxels, dtype=dtype).reshape(dims[::-1])
+        payload = voxels
+    else:
+        values = None
+        payload = draw(st.binary(max_size=4000))
+    if compressed:
+        payload = zlib.compress(payload)
+        if well_formed or draw(st.booleans()):  # ITK cannot read compressed data without it
+            fields["CompressedDataSize"] = str(len(payload))
+    short = draw(st.integers(0, 3)) == 0
+    if short:
+        payload = payload[: draw(st.integers(0, max(len(payload) - 1, 0)))]
+    data_file = (
+        "LOCAL"
+        if well_formed
+        else draw(st.sampled_from(["LOCAL", "LOCAL", "LOCAL", "LIST", "x.raw", "%d.raw"]))
+    )
+    keys = list(fields)
+    if not well_formed:
+        keys = draw(st.permutations(keys))
+    header = "".join(f"{key} = {fields[key]}\n" for key in keys)
+    text = f"{header}ElementType = {element}\nElementDataFile = {data_file}\n".encode("utf-8", "replace")
+    if not well_formed:
+        return text + payload, None, False
+    with np.errstate(over="ignore", invalid="ignore"):
+        as_read = values.astype(np.float32)  # what petseg reads: beyond float32's range is infinite
+    if short or not np.isfinite(as_read).all():  # too few voxels, or NaN or infinite ones
+        return text + payload, None, True
+    return text + payload, as_read, False
+
+
+@FUZZ_SETTINGS
+@given(case=metaimage_files())
+def test_fuzzed_metaimage_headers_are_read_or_refused_in_one_line(reader, fuzz_dir, case):
+    content, expected, must_refuse = case
+    path = fuzz_dir / "fuzzed.mha"
+    path.write_bytes(content)
+    result = reader(path)
+    assert_valid_or_refused(result, path)
+    if must_refuse:
+        assert isinstance(result, InputError), "a file with fewer voxels than its header describes was read"
+    elif expected is not None:
+        assert isinstance(result, sitk.Image), result
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(result), expected)
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@pytest.fixture(scope="module")
+def valid_files(tmp_path_factory) -> dict[str, bytes]:
+    """One small PET-like volume in every format and compression the reader meets."""
+    folder = tmp_path_factory.mktemp("valid")
+    rng = np.random.default_rng(7)
+    image = sitk.GetImageFromArray(rng.gamma(2.0, 1.0, (9, 11, 13)).astype(np.float32))
+    image.SetSpacing((2.0364, 2.0364, 3.0))
+    image.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+    files = {}
+    for name, compress in (("a.mha", True), ("b.mha", False), ("c.nii.gz", True), ("d.nii", False)):
+        sitk.WriteImage(image, str(folder / name), compress)
+        files[name] = (folder / name).read_bytes()
+    return files
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_truncated_and_corrupted_files_are_read_or_refused_in_one_line(reader, fuzz_dir, valid_files, data):
+    """Every truncation is refused; a changed byte gives a usable image or a refusal (for compressed
+    MetaImage data, always a refusal: the checksum of the stream no longer matches)."""
+    name = data.draw(st.sampled_from(sorted(valid_files)), label="file")
+    content = valid_files[name]
+    path = fuzz_dir / f"damaged-{name}"
+    if data.draw(st.booleans(), label="truncate"):
+        cut = data.draw(st.integers(0, len(content) - 1), label="cut at")
+        path.write_bytes(content[:cut])
+        result = reader(path)
+        assert_valid_or_refused(result, path)
+        assert isinstance(result, InputError), f"{name} cut at {cut} of {len(content)} bytes was read"
+        return
+    position = data.draw(st.integers(0, len(content) - 1), label="position")
+    mask = data.draw(st.integers(1, 255), label="xor")
+    damaged = bytearray(content)
+    damaged[position] ^= mask
+    path.write_bytes(bytes(damaged))
+    result = reader(path)
+    assert_valid_or_refused(result, path)
+    if name == "a.mha" and position >= content.index(b"ElementDataFile = LOCAL\n") + 24:
+        assert isinstance(result, InputError), f"compressed voxel data changed at byte {position} were read"
+
+
+def test_the_reader_process_stayed_small(reader):
+    """After the fuzzing (this runs after it, in file order), the reader process never held a large volume:
+    headers claiming 400 x 400 x 661 voxels or 10**12 were refused before ITK allocated anything."""
+    peak_kb = reader.peak_rss_kb()
+    assert peak_kb < 1_000_000, f"reader peak RSS {peak_kb / 1e6:.2f} GB"
