@@ -621,6 +621,40 @@ def test_hostile_input_in_a_real_process(tmp_path, model, phantom, entry, name):
         check_outputs(run, outcome, run.pet if entry != "evaluate" else None)
 
 
+MEMORY_LIMIT_BYTES = 30 * 10**9  # the platform's `docker run --memory=30g`
+
+
+@pytest.mark.slow
+def test_the_largest_autopet_volume_stays_far_below_the_memory_limit(tmp_path):
+    """PET and CT of 400 x 400 x 661 voxels (the largest autoPET grid), through process.py with the shipped
+    model as the container runs it: the child's peak resident memory, measured by the kernel (wait4)."""
+    phantom = make_case(
+        0, 0, tracer="fdg", size="full", grid="fdg-400", z_slices=661, ct_own_grid=False, lesion_free=False
+    )
+    assert phantom.pet.GetSize() == (400, 400, 661)
+    input_dir = tmp_path / "input"
+    write(phantom.ct, input_dir / CT_FOLDER / CT_NAME)
+    pet_path = write(phantom.pet, input_dir / PET_FOLDER / PET_NAME)
+    del phantom
+    output = tmp_path / "output"
+    command = [sys.executable, str(REPO / "process.py"), "--input", str(input_dir), "--output", str(output)]
+    with (tmp_path / "stderr.txt").open("w+") as log:
+        child = subprocess.Popen([*command, "--model", str(REPO / "model"), "--device", "cpu"], stderr=log)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        err = log.read()
+    peak_bytes = usage.ru_maxrss * 1024  # kilobytes on Linux
+    print(f"process.py on 400 x 400 x 661: peak resident memory {peak_bytes / 1e9:.2f} GB")
+    assert child.returncode == 0, err
+    assert peak_bytes < MEMORY_LIMIT_BYTES
+    check_stderr(err, Accepted(), output)
+    mask = sitk.ReadImage(str(output / MASK_FOLDER / PET_NAME))
+    assert mask.GetSize() == (400, 400, 661)
+    assert mask.GetDirection() == sitk.ReadImage(str(pet_path)).GetDirection()
+    assert sorted(p.name for p in all_files(output)) == sorted([DATA_CENTRIC_JSON, PET_NAME])
+
+
 # ------------------------------------------------------------------------------ fuzzing the image reader
 
 READ_TIMEOUT_S = 20.0
