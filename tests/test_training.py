@@ -4,8 +4,10 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -92,6 +94,62 @@ def test_an_interrupted_run_resumes_to_the_same_weights(dataset, tmp_path, monke
     assert resumed["history"][-1]["train_loss"] == straight["history"][-1]["train_loss"]
     rows = list(csv.DictReader((tmp_path / "interrupted" / "log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
+def train_command(dataset, out, *extra):
+    """`python -m training train` on the tiny phantoms: epochs of 48 patches, seconds long, to be cut."""
+    return [
+        sys.executable, "-m", "training", "train", "--data", str(dataset), "--fold", "0", "--out", str(out),
+        "--arch", "resunet-tiny", "--loss", "l1dfl", "--epochs", "2", "--batch-size", "2",
+        "--patch-size", "32", "--samples-per-epoch", "48", "--val-every", "2", "--window", "32",
+        "--overlap", "0.25", "--sw-batch-size", "4", "--workers", "0", "--device", "cpu",
+        "--cache", str(dataset.parent / f"{dataset.name}-cache"), "-q", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(dataset, tmp_path):
+    """SIGKILL (no cleanup at all) during the second epoch: --resume continues from the first epoch's
+    checkpoint and ends with exactly the weights of a run that was never stopped (same seed, CPU)."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every run: same sums
+    straight = subprocess.run(
+        train_command(dataset, tmp_path / "straight"), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=environment, check=False,
+    )  # fmt: skip
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    child = subprocess.Popen(
+        train_command(dataset, killed), stderr=subprocess.PIPE, text=True, cwd=REPO, env=environment
+    )
+    try:
+        assert child.stderr is not None
+        for line in child.stderr:  # logged after the first epoch's checkpoint, as the second epoch starts
+            if "epoch 1/2" in line:
+                break
+        time.sleep(0.5)  # a second epoch's 24 optimisation steps take seconds
+        assert child.poll() is None, "the run ended before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        child.kill()
+    assert load_checkpoint(killed)["epoch"] == 0  # killed inside the second epoch: one epoch lost at most
+    assert [int(r["epoch"]) for r in csv.DictReader((killed / "log.csv").open())] == [1]
+
+    resumed = subprocess.run(
+        train_command(dataset, killed, "--resume"), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=environment, check=False,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "epoch 1/2" not in resumed.stderr  # the finished epoch is not trained again
+    assert "epoch 2/2" in resumed.stderr
+    want, got = load_checkpoint(tmp_path / "straight"), load_checkpoint(killed)
+    assert got["epoch"] == want["epoch"] == 1
+    for key, value in want["model"].items():
+        assert torch.equal(value, got["model"][key]), key
+    assert got["history"][-1]["train_loss"] == want["history"][-1]["train_loss"]
+    assert [int(r["epoch"]) for r in csv.DictReader((killed / "log.csv").open())] == [1, 2]
+    assert load_file(str(killed / "best.safetensors")).keys() == want["model"].keys()
 
 
 def test_resume_refuses_other_settings_and_missing_runs(dataset, tmp_path):
