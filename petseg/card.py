@@ -272,12 +272,28 @@ def _check_roi_fits_network(card: ModelCard, source: str) -> None:
 def check_relative_path(name: str, what: str) -> None:
     """Card paths stay inside the model folder: no absolute paths, no `..`."""
     path = Path(name)
-    if path.is_absolute() or ".." in path.parts or not name.strip():
+    if "\x00" in name or path.is_absolute() or ".." in path.parts or not name.strip():
         raise ModelError(f"{what} must be a file name inside the model folder, got {name!r}")
 
 
+def _check_fold_files_inside(card: ModelCard, model_dir: Path, source: str) -> None:
+    """Fold weights are files inside the model folder also after following symbolic links, checked for
+    every fold before any weights are read."""
+    root = Path(model_dir).resolve()
+    for index, fold in enumerate(card.folds):
+        try:
+            target = (root / fold.weights).resolve()
+        except (OSError, RuntimeError) as error:  # a symbolic link loop
+            raise ModelError(f"{source}: folds[{index}].weights {fold.weights!r}: {error}") from None
+        if root not in target.parents:
+            raise ModelError(
+                f"{source}: folds[{index}].weights {fold.weights!r} leads outside the model folder "
+                f"(to {target})"
+            )
+
+
 def load_card(model_dir: Path) -> ModelCard:
-    """Read and validate `model_dir/model.json`."""
+    """Read and validate `model_dir/model.json`, fold weight paths included (nothing else is read)."""
     path = Path(model_dir) / CARD_NAME
     if not path.is_file():
         raise ModelError(f"{path}: model card not found (is {model_dir} a petseg model folder?)")
@@ -287,7 +303,9 @@ def load_card(model_dir: Path) -> ModelCard:
         raise ModelError(f"{path}: cannot read model card: {error}") from None
     except json.JSONDecodeError as error:
         raise ModelError(f"{path}: not valid JSON: {error.msg} at line {error.lineno}") from None
-    return replace(parse_card(data, str(path)), path=path)
+    card = replace(parse_card(data, str(path)), path=path)
+    _check_fold_files_inside(card, Path(model_dir), str(path))
+    return card
 
 
 def save_card(card: ModelCard, model_dir: Path) -> Path:

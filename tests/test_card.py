@@ -119,3 +119,85 @@ def test_missing_and_malformed_card_files(tmp_path):
     (tmp_path / CARD_NAME).write_text("[1, 2]")
     with pytest.raises(ModelError, match="card must be a JSON object"):
         load_card(tmp_path)
+
+
+def escaping_model(tmp_path, how: str):
+    """A two-fold model folder whose second fold's weights lie outside it, in one of several ways."""
+    from petseg.untrained import create_untrained_model
+
+    model, outside = tmp_path / "model", tmp_path / "outside"
+    create_untrained_model(model, folds=2)
+    outside.mkdir()
+    (model / "fold1.safetensors").rename(outside / "x.safetensors")
+    data = json.loads((model / CARD_NAME).read_text())
+    weights = {
+        "parent": "../outside/x.safetensors",
+        "absolute": str(outside / "x.safetensors"),
+        "nul": "fold1\x00.safetensors",
+        "link": "fold1.safetensors",
+        "folder link": "shared/x.safetensors",
+        "link loop": "loop.safetensors",
+    }[how]
+    if how == "link":
+        (model / "fold1.safetensors").symlink_to(outside / "x.safetensors")
+    if how == "folder link":
+        (model / "shared").symlink_to(outside, target_is_directory=True)
+    if how == "link loop":
+        (model / "loop.safetensors").symlink_to(model / "loop.safetensors")
+    data["folds"][1]["weights"] = weights
+    (model / CARD_NAME).write_text(json.dumps(data))
+    return model
+
+
+ESCAPES = ["parent", "absolute", "nul", "link", "folder link", "link loop"]
+
+
+@pytest.mark.parametrize("how", ESCAPES)
+def test_fold_weights_outside_the_model_folder_are_refused_before_any_weights_are_read(
+    tmp_path, monkeypatch, how
+):
+    """`..`, an absolute path, a NUL byte, a symbolic link to a file or a folder outside, a link loop:
+    one line naming the card and the fold, and not one safetensors file opened (fold 0 is fine)."""
+    import petseg.networks
+    from petseg.predict import Predictor
+
+    model = escaping_model(tmp_path, how)
+    opened = []
+    monkeypatch.setattr(petseg.networks, "load_file", lambda path, *a, **k: opened.append(path))
+    with pytest.raises(ModelError) as raised:
+        Predictor.load(model, device="cpu")
+    message = str(raised.value)
+    assert message.startswith(f"{model / CARD_NAME}: folds[1].weights"), message
+    assert "\n" not in message
+    assert opened == []
+
+
+@pytest.mark.parametrize("how", ["link", "folder link"])
+def test_process_py_refuses_a_model_whose_weights_link_outside(tmp_path, capsys, how):
+    from conftest import write_gc_input
+
+    from petseg.cli import process_main
+    from petseg.phantoms import make_case
+
+    model = escaping_model(tmp_path, how)
+    phantom = make_case(seed=3, index=0, tracer="fdg", size="tiny", grid="fdg-400")
+    input_dir = write_gc_input(tmp_path / "input", phantom.ct, phantom.pet)
+    output = tmp_path / "output"
+    code = process_main(["--input", str(input_dir), "--output", str(output), "--model", str(model)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("petseg: error")]
+    assert code == 4
+    assert len(errors) == 1
+    assert "leads outside the model folder" in errors[0]
+    assert not output.exists() or not any(output.rglob("*"))
+
+
+def test_links_that_stay_inside_the_model_folder_are_fine(tmp_path):
+    """A fold stored once and linked from a second name (inside the folder) still loads."""
+    from petseg.predict import Predictor
+    from petseg.untrained import create_untrained_model
+
+    create_untrained_model(tmp_path, folds=2)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "fold1.safetensors").rename(tmp_path / "weights" / "fold1.safetensors")
+    (tmp_path / "fold1.safetensors").symlink_to(tmp_path / "weights" / "fold1.safetensors")
+    assert len(Predictor.load(tmp_path, device="cpu").ensemble.networks) == 2
