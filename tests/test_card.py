@@ -1,5 +1,6 @@
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,25 @@ def test_links_that_stay_inside_the_model_folder_are_fine(tmp_path):
     (tmp_path / "fold1.safetensors").rename(tmp_path / "weights" / "fold1.safetensors")
     (tmp_path / "fold1.safetensors").symlink_to(tmp_path / "weights" / "fold1.safetensors")
     assert len(Predictor.load(tmp_path, device="cpu").ensemble.networks) == 2
+
+
+@pytest.mark.parametrize(("path", "value"), [("ensemble.overlap", 2.0), ("folds.1.sha256", 5), ("zzz", 1)])
+def test_an_invalid_card_is_refused_before_any_weights_are_read(tmp_path, monkeypatch, path, value):
+    """The whole card, its last fields included, is checked before the first fold's weights are opened."""
+    import petseg.networks
+    from petseg.predict import Predictor
+    from petseg.untrained import create_untrained_model
+
+    create_untrained_model(tmp_path, folds=2)
+    data = json.loads((tmp_path / CARD_NAME).read_text())
+    keys = path.split(".")
+    target = data
+    for key in keys[:-1]:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    target[keys[-1]] = value
+    (tmp_path / CARD_NAME).write_text(json.dumps(data))
+    opened = []
+    monkeypatch.setattr(petseg.networks, "load_file", lambda file, *a, **k: opened.append(file))
+    with pytest.raises(ModelError, match=re.escape(str(tmp_path / CARD_NAME))):
+        Predictor.load(tmp_path, device="cpu")
+    assert opened == []
