@@ -669,10 +669,13 @@ def test_the_largest_autopet_volume_stays_far_below_the_memory_limit(tmp_path):
 # ------------------------------------------------------------------------------ fuzzing the image reader
 
 READ_TIMEOUT_S = 20.0
+# By default the same 500 examples per property on every run (derandomised): counts and results are
+# reproducible. PETSEG_FUZZ_EXAMPLES=N draws N fresh random examples per property instead.
+FUZZ_EXAMPLES = os.environ.get("PETSEG_FUZZ_EXAMPLES")
 FUZZ_SETTINGS = settings(
-    max_examples=500,
+    max_examples=int(FUZZ_EXAMPLES or 500),
     deadline=None,  # the reader process below bounds each read
-    derandomize=True,  # the same examples on every run: counts and results are reproducible
+    derandomize=FUZZ_EXAMPLES is None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
