@@ -165,12 +165,13 @@ def read_image(path: Path, role: str) -> sitk.Image:
 def _native_stderr() -> Iterator[list[str]]:
     """Capture what native code (ITK's readers) writes to file descriptor 2 while the block runs.
 
-    The non-empty lines are in the yielded list once the block has ended. Without a usable descriptor 2,
-    nothing is captured.
+    The non-empty lines are in the yielded list once the block has ended. Without a usable descriptor 2
+    or a temporary file to collect into, nothing is captured.
     """
     lines: list[str] = []
-    with _native_stderr_lock:
+    with _native_stderr_lock, contextlib.ExitStack() as stack:
         try:
+            sink = stack.enter_context(tempfile.TemporaryFile())
             sys.stderr.flush()
             saved = os.dup(2)
         except (OSError, ValueError, AttributeError):
@@ -178,16 +179,15 @@ def _native_stderr() -> Iterator[list[str]]:
         if saved is None:
             yield lines
             return
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield lines
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                sink.seek(0)
-                text = sink.read().decode(errors="replace")
-                lines.extend(line.strip() for line in text.splitlines() if line.strip())
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _check_header(reader: sitk.ImageFileReader, path: Path, role: str) -> None:

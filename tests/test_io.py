@@ -332,3 +332,17 @@ def test_a_gzip_file_cut_inside_its_header_or_trailer_is_truncated(tmp_path, kee
     (tmp_path / "cut.nii.gz").write_bytes((tmp_path / "good.nii.gz").read_bytes()[:keep])
     with pytest.raises(InputError, match="PET image is truncated"):
         read_image(tmp_path / "cut.nii.gz", "PET")
+
+
+def test_reading_works_without_a_writable_temporary_folder(tmp_path, monkeypatch):
+    """ITK's stderr is captured through a temporary file; without one, reading still works (uncaptured)."""
+    sitk.WriteImage(volume(value=2.0), str(tmp_path / "pet.mha"))
+
+    def no_temporary_file(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pio.tempfile, "TemporaryFile", no_temporary_file)
+    assert read_image(tmp_path / "pet.mha", "PET").GetSize() == (8, 7, 6)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((5, 5), np.float32)), str(tmp_path / "flat.mha"))
+    with pytest.raises(InputError, match="PET image is 2D"):
+        read_image(tmp_path / "flat.mha", "PET")
