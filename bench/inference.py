@@ -47,6 +47,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from bench.seed_style import STAGES, SeedSettings
+from petseg.precision import PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCES = ("seed", "matched")
@@ -77,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32"),
+        choices=PRECISIONS,
         default="auto",
         help="petseg's --precision (default auto: bf16 on CPUs with native bf16, fp16/bf16 autocast on "
         "GPUs); the references run fp32 on the CPU, as the entry did",

@@ -127,7 +127,7 @@ def _positive_seconds(text: str) -> float:
 
 def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     """--device, --precision and --compile: where and how the networks run."""
-    from petseg.predict import PRECISIONS
+    from petseg.precision import PRECISIONS
 
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument(
@@ -326,7 +326,7 @@ def _predict(args: argparse.Namespace) -> int:
     log.info("%d case(s) in %s", len(cases), args.input)
     timer = StageTimer()
     predictor = _load_predictor(args.model, args.device, timer, args.precision, args.compile)
-    failed: list[str] = []
+    failed: dict[str, int] = {}  # case -> exit code of its error
     skipped = 0
     for case in tqdm(cases, desc="cases", unit="case", disable=args.quiet or len(cases) < 2):
         destination = case.output_path(args.output)
@@ -347,7 +347,7 @@ def _predict(args: argparse.Namespace) -> int:
                 _write_case_preview(case, destination, args.output / "preview" / f"{case.name}.png")
         except PetsegError as error:
             log.error("%s: %s", case.name, error)
-            failed.append(case.name)
+            failed[case.name] = error.exit_code
     if skipped:
         log.info("skipped %d case(s) whose output exists (use --overwrite to redo them)", skipped)
     done = len(cases) - len(failed) - skipped
@@ -357,7 +357,8 @@ def _predict(args: argparse.Namespace) -> int:
             f"petseg: error: {len(failed)} of {len(cases)} case(s) failed: {', '.join(failed)}",
             file=sys.stderr,
         )
-        return 3
+        # the most serious kind among the failures: an output that cannot be written (5) over bad input (3)
+        return max(failed.values())
     return 0
 
 

@@ -19,13 +19,9 @@ from monai.inferers import sliding_window_inference
 from petseg.card import EnsembleSettings, ModelCard, load_card
 from petseg.errors import ModelError
 from petseg.networks import load_fold
+from petseg.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
-
-
-# --precision: "auto" lets the networks run in the device's fastest reduced precision, "fp32" keeps
-# every operation in float32 (bit-for-bit comparisons with other fp32 pipelines).
-PRECISIONS = ("auto", "fp32")
 
 
 @dataclass(frozen=True)
