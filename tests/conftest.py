@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -63,3 +64,13 @@ def run_process(*args: str | Path) -> subprocess.CompletedProcess:
 
 def all_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).exists() else []
+
+
+def assert_binary_mask_on_grid(mask: sitk.Image, pet: sitk.Image) -> None:
+    """The container contract for a written mask: uint8, values in {0, 1}, exactly the PET's grid."""
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert mask.GetSize() == pet.GetSize()
+    assert mask.GetSpacing() == pet.GetSpacing()
+    assert mask.GetOrigin() == pet.GetOrigin()
+    assert mask.GetDirection() == pet.GetDirection()
+    assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1}

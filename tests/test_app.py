@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import REPO, all_files, write_gc_input
+from conftest import REPO, all_files, assert_binary_mask_on_grid, write_gc_input
 
 from petseg.errors import InputError, ModelError, OutputError
 from petseg.io import CT_FOLDER, MASK_FOLDER, PET_FOLDER, write_outputs
@@ -73,12 +72,7 @@ def assert_mask_contract(output: Path, pet: sitk.Image, pet_uuid: str) -> None:
     ]
     assert json.loads((output / "data-centric-model.json").read_text()) is False
     mask = sitk.ReadImage(str(output / MASK_FOLDER / f"{pet_uuid}.mha"))
-    assert mask.GetPixelID() == sitk.sitkUInt8
-    assert mask.GetSize() == pet.GetSize()
-    assert mask.GetSpacing() == pet.GetSpacing()
-    assert mask.GetOrigin() == pet.GetOrigin()
-    assert mask.GetDirection() == pet.GetDirection()
-    assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1}
+    assert_binary_mask_on_grid(mask, pet)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import REPO, all_files
+from conftest import REPO, all_files, assert_binary_mask_on_grid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -559,12 +559,7 @@ def check_outputs(run: Run, outcome: Refused | Accepted, source_pet: Path | None
     assert made == sorted([mask_path, folder / DATA_CENTRIC_JSON])
     assert json.loads((folder / DATA_CENTRIC_JSON).read_text()) is False
     mask, pet = sitk.ReadImage(str(mask_path)), sitk.ReadImage(str(source_pet))
-    assert mask.GetPixelID() == sitk.sitkUInt8
-    assert mask.GetSize() == pet.GetSize()
-    assert mask.GetSpacing() == pet.GetSpacing()
-    assert mask.GetOrigin() == pet.GetOrigin()
-    assert mask.GetDirection() == pet.GetDirection()
-    assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1}
+    assert_binary_mask_on_grid(mask, pet)
 
 
 def run_in_process(run: Run, model: Path) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import all_files, run_process, write_gc_input
+from conftest import all_files, assert_binary_mask_on_grid, run_process, write_gc_input
 
 from petseg.cli import process_main
 from petseg.console import StageTimer
@@ -298,12 +298,7 @@ def test_process_py_with_tta_auto_logs_the_passes_and_keeps_the_pet_grid(tmp_pat
     mirrored = int(lines[0].split("TTA:")[1].split()[0])
     assert 1 <= mirrored <= 7  # a tiny case on any machine leaves room for some
     mask = sitk.ReadImage(str(output / MASK_FOLDER / "5eed0000-pet.mha"))
-    assert mask.GetPixelID() == sitk.sitkUInt8
-    assert mask.GetSize() == pet.GetSize()
-    assert mask.GetSpacing() == pet.GetSpacing()
-    assert mask.GetOrigin() == pet.GetOrigin()
-    assert mask.GetDirection() == pet.GetDirection()
-    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
+    assert_binary_mask_on_grid(mask, pet)
     assert sorted(p.name for p in all_files(output)) == ["5eed0000-pet.mha", "data-centric-model.json"]
 
 
