@@ -8,6 +8,7 @@ interrupted write never leaves a second (partial) image in a folder the platform
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import gzip
 import json
@@ -143,8 +144,7 @@ def read_image(path: Path, role: str) -> sitk.Image:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
-            _check_header(reader, path, role)
-            image = reader.Execute()
+            image = _read_alongside(reader, _check_header(reader, path, role))
         except RuntimeError as error:
             failure = _first_itk_line(str(error))
     if failure is not None:
@@ -190,8 +190,30 @@ def _native_stderr() -> Iterator[list[str]]:
             lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _check_header(reader: sitk.ImageFileReader, path: Path, role: str) -> None:
-    """Everything the header tells, checked before the voxels are read."""
+def _read_alongside(reader: sitk.ImageFileReader, check: Callable[[], None] | None) -> sitk.Image:
+    """ITK reads the voxels while `check` inflates the same compressed stream in a thread.
+
+    Both release the GIL, so on two cores the check costs almost no time (it used to add a second
+    inflation, 1.8 s on a 400 x 400 x 661 PET). Its verdict wins over whatever ITK made of the data.
+    """
+    if check is None:
+        return reader.Execute()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(check)
+        try:
+            image = reader.Execute()
+        except RuntimeError:
+            pending.result()  # its InputError names the problem better than ITK's message
+            raise
+        pending.result()
+    return image
+
+
+def _check_header(reader: sitk.ImageFileReader, path: Path, role: str) -> Callable[[], None] | None:
+    """Everything the header tells, checked before the voxels are read.
+
+    Returns the one check that must inflate the voxel data, to run alongside the read, or None.
+    """
     dimension = reader.GetDimension()
     size = tuple(reader.GetSize())
     if reader.GetNumberOfComponents() != 1:
@@ -216,23 +238,24 @@ def _check_header(reader: sitk.ImageFileReader, path: Path, role: str) -> None:
     direction = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)
     if not np.isfinite(direction).all() or abs(np.linalg.det(direction)) < 1e-6:
         raise InputError(f"{path}: {role} image has a singular direction matrix {reader.GetDirection()}")
-    _check_voxel_data_size(path, role, math.prod(size) * _PIXEL_BYTES[reader.GetPixelID()])
+    return _check_voxel_data_size(path, role, math.prod(size) * _PIXEL_BYTES[reader.GetPixelID()])
 
 
-def _check_voxel_data_size(path: Path, role: str, needed: int) -> None:
+def _check_voxel_data_size(path: Path, role: str, needed: int) -> Callable[[], None] | None:
     """The file must hold the voxel data that its header describes (`needed` bytes, as ITK reads them).
 
     MetaImage (.mha, .mhd) and NIfTI (.nii, .nii.gz) are checked; ITK itself reports truncated NRRD files.
     Uncompressed data are measured. Compressed MetaImage data are inflated (without keeping them) and
     must give exactly `needed` bytes: a zlib stream records no length, and ITK fills what is missing with
     zeros. A gzip file (NIfTI) records its uncompressed size in its trailer; a mismatch there is settled by
-    inflating.
+    inflating. The inflation of compressed MetaImage data is returned as a check to run (`_read_alongside`);
+    everything else is checked here and None returned.
     """
     name = path.name.lower()
     if name.endswith((".mha", ".mhd")):
         layout = _metaimage_layout(path)
         if layout is None:
-            return
+            return None
         data_path, offset, available, compressed, declared = layout
         if not compressed:
             if available < needed:
@@ -240,7 +263,7 @@ def _check_voxel_data_size(path: Path, role: str, needed: int) -> None:
                     f"{path}: {role} image is truncated: the header describes {needed} bytes of voxel data, "
                     f"the file holds {available}"
                 )
-            return
+            return None
         if declared is None and data_path == path:
             raise InputError(
                 f"{path}: {role} image has compressed voxel data but no CompressedDataSize in its header: "
@@ -257,18 +280,24 @@ def _check_voxel_data_size(path: Path, role: str, needed: int) -> None:
                 f"{path}: {role} image header describes {needed} bytes of voxel data, more than "
                 f"{stored} compressed bytes can hold"
             )
-        inflated = _inflated_size(data_path, offset, stored, limit=needed + 1, what=f"{path}: {role} image")
-        if inflated != needed:
-            more = "more than" if inflated > needed else f"only {inflated} of"
-            raise InputError(
-                f"{path}: {role} image header describes {needed} bytes of voxel data, its compressed data "
-                f"hold {more} that"
+
+        def check_inflated() -> None:
+            inflated = _inflated_size(
+                data_path, offset, stored, limit=needed + 1, what=f"{path}: {role} image"
             )
+            if inflated != needed:
+                more = "more than" if inflated > needed else f"only {inflated} of"
+                raise InputError(
+                    f"{path}: {role} image header describes {needed} bytes of voxel data, its compressed "
+                    f"data hold {more} that"
+                )
+
+        return check_inflated
     elif name.endswith((".nii", ".nii.gz")):
         compressed = name.endswith(".gz")
         nifti = _nifti_layout(path, role, compressed)
         if nifti is None:
-            return
+            return None
         offset, data_bytes = nifti  # from the header itself: ITK may report scaled data as float
         if compressed:
             _check_gzip_holds(path, role, offset + data_bytes)
@@ -277,6 +306,7 @@ def _check_voxel_data_size(path: Path, role: str, needed: int) -> None:
                 f"{path}: {role} image is truncated: the header describes {data_bytes} bytes of voxel "
                 f"data, the file holds {max(path.stat().st_size - offset, 0)}"
             )
+    return None
 
 
 def _inflated_size(path: Path, offset: int, stored: int, limit: int, what: str) -> int:
