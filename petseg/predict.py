@@ -18,7 +18,7 @@ from monai.inferers import sliding_window_inference
 
 from petseg.card import EnsembleSettings, ModelCard, load_card
 from petseg.errors import ModelError
-from petseg.networks import load_fold
+from petseg.networks import fuse_batch_norms, load_fold
 from petseg.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,8 @@ class Predictor:
     ) -> None:
         self.card = card
         self.ensemble = ensemble.to(compute.device).eval()
+        for network in self.ensemble.networks:
+            fuse_batch_norms(network)  # inference only: a Predictor's networks are never trained
         if compute.channels_last:
             self.ensemble.use_channels_last()
         if compile:

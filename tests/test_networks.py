@@ -5,7 +5,14 @@ import torch
 
 from petseg.card import Architecture, load_card
 from petseg.errors import ModelError
-from petseg.networks import build_network, count_parameters, input_divisor, load_fold, save_weights
+from petseg.networks import (
+    build_network,
+    count_parameters,
+    fuse_batch_norms,
+    input_divisor,
+    load_fold,
+    save_weights,
+)
 from petseg.untrained import create_untrained_model
 
 
@@ -116,3 +123,51 @@ def test_paper_settings_of_the_comparison_architectures():
     blocks = [sum(type(m).__name__ == "ResBlock" for m in layer) for layer in segresnet.down_layers]
     assert blocks == [1, 2, 2, 4]
     assert input_divisor(Architecture("unet")) == 32
+
+
+def _with_running_statistics(network: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Batch norms with statistics and affine parameters far from the identity, as after training."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            channels = module.num_features
+            module.running_mean.copy_(torch.rand(channels, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(channels, generator=generator) * 2 + 0.2)
+            module.weight.data.copy_(torch.rand(channels, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(channels, generator=generator) - 0.5)
+    return network.eval()
+
+
+@pytest.mark.parametrize("name", ["resunet-tiny", "resunet"])
+def test_folding_batch_norms_keeps_the_output_and_removes_every_norm(name):
+    torch.manual_seed(0)
+    network = _with_running_statistics(build_network(Architecture(name)))
+    norms = sum(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
+    window = torch.randn(1, 2, 32, 32, 32)
+    with torch.inference_mode():
+        before = network(window)
+    assert fuse_batch_norms(network) == norms > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
+    with torch.inference_mode():
+        after = network(window)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_a_norm_after_the_activation_is_not_folded():
+    from monai.networks.blocks import Convolution
+
+    torch.manual_seed(0)
+    block = Convolution(3, 2, 4, act="PRELU", norm="BATCH", adn_ordering="AN")
+    block = _with_running_statistics(block)
+    window = torch.randn(1, 2, 8, 8, 8)
+    with torch.inference_mode():
+        before = block(window)
+    assert fuse_batch_norms(block) == 0
+    with torch.inference_mode():
+        torch.testing.assert_close(block(window), before, rtol=0, atol=0)
+
+
+def test_batch_norms_are_folded_only_in_eval_mode():
+    network = build_network(Architecture("resunet-tiny")).train()
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_batch_norms(network)

@@ -190,3 +190,42 @@ def test_gpu_out_of_memory_falls_back_to_single_windows_then_host_stitching(
     plan = [(4, "cuda"), (1, "cuda"), (1, "cpu")]
     assert attempts == plan[: min(failures + 1, 3)]
     assert sum("out of GPU memory" in r.message for r in caplog.records) == min(failures, 2)
+
+
+def test_predictor_folds_the_batch_norms_of_the_shipped_model_without_changing_it():
+    """The shipped folds carry trained batch-norm statistics; folded into the convolutions they must give
+    the probability of the networks as stored (fp32, one MONAI pass per fold, mean of softmaxes)."""
+    from pathlib import Path
+
+    from petseg.card import load_card
+    from petseg.networks import load_fold
+
+    model_dir = Path(__file__).resolve().parents[1] / "model"
+    card = load_card(model_dir)
+    stored = [load_fold(card, model_dir, fold.weights, fold.sha256).eval() for fold in card.folds]
+    predictor = Predictor.load(model_dir, device="cpu", precision="fp32")
+    assert not any(
+        isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+        for network in predictor.ensemble.networks
+        for module in network.modules()
+    )
+    assert any(isinstance(module, torch.nn.BatchNorm3d) for module in stored[0].modules())
+    image = np.random.default_rng(3).random((2, 40, 36, 44), dtype=np.float32)
+    settings = card.ensemble
+    with torch.inference_mode():
+        per_fold = [
+            torch.softmax(
+                sliding_window_inference(
+                    torch.from_numpy(image)[None],
+                    settings.roi_size,
+                    settings.sw_batch_size,
+                    network,
+                    overlap=settings.overlap,
+                    mode=settings.blend_mode,
+                ),
+                dim=1,
+            )[0, 1]
+            for network in stored
+        ]
+    # Softmax then blend, per fold, equals blend of the fold mean: both are linear in the window scores.
+    np.testing.assert_allclose(predictor(image), torch.stack(per_fold).mean(0).numpy(), atol=1e-4)
