@@ -128,9 +128,11 @@ def read_image(path: Path, role: str) -> sitk.Image:
     """Read a 3D image as float32 and reject what cannot be segmented.
 
     The header is read and checked first (dimension, pixel type, geometry, and that the file holds as much
-    voxel data as the header describes), so a lying header costs neither time nor memory. What ITK prints
-    on the process's stderr while reading is kept off it: it becomes part of the error, or one warning
-    line, and a read that ITK completes with a complaint there (corrupt compressed data) is an error.
+    voxel data as the header describes, or for a compressed stream could hold), so a lying header costs
+    neither time nor memory; the exact length of a compressed stream is checked while ITK reads it. What
+    ITK prints on the process's stderr while reading is kept off it: it becomes part of the error, or one
+    warning line, and a read that ITK completes with a complaint there (corrupt compressed data) is an
+    error.
     `role` ("CT", "PET", "label") only names the image in messages.
     """
     path = Path(path)
