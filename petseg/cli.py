@@ -382,12 +382,13 @@ def _random_model(args: argparse.Namespace) -> int:
 
 
 def _check_model(args: argparse.Namespace) -> int:
-    from petseg.networks import count_parameters
+    from petseg.networks import build_network, count_parameters
     from petseg.predict import Predictor
 
     predictor = Predictor.load(args.model, device="cpu")
     card = predictor.card
-    parameters = count_parameters(predictor.ensemble.networks[0])
+    # The loaded folds have their batch norms folded away: count the network as trained and stored.
+    parameters = count_parameters(build_network(card.architecture, card.ensemble.roi_size))
     print(f"{args.model}: {card.name}")
     print(f"  architecture  {card.architecture.name} ({parameters:,} parameters per fold)")
     print(f"  folds         {len(card.folds)} ({', '.join(f.weights for f in card.folds)})")

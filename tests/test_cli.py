@@ -121,6 +121,12 @@ def test_random_model_and_check_model(tmp_path, capsys):
     assert "resunet-tiny" in out
     assert "NO (untrained)" in out
     assert "2 (fold0.safetensors, fold1.safetensors)" in out
+    # The stored network's count, although the loaded folds have their batch norms folded away.
+    from petseg.card import Architecture
+    from petseg.networks import build_network, count_parameters
+
+    stored = count_parameters(build_network(Architecture("resunet-tiny")))
+    assert f"({stored:,} parameters per fold)" in out
 
 
 def test_check_model_reports_missing_weights(tmp_path, capsys):
