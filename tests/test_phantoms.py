@@ -172,6 +172,19 @@ def test_tracer_physiology(tiny_cases: list[Phantom]) -> None:
                 assert -950 < _near(phantom, lung, ct) < -700
 
 
+def test_reduced_phantoms_shrink_the_psf_as_their_lesions() -> None:
+    """Lesion volumes shrink by the anatomy scale s, their lengths by s^(1/3), and the PSF (5.5-7 mm at
+    full size) alike, so that a tiny case's lesions lose as much contrast to the blur as full-size ones."""
+    full = make_case(5, 1, tracer="psma", size="full", grid="psma-168", z_slices=40, ct_own_grid=False)
+    assert full.info["anatomy_scale"] == 1.0
+    assert 5.5 <= full.info["pet"]["psf_fwhm_mm"] <= 7.0
+    for index in range(3):
+        tiny = make_case(5, index, size="tiny", ct_own_grid=False)
+        factor = tiny.info["anatomy_scale"] ** (1 / 3)
+        assert tiny.info["anatomy_scale"] < 0.5
+        assert 5.5 * factor - 1e-3 <= tiny.info["pet"]["psf_fwhm_mm"] <= 7.0 * factor + 1e-3
+
+
 def test_psma_salivary_glands_and_kidneys_at_real_scale() -> None:
     phantom = make_case(2, 0, tracer="psma", size="full", grid="psma-168", z_slices=120, ct_own_grid=False)
     assert phantom.info["anatomy_scale"] == 1.0

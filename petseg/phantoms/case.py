@@ -211,6 +211,17 @@ def _analytic_scene(
     )
 
 
+def scaled_blur(scale: float) -> float:
+    """Factor on the scanner's FWHM for an anatomy shrunk by `scale`.
+
+    Reduced phantoms shrink lesion volumes by `scale` (`lesions._shape`), so lesion lengths by scale^(1/3);
+    shrinking the blur alike keeps every lesion's partial-volume loss what it would be in a full-size scan.
+    With the blur left at full size a tiny phantom's lesions (a dozen voxels) were smeared beyond what any
+    threshold could recover: a 50%-of-SUVmax contour scored a mean Dice of 0.67 against their labels.
+    """
+    return float(np.cbrt(min(1.0, scale)))
+
+
 @dataclass(frozen=True)
 class Study:
     """Per-study choices: patient setup, uptakes, CT numbers, flags and scanner settings."""
@@ -281,7 +292,7 @@ def assemble_scene(
         hu=study.hu,
         ct_own_grid=study.ct_own_grid,
         lesion_free=study.lesion_free,
-        pet=PetSettings(study.pet.noise_cov, study.pet.fwhm_mm, scale),
+        pet=PetSettings(study.pet.noise_cov, study.pet.fwhm_mm * scaled_blur(scale), scale),
         ct_noise_hu=study.ct_noise_hu,
         ct_uuid=ct_uuid,
         pet_uuid=pet_uuid,

@@ -159,9 +159,10 @@ def draw_lesions(
 
 def _shape(rng: np.random.Generator, centre: np.ndarray, scale: float, grid: Grid) -> Blob:
     low, high = np.log(VOLUME_RANGE_ML[0]), np.log(VOLUME_RANGE_ML[1])
-    # Scaled anatomy (tiny/small phantoms) shrinks lesions by scale^1.5, not scale^3: at scale^3 a tiny
-    # case's largest lesion would be ~1 ml and every lesion a handful of voxels, useless for testing.
-    volume_ml = float(np.exp(rng.uniform(low, high))) * scale**1.5
+    # Scaled anatomy (tiny/small phantoms) shrinks lesion volumes by `scale`, not scale^3, and their
+    # lengths by scale^(1/3) (the scanner blur shrinks alike, `case.scaled_blur`): at scale^3 a tiny case's
+    # largest lesion would be ~1 ml and every lesion a handful of voxels, useless for testing and training.
+    volume_ml = float(np.exp(rng.uniform(low, high))) * scale
     volume_ml = max(volume_ml, 1.6 * MIN_VOXELS * grid.voxel_ml)
     radius = (3.0 * volume_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
     ratios = rng.uniform(0.75, 1.3, 3)
