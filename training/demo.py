@@ -30,7 +30,7 @@ class DemoRecipe:
     cases: int = 40
     seed: int = 100
     folds: int = 5
-    epochs: int = 80
+    epochs: int = 100
     loss: str = "dfl"
     learning_rate: float = 5e-3
     patch_size: int = 48
