@@ -60,7 +60,8 @@ def select_device(
     CUDA: fp16 autocast below compute capability 8, bf16 from 8 on (bf16 is emulated, and slow, on
     pre-Ampere cards such as the T4 that Grand Challenge uses). CPU: channels-last windows, in bf16
     autocast where the CPU has native bf16. Precision "fp32" means plain fp32 everywhere, in the
-    default memory layout: bit-for-bit what another fp32 pipeline computes.
+    default memory layout: what another fp32 pipeline computes, up to the float rounding of the folded
+    batch norms (`Predictor`).
     `cuda_index` picks the GPU (a DDP rank's own); by default the current one.
     """
     if preference not in ("auto", "cuda", "cpu"):
