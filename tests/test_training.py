@@ -251,11 +251,13 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
         samples_per_epoch=4,
         window=32,
         workers=0,
+        parallel=2,  # the folds train side by side, in spawned processes
         evaluation_cases=2,
     )
     card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
     again = load_card(tmp_path / "model")
     assert again.provenance["synthetic"] is True
+    assert again.provenance["trained_on"] == ["CPU (fp32)"]
     assert again.provenance["phantoms"]["seed"] == recipe.seed  # what fresh-phantom scoring checks against
     with pytest.raises(TrainingError, match="generated the training phantoms"):
         dice_on_fresh_phantoms(tmp_path / "model", seed=recipe.seed, cases=1)

@@ -73,7 +73,15 @@ def _export(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import DemoRecipe, run_training_demo
 
-    recipe = DemoRecipe(cases=args.cases, folds=args.folds, epochs=args.epochs, workers=args.workers)
+    recipe = DemoRecipe(
+        cases=args.cases,
+        folds=args.folds,
+        epochs=args.epochs,
+        val_every=args.val_every,
+        workers=args.workers,
+        device=args.device,
+        parallel=args.parallel,
+    )
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]
     print(f"demo ensemble in {args.out}: {len(card.folds)} fold(s), validation scores {scores}")
@@ -164,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     weighting.set_defaults(run=_analyse_weighting)
 
     defaults = DemoRecipe()
-    demo = commands.add_parser("demo", help="phantoms -> five resunet-tiny folds on the CPU -> model folder")
+    demo = commands.add_parser(
+        "demo", help="phantoms -> five resunet-tiny folds (on the CPU by default) -> model folder"
+    )
     demo.add_argument(
         "--out", type=Path, default=Path("model"), help="model folder to write (default model/)"
     )
@@ -172,7 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cases", type=int, default=defaults.cases)
     demo.add_argument("--folds", type=int, default=defaults.folds)
     demo.add_argument("--epochs", type=int, default=defaults.epochs)
-    demo.add_argument("--workers", type=int, default=defaults.workers)
+    demo.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N epochs")
+    demo.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes per fold")
+    demo.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default=defaults.device, help="default: the CPU"
+    )
+    demo.add_argument(
+        "--parallel",
+        type=int,
+        default=defaults.parallel,
+        help="folds trained at once, each in its own process (a GPU has room for all five)",
+    )
     demo.add_argument("-q", "--quiet", action="store_true")
     demo.set_defaults(run=_demo)
     return parser

@@ -105,6 +105,7 @@ def export(
             "validation_score_mean": sum(scores) / len(scores),
             "best_epochs": {f"fold{r['config']['fold']}": r["best"]["epoch"] for r in runs},
             "commit": first.get("commit"),
+            "trained_on": sorted({str(run.get("device")) for run in runs if run.get("device")}),
         },
     )
     save_card(card, out_dir)
