@@ -269,6 +269,21 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert (tmp_path / "work" / "fold1" / "log.csv").exists()
 
 
+def _loader_start_method() -> str:
+    """How a DataLoader started in this process would start its workers (its default context)."""
+    import multiprocessing
+
+    return multiprocessing.get_context().get_start_method()
+
+
+def test_fold_processes_start_their_loader_workers_as_this_process_does():
+    from training.demo import fold_pool
+
+    with fold_pool(1) as pool:
+        child = pool.submit(_loader_start_method).result()
+    assert child == _loader_start_method()  # not "spawn", the pool's own method
+
+
 def test_batch_dice_flag_reaches_the_loss_options_and_only_for_dice_losses(tmp_path, capsys):
     from training.__main__ import _loss_options, build_parser, main
 
