@@ -269,6 +269,36 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert (tmp_path / "work" / "fold1" / "log.csv").exists()
 
 
+def test_git_commit_says_when_the_tree_differs_from_the_commit(tmp_path):
+    import shutil
+    import subprocess
+
+    from training.trainer import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    assert git_commit(tmp_path) is None  # not a repository
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("a = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "untracked.txt").write_text("ignored: not part of the code\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_commit(tmp_path) == f"{head}+modified"
+
+
 def _loader_start_method() -> str:
     """How a DataLoader started in this process would start its workers (its default context)."""
     import multiprocessing

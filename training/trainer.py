@@ -130,18 +130,26 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def git_commit() -> str | None:
+def git_commit(directory: Path | None = None) -> str | None:
+    """The commit the code runs from, with "+modified" when tracked files differ from it; None outside git.
+
+    A run trained from an edited tree must not claim the commit's exact code.
+    """
+    where = directory or Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, cwd=where
+        ).stdout.strip()
+
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
+        commit = git("rev-parse", "HEAD")
+        modified = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
         return None
-    return result.stdout.strip() or None
+    if not commit:
+        return None
+    return f"{commit}+modified" if modified else commit
 
 
 def dataset_fingerprint(records: list[CaseRecord]) -> str:
