@@ -71,6 +71,10 @@ class EnsembleSettings:
     average: str = "probabilities"
     threshold: float = 0.5
     back_interpolation: str = "nearest"
+    # Optional: each predicted lesion grown to its contour at this fraction of its SUVmax, within
+    # `grow_within_mm` of the prediction (`petseg.postprocess.grow_to_uptake_contour`); None: off.
+    grow_to_suvmax_fraction: float | None = None
+    grow_within_mm: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,8 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
         back_interpolation=ens.choice(
             "back_interpolation", BACK_INTERPOLATIONS, ens_defaults.back_interpolation
         ),
+        grow_to_suvmax_fraction=_optional_fraction(ens, "grow_to_suvmax_fraction"),
+        grow_within_mm=ens.number("grow_within_mm", ens_defaults.grow_within_mm, low=0.0, high=100.0),
     )
 
     card = ModelCard(
@@ -252,6 +258,16 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
     )
     _check_roi_fits_network(card, source)
     return card
+
+
+def _optional_fraction(reader: _Reader, key: str) -> float | None:
+    """null (off) or a number in (0, 1]."""
+    value = reader.get(key, (int, float, type(None)), None)
+    if value is None:
+        return None
+    if not 0.0 < float(value) <= 1.0:
+        raise reader.fail(key, f"must be null or in (0, 1], got {value}")
+    return float(value)
 
 
 def _check_roi_fits_network(card: ModelCard, source: str) -> None:

@@ -11,7 +11,12 @@ import SimpleITK as sitk
 
 from petseg.console import StageTimer
 from petseg.io import CaseFiles, find_case, read_case, write_image, write_outputs
-from petseg.postprocess import mask_image, probability_on_pet_grid, probability_to_mask
+from petseg.postprocess import (
+    grow_to_uptake_contour,
+    mask_image,
+    probability_on_pet_grid,
+    probability_to_mask,
+)
 from petseg.predict import Predictor
 from petseg.preprocess import preprocess
 from petseg.probability import write_probability
@@ -22,7 +27,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Segmentation:
-    """A case's mask on its PET grid and, when asked for, the lesion probability it was thresholded from."""
+    """A case's mask on its PET grid and, when asked for, the lesion probability it was thresholded from
+    (before any growth to the uptake contour that the card asks for)."""
 
     mask: sitk.Image
     probability: np.ndarray | None = None  # (z, y, x) float32 on the PET grid
@@ -50,6 +56,9 @@ def segment_case(
     )
     with timer.stage("preprocess"):
         case = preprocess(ct, pet, predictor.card.preprocessing)
+    settings = predictor.card.ensemble
+    # The uptake contour needs the PET on its own grid; otherwise it is freed before the network runs.
+    uptake = sitk.GetArrayFromImage(pet) if settings.grow_to_suvmax_fraction is not None else None
     del ct, pet
     log.debug("network grid %s at %s mm", case.back_map.network_grid.size, case.back_map.network_grid.spacing)
     report = None
@@ -62,15 +71,25 @@ def segment_case(
                 lambda image: predictor(image, progress=progress), case.image, after_s
             )
     del case.image  # the network input is not needed any more: free it before the back-map
-    settings = predictor.card.ensemble
     with timer.stage("postprocess"):
+        on_pet = None
         if not keep_probability:  # the lean path: only the body box is resampled
             mask = probability_to_mask(
                 probability, case.back_map, settings.threshold, settings.back_interpolation
             )
-            return Segmentation(mask, tta=report)
-        on_pet = probability_on_pet_grid(probability, case.back_map, settings.back_interpolation)
-        mask = mask_image(on_pet > settings.threshold, case.back_map.pet_grid)
+        else:
+            on_pet = probability_on_pet_grid(probability, case.back_map, settings.back_interpolation)
+            mask = mask_image(on_pet > settings.threshold, case.back_map.pet_grid)
+        if uptake is not None:
+            grid = case.back_map.pet_grid
+            grown = grow_to_uptake_contour(
+                sitk.GetArrayViewFromImage(mask),
+                uptake,
+                grid.spacing,
+                settings.grow_to_suvmax_fraction,
+                settings.grow_within_mm,
+            )
+            mask = mask_image(grown, grid)
         return Segmentation(mask, on_pet, tta=report)
 
 

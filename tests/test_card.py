@@ -100,6 +100,10 @@ def edit(path: str, value):
         ("folds.1.fold", 0, "must not repeat a fold number"),
         ("folds.0.sha256", 12, "folds[0].sha256 must be a string or null"),
         ("ensemble.window", 3, "unknown field(s) ensemble.window"),
+        ("ensemble.grow_to_suvmax_fraction", 0, "ensemble.grow_to_suvmax_fraction must be null or in (0, 1]"),
+        ("ensemble.grow_to_suvmax_fraction", 1.5, "must be null or in (0, 1], got 1.5"),
+        ("ensemble.grow_to_suvmax_fraction", "40%", "ensemble.grow_to_suvmax_fraction must be"),
+        ("ensemble.grow_within_mm", -1, "ensemble.grow_within_mm must be in [0.0, 100.0]"),
     ],
 )
 def test_invalid_cards_are_rejected_with_the_field_named(path, value, message):

@@ -9,10 +9,22 @@ from training.demo import EVALUATION_CASES, dice_on_fresh_phantoms
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
 
-# The shipped ensemble scored a mean Dice of 0.492 on these phantoms when it was trained (README); the
-# floor guards that figure against regressions of the pipeline or the generator. The goal for a demo
-# ensemble is 0.7, which this one does not reach.
-SHIPPED_MEAN_DICE_FLOOR = 0.45
+# The shipped ensemble scores a mean Dice of 0.621 on these phantoms with its card's growth of each lesion
+# to the 40 %-of-SUVmax contour (0.492 without, README); the floor guards that figure against regressions
+# of the pipeline or the generator. The goal for a demo ensemble is 0.7, which this one does not reach.
+SHIPPED_MEAN_DICE_FLOOR = 0.58
+
+
+def test_the_shipped_card_grows_lesions_to_their_uptake_contour():
+    from petseg.card import load_card
+    from training.demo import DemoRecipe
+
+    ensemble = load_card(MODEL_DIR).ensemble
+    recipe = DemoRecipe()
+    assert (ensemble.grow_to_suvmax_fraction, ensemble.grow_within_mm) == (
+        recipe.grow_to_suvmax_fraction,
+        recipe.grow_within_mm,
+    )
 
 
 def test_shipped_demo_ensemble_on_fresh_phantoms():

@@ -63,7 +63,14 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export import export
 
-    card = export(args.runs, args.out, name=args.name, synthetic=args.synthetic)
+    card = export(
+        args.runs,
+        args.out,
+        name=args.name,
+        synthetic=args.synthetic,
+        grow_to_suvmax_fraction=args.grow_to_suvmax_fraction,
+        grow_within_mm=args.grow_within_mm,
+    )
     mean = card.provenance["validation_score_mean"]
     folds = len(card.folds)
     print(f"exported {folds} fold(s) of {card.architecture.name} to {args.out} (mean validation {mean:.4f})")
@@ -73,15 +80,8 @@ def _export(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import DemoRecipe, run_training_demo
 
-    recipe = DemoRecipe(
-        cases=args.cases,
-        folds=args.folds,
-        epochs=args.epochs,
-        val_every=args.val_every,
-        workers=args.workers,
-        device=args.device,
-        parallel=args.parallel,
-    )
+    options = ("cases", "folds", "epochs", "val_every", "workers", "device", "parallel")
+    recipe = DemoRecipe(**{option: getattr(args, option) for option in options})
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]
     print(f"demo ensemble in {args.out}: {len(card.folds)} fold(s), validation scores {scores}")
@@ -156,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="model folder to write")
     export.add_argument("--name", default=None, help="model name in the card")
     export.add_argument("--synthetic", action="store_true", help="mark the card as trained on synthetic data")
+    export.add_argument(
+        "--grow-to-suvmax-fraction",
+        type=float,
+        default=None,
+        help="grow each predicted lesion to its contour at this fraction of its SUVmax (default: off)",
+    )
+    export.add_argument(
+        "--grow-within-mm", type=float, default=6.0, help="how far the growth may reach (default 6 mm)"
+    )
     export.set_defaults(run=_export)
 
     weighting = commands.add_parser(

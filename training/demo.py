@@ -46,6 +46,11 @@ class DemoRecipe:
     workers: int = 2
     device: str = "cpu"
     parallel: int = 1  # folds trained at once, each in its own process with `workers` loaders
+    # The network marks the core of the blurred phantom lesions; growing each to its 40 %-of-SUVmax contour
+    # within 6 mm raised the mean Dice of the shipped folds on fresh phantoms of seeds 555 and 777 (chosen
+    # there, not on the evaluation seed) from 0.525 and 0.502 to 0.678 and 0.563.
+    grow_to_suvmax_fraction: float | None = 0.4
+    grow_within_mm: float = 6.0
     evaluation_cases: int = EVALUATION_CASES
 
 
@@ -104,7 +109,14 @@ def run_training_demo(
             result.best_epoch,
         )
     runs = [config.out for config in configs]
-    card = export(runs, model_dir, name="petseg-demo-resunet-tiny-phantoms", synthetic=True)
+    card = export(
+        runs,
+        model_dir,
+        name="petseg-demo-resunet-tiny-phantoms",
+        synthetic=True,
+        grow_to_suvmax_fraction=recipe.grow_to_suvmax_fraction,
+        grow_within_mm=recipe.grow_within_mm,
+    )
     minutes = (time.perf_counter() - started) / 60
     log.info("demo ensemble written to %s in %.1f min", model_dir, minutes)
     scores = dice_on_fresh_phantoms(model_dir, cases=recipe.evaluation_cases, device=recipe.device)

@@ -43,9 +43,18 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def export(
-    run_dirs: list[Path], out_dir: Path, name: str | None = None, synthetic: bool = False
+    run_dirs: list[Path],
+    out_dir: Path,
+    name: str | None = None,
+    synthetic: bool = False,
+    grow_to_suvmax_fraction: float | None = None,
+    grow_within_mm: float = EnsembleSettings.grow_within_mm,
 ) -> ModelCard:
-    """Copy each run's best weights to `out_dir/fold<K>.safetensors` and write `out_dir/model.json`."""
+    """Copy each run's best weights to `out_dir/fold<K>.safetensors` and write `out_dir/model.json`.
+
+    `grow_to_suvmax_fraction` switches on the growth of predicted lesions to their uptake contour
+    (`petseg.postprocess.grow_to_uptake_contour`), an inference setting the runs cannot know.
+    """
     runs = [_read_run(Path(d)) for d in run_dirs]
     if not runs:
         raise TrainingError("no runs given")
@@ -88,7 +97,12 @@ def export(
         architecture=architecture,
         preprocessing=PreprocessSettings(),
         folds=tuple(entries),
-        ensemble=EnsembleSettings(roi_size=window, overlap=float(config["overlap"])),
+        ensemble=EnsembleSettings(
+            roi_size=window,
+            overlap=float(config["overlap"]),
+            grow_to_suvmax_fraction=grow_to_suvmax_fraction,
+            grow_within_mm=grow_within_mm,
+        ),
         provenance={
             **provenance,
             "dataset_fingerprint": first["dataset_fingerprint"],

@@ -76,6 +76,7 @@ def write_expected(out_dir: Path, model_dir: Path, device: str = "auto") -> list
         "architecture": card.architecture.name,
         "trained": card.trained,
         "folds_sha256": [fold.sha256 for fold in card.folds],
+        "ensemble": card.to_json()["ensemble"],  # threshold and growth shape the masks as much as weights
         "device": predictor.compute.describe(),
     }
     write_json(manifest, manifest_path)
