@@ -9,19 +9,21 @@ from training.demo import EVALUATION_CASES, dice_on_fresh_phantoms
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
 
-# The shipped ensemble scores a mean Dice of 0.621 on these phantoms with its card's growth of each lesion
-# to the 40 %-of-SUVmax contour (0.492 without, README); the floor guards that figure against regressions
-# of the pipeline or the generator. The goal for a demo ensemble is 0.7, which this one does not reach.
-SHIPPED_MEAN_DICE_FLOOR = 0.58
+# The shipped ensemble scores a mean Dice of 0.649 on these phantoms with its card's threshold 0.7 and growth
+# of each lesion to the 40 %-of-SUVmax contour (0.492 at threshold 0.5 without growth, README); the floor
+# guards that figure against regressions of the pipeline or the generator. The goal for a demo ensemble is
+# 0.7, which this one does not reach.
+SHIPPED_MEAN_DICE_FLOOR = 0.6
 
 
-def test_the_shipped_card_grows_lesions_to_their_uptake_contour():
+def test_the_shipped_card_has_the_demo_recipes_inference_settings():
     from petseg.card import load_card
     from training.demo import DemoRecipe
 
     ensemble = load_card(MODEL_DIR).ensemble
     recipe = DemoRecipe()
-    assert (ensemble.grow_to_suvmax_fraction, ensemble.grow_within_mm) == (
+    assert (ensemble.threshold, ensemble.grow_to_suvmax_fraction, ensemble.grow_within_mm) == (
+        recipe.threshold,
         recipe.grow_to_suvmax_fraction,
         recipe.grow_within_mm,
     )

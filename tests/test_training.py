@@ -202,6 +202,7 @@ def test_two_process_ddp_ranks_agree_on_the_validation_score(dataset, tmp_path):
 
 
 def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset, tmp_path, capsys):
+    from petseg.card import load_card
     from petseg.cli import process_main
     from petseg.predict import Predictor
     from training.export import export
@@ -236,6 +237,20 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
         export([runs[0], runs[0]], tmp_path / "twice")
     with pytest.raises(TrainingError, match="not a training run"):
         export([tmp_path / "model"], tmp_path / "x")
+
+    assert (card.ensemble.threshold, card.ensemble.grow_to_suvmax_fraction) == (0.5, None)  # by default
+    tuned = export(runs, tmp_path / "tuned", threshold=0.7, grow_to_suvmax_fraction=0.4, grow_within_mm=5.0)
+    assert load_card(tmp_path / "tuned").ensemble == tuned.ensemble
+    assert (tuned.ensemble.threshold, tuned.ensemble.grow_to_suvmax_fraction) == (0.7, 0.4)
+    assert tuned.ensemble.grow_within_mm == 5.0
+    for bad, message in (
+        ({"threshold": 1.5}, "threshold must be in"),
+        ({"grow_to_suvmax_fraction": 0.0}, "grow_to_suvmax_fraction must be in"),
+        ({"grow_within_mm": -1.0}, "grow_within_mm must be at least 0"),
+    ):
+        with pytest.raises(TrainingError, match=message):
+            export(runs, tmp_path / "bad", **bad)
+        assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
 def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):

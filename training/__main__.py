@@ -68,6 +68,7 @@ def _export(args: argparse.Namespace) -> int:
         args.out,
         name=args.name,
         synthetic=args.synthetic,
+        threshold=args.threshold,
         grow_to_suvmax_fraction=args.grow_to_suvmax_fraction,
         grow_within_mm=args.grow_within_mm,
     )
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="model folder to write")
     export.add_argument("--name", default=None, help="model name in the card")
     export.add_argument("--synthetic", action="store_true", help="mark the card as trained on synthetic data")
+    export.add_argument(
+        "--threshold", type=float, default=0.5, help="lesion probability above which a voxel is lesion"
+    )
     export.add_argument(
         "--grow-to-suvmax-fraction",
         type=float,

@@ -47,14 +47,21 @@ def export(
     out_dir: Path,
     name: str | None = None,
     synthetic: bool = False,
+    threshold: float = EnsembleSettings.threshold,
     grow_to_suvmax_fraction: float | None = None,
     grow_within_mm: float = EnsembleSettings.grow_within_mm,
 ) -> ModelCard:
     """Copy each run's best weights to `out_dir/fold<K>.safetensors` and write `out_dir/model.json`.
 
-    `grow_to_suvmax_fraction` switches on the growth of predicted lesions to their uptake contour
-    (`petseg.postprocess.grow_to_uptake_contour`), an inference setting the runs cannot know.
+    `threshold` and `grow_to_suvmax_fraction` (growth of predicted lesions to their uptake contour,
+    `petseg.postprocess.grow_to_uptake_contour`) are inference settings the runs cannot know.
     """
+    if not 0.0 <= threshold <= 1.0:
+        raise TrainingError(f"threshold must be in [0, 1], got {threshold}")
+    if grow_to_suvmax_fraction is not None and not 0.0 < grow_to_suvmax_fraction <= 1.0:
+        raise TrainingError(f"grow_to_suvmax_fraction must be in (0, 1], got {grow_to_suvmax_fraction}")
+    if grow_within_mm < 0:
+        raise TrainingError(f"grow_within_mm must be at least 0, got {grow_within_mm}")
     runs = [_read_run(Path(d)) for d in run_dirs]
     if not runs:
         raise TrainingError("no runs given")
@@ -100,6 +107,7 @@ def export(
         ensemble=EnsembleSettings(
             roi_size=window,
             overlap=float(config["overlap"]),
+            threshold=threshold,
             grow_to_suvmax_fraction=grow_to_suvmax_fraction,
             grow_within_mm=grow_within_mm,
         ),
