@@ -329,6 +329,18 @@ def test_fold_processes_start_their_loader_workers_as_this_process_does():
     assert child == _loader_start_method()  # not "spawn", the pool's own method
 
 
+def test_export_command_passes_the_inference_settings(tmp_path, capsys):
+    from training.__main__ import build_parser, main
+
+    argv = ["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]
+    args = build_parser().parse_args([*argv, "--threshold", "0.7", "--grow-to-suvmax-fraction", "0.4"])
+    assert (args.threshold, args.grow_to_suvmax_fraction, args.grow_within_mm) == (0.7, 0.4, 6.0)
+    assert main([*argv, "--threshold", "1.5"]) == TrainingError.exit_code
+    assert "threshold must be in [0, 1], got 1.5" in capsys.readouterr().err
+    assert main([*argv, "--grow-to-suvmax-fraction", "0.4"]) == TrainingError.exit_code
+    assert "not a training run" in capsys.readouterr().err  # the settings were fine: the run was read
+
+
 def test_batch_dice_flag_reaches_the_loss_options_and_only_for_dice_losses(tmp_path, capsys):
     from training.__main__ import _loss_options, build_parser, main
 

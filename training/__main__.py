@@ -63,15 +63,8 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export import export
 
-    card = export(
-        args.runs,
-        args.out,
-        name=args.name,
-        synthetic=args.synthetic,
-        threshold=args.threshold,
-        grow_to_suvmax_fraction=args.grow_to_suvmax_fraction,
-        grow_within_mm=args.grow_within_mm,
-    )
+    options = ("name", "synthetic", "threshold", "grow_to_suvmax_fraction", "grow_within_mm")
+    card = export(args.runs, args.out, **{option: getattr(args, option) for option in options})
     mean = card.provenance["validation_score_mean"]
     folds = len(card.folds)
     print(f"exported {folds} fold(s) of {card.architecture.name} to {args.out} (mean validation {mean:.4f})")
