@@ -225,8 +225,24 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
     if len({f.fold for f in folds}) != len(folds) or len({f.weights for f in folds}) != len(folds):
         raise root.fail("folds", "must not repeat a fold number or a weights file")
 
+    ensemble = parse_ensemble(root.get("ensemble", dict, {}), source)
+
+    card = ModelCard(
+        name=root.get("name", str),
+        architecture=architecture,
+        preprocessing=preprocessing,
+        folds=tuple(folds),
+        ensemble=ensemble,
+        provenance=dict(root.get("provenance", dict, {})),
+    )
+    _check_roi_fits_network(card, source)
+    return card
+
+
+def parse_ensemble(data: Any, source: str = CARD_NAME) -> EnsembleSettings:
+    """A card's `ensemble` object, checked field by field (what `export` also checks its settings with)."""
     ens_defaults = EnsembleSettings()
-    ens = _Reader(root.get("ensemble", dict, {}), "ensemble", source)
+    ens = _Reader(data, "ensemble", source)
     ens.unknown_keys(set(asdict(ens_defaults)))
     roi = ens.numbers("roi_size", 3, ens_defaults.roi_size, positive=True)
     if not all(isinstance(v, int) for v in roi):
@@ -234,7 +250,7 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
     sw_batch = ens.get("sw_batch_size", int, ens_defaults.sw_batch_size)
     if sw_batch < 1:
         raise ens.fail("sw_batch_size", f"must be at least 1, got {sw_batch}")
-    ensemble = EnsembleSettings(
+    return EnsembleSettings(
         roi_size=roi,
         overlap=ens.number("overlap", ens_defaults.overlap, low=0.0, high=0.95),
         blend_mode=ens.choice("blend_mode", BLEND_MODES, ens_defaults.blend_mode),
@@ -247,17 +263,6 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
         grow_to_suvmax_fraction=_optional_fraction(ens, "grow_to_suvmax_fraction"),
         grow_within_mm=ens.number("grow_within_mm", ens_defaults.grow_within_mm, low=0.0, high=100.0),
     )
-
-    card = ModelCard(
-        name=root.get("name", str),
-        architecture=architecture,
-        preprocessing=preprocessing,
-        folds=tuple(folds),
-        ensemble=ensemble,
-        provenance=dict(root.get("provenance", dict, {})),
-    )
-    _check_roi_fits_network(card, source)
-    return card
 
 
 def _optional_fraction(reader: _Reader, key: str) -> float | None:

@@ -245,8 +245,9 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
     assert tuned.ensemble.grow_within_mm == 5.0
     for bad, message in (
         ({"threshold": 1.5}, "threshold must be in"),
-        ({"grow_to_suvmax_fraction": 0.0}, "grow_to_suvmax_fraction must be in"),
-        ({"grow_within_mm": -1.0}, "grow_within_mm must be at least 0"),
+        ({"grow_to_suvmax_fraction": 0.0}, "grow_to_suvmax_fraction must be null or in"),
+        ({"grow_within_mm": -1.0}, r"grow_within_mm must be in \[0.0, 100.0\]"),
+        ({"grow_within_mm": 150.0}, r"grow_within_mm must be in \[0.0, 100.0\]"),  # a card could not load it
     ):
         with pytest.raises(TrainingError, match=message):
             export(runs, tmp_path / "bad", **bad)
@@ -336,7 +337,7 @@ def test_export_command_passes_the_inference_settings(tmp_path, capsys):
     args = build_parser().parse_args([*argv, "--threshold", "0.7", "--grow-to-suvmax-fraction", "0.4"])
     assert (args.threshold, args.grow_to_suvmax_fraction, args.grow_within_mm) == (0.7, 0.4, 6.0)
     assert main([*argv, "--threshold", "1.5"]) == TrainingError.exit_code
-    assert "threshold must be in [0, 1], got 1.5" in capsys.readouterr().err
+    assert "export: ensemble.threshold must be in [0.0, 1.0], got 1.5" in capsys.readouterr().err
     assert main([*argv, "--grow-to-suvmax-fraction", "0.4"]) == TrainingError.exit_code
     assert "not a training run" in capsys.readouterr().err  # the settings were fine: the run was read
 

@@ -97,6 +97,7 @@ def _analyse_weighting(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from petseg.card import EnsembleSettings
     from petseg.networks import PRESETS
     from training.demo import DemoRecipe
     from training.losses import LOSSES
@@ -151,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", default=None, help="model name in the card")
     export.add_argument("--synthetic", action="store_true", help="mark the card as trained on synthetic data")
     export.add_argument(
-        "--threshold", type=float, default=0.5, help="lesion probability above which a voxel is lesion"
+        "--threshold",
+        type=float,
+        default=EnsembleSettings.threshold,
+        help="lesion probability above which a voxel is lesion",
     )
     export.add_argument(
         "--grow-to-suvmax-fraction",
@@ -160,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="grow each predicted lesion to its contour at this fraction of its SUVmax (default: off)",
     )
     export.add_argument(
-        "--grow-within-mm", type=float, default=6.0, help="how far the growth may reach (default 6 mm)"
+        "--grow-within-mm",
+        type=float,
+        default=EnsembleSettings.grow_within_mm,
+        help="how far the growth may reach, in mm (default %(default)s)",
     )
     export.set_defaults(run=_export)
 

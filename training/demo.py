@@ -17,7 +17,7 @@ from pathlib import Path
 
 from petseg.card import ModelCard
 from training.export import export
-from training.trainer import TrainConfig, TrainingError, TrainResult, train
+from training.trainer import CHECKPOINT, TrainConfig, TrainingError, TrainResult, train
 
 log = logging.getLogger("petseg.training")
 
@@ -78,11 +78,12 @@ def run_training_demo(
             progress=progress,
         )
     _prepare_shared_state(data)
+    run_dirs = [Path(work_dir) / f"fold{fold}" for fold in range(recipe.folds)]
     configs = [
         TrainConfig(
             data=data,
             fold=fold,
-            out=Path(work_dir) / f"fold{fold}",
+            out=run_dir,
             loss=recipe.loss,
             arch="resunet-tiny",
             epochs=recipe.epochs,
@@ -97,10 +98,10 @@ def run_training_demo(
             seed=recipe.seed + fold,
             num_workers=recipe.workers,
             device=recipe.device,
-            resume=(Path(work_dir) / f"fold{fold}" / "checkpoint-last.pt").exists(),
+            resume=(run_dir / CHECKPOINT).exists(),
             progress=progress and recipe.parallel <= 1,
         )
-        for fold in range(recipe.folds)
+        for fold, run_dir in enumerate(run_dirs)
     ]
     results = _train_folds(configs, recipe.parallel)
     for config, result in zip(configs, results, strict=True):
@@ -110,9 +111,8 @@ def run_training_demo(
             result.best_score,
             result.best_epoch,
         )
-    runs = [config.out for config in configs]
     card = export(
-        runs,
+        run_dirs,
         model_dir,
         name="petseg-demo-resunet-tiny-phantoms",
         synthetic=True,

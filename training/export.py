@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from petseg.card import Architecture, EnsembleSettings, Fold, ModelCard, PreprocessSettings, save_card
+from petseg.card import (
+    Architecture,
+    EnsembleSettings,
+    Fold,
+    ModelCard,
+    PreprocessSettings,
+    parse_ensemble,
+    save_card,
+)
+from petseg.errors import ModelError
 from petseg.networks import build_network, file_sha256
 from training.trainer import BEST_WEIGHTS, RUN_CONFIG, TrainingError
 
@@ -56,12 +66,15 @@ def export(
     `threshold` and `grow_to_suvmax_fraction` (growth of predicted lesions to their uptake contour,
     `petseg.postprocess.grow_to_uptake_contour`) are inference settings the runs cannot know.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise TrainingError(f"threshold must be in [0, 1], got {threshold}")
-    if grow_to_suvmax_fraction is not None and not 0.0 < grow_to_suvmax_fraction <= 1.0:
-        raise TrainingError(f"grow_to_suvmax_fraction must be in (0, 1], got {grow_to_suvmax_fraction}")
-    if grow_within_mm < 0:
-        raise TrainingError(f"grow_within_mm must be at least 0, got {grow_within_mm}")
+    settings = {
+        "threshold": threshold,
+        "grow_to_suvmax_fraction": grow_to_suvmax_fraction,
+        "grow_within_mm": grow_within_mm,
+    }
+    try:  # the card's own checks, before anything is written: a card export writes must load
+        inference = parse_ensemble(settings, "export")
+    except ModelError as error:
+        raise TrainingError(str(error)) from None
     runs = [_read_run(Path(d)) for d in run_dirs]
     if not runs:
         raise TrainingError("no runs given")
@@ -104,13 +117,7 @@ def export(
         architecture=architecture,
         preprocessing=PreprocessSettings(),
         folds=tuple(entries),
-        ensemble=EnsembleSettings(
-            roi_size=window,
-            overlap=float(config["overlap"]),
-            threshold=threshold,
-            grow_to_suvmax_fraction=grow_to_suvmax_fraction,
-            grow_within_mm=grow_within_mm,
-        ),
+        ensemble=replace(inference, roi_size=window, overlap=float(config["overlap"])),
         provenance={
             **provenance,
             "dataset_fingerprint": first["dataset_fingerprint"],
