@@ -261,6 +261,7 @@ def _phantoms(args: argparse.Namespace) -> int:
             layout=args.layout,
             organs_dir=args.organs,
             progress=not args.quiet,
+            fdg_share=args.fdg_share,
         )
     except ValueError as error:
         raise PetsegError(str(error)) from None
@@ -424,6 +425,7 @@ def _non_negative_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from petseg.phantoms import LAYOUTS, SIZES, TRACERS
+    from petseg.phantoms.generate import FDG_SHARE
 
     parser = argparse.ArgumentParser(prog="petseg", description="Whole-body PET/CT lesion segmentation.")
     parser.add_argument("--version", action="version", version=f"petseg {__version__}")
@@ -448,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--cases", type=int, default=10)
     phantoms.add_argument("--seed", type=int, default=0)
     phantoms.add_argument("--tracer", choices=TRACERS, default="mixed")
+    phantoms.add_argument(
+        "--fdg-share",
+        type=float,
+        default=FDG_SHARE,
+        help=f"with --tracer mixed, the share of patients given FDG (default {FDG_SHARE:g}), the rest PSMA",
+    )
     phantoms.add_argument("--size", choices=SIZES, default="tiny")
     phantoms.add_argument("--layout", choices=LAYOUTS, default="gc")
     phantoms.add_argument("--organs", type=Path, default=None, help="folder of organ label maps (NIfTI)")

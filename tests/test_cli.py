@@ -141,6 +141,16 @@ def test_phantoms_command_writes_cases(tmp_path):
     assert len(case_names(tmp_path)) == 2
 
 
+def test_phantoms_command_takes_the_tracer_mix(tmp_path, capsys):
+    args = ["phantoms", "--out", str(tmp_path / "a"), "--cases", "2", "--fdg-share", "1", "-q"]
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "a" / "phantoms.json").read_text())
+    assert {row["tracer"] for row in manifest["cases"]} == {"fdg"}
+    assert main(["phantoms", "--out", str(tmp_path / "b"), "--fdg-share", "2", "-q"]) != 0
+    assert "fdg_share must be a number from 0 to 1" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 def test_module_entry_point_and_version():
     result = subprocess.run(
         [sys.executable, "-m", "petseg", "--version"], capture_output=True, text=True, check=False

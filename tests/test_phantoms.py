@@ -334,6 +334,23 @@ def test_second_studies_reuse_an_earlier_patient() -> None:
     assert first.info["body"]["height_factor"] == again.info["body"]["height_factor"]
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_fdg_share_sets_the_mix_of_new_patients(share: float) -> None:
+    plan = plan_cases(0, 200, "mixed", fdg_share=share)
+    new = [tracer for tracer, patient in plan if patient is None]
+    fraction = new.count("fdg") / len(new)
+    assert abs(fraction - share) < 0.12
+    if share in (0.0, 1.0):
+        assert {tracer for tracer, _ in plan} == {"fdg" if share else "psma"}  # second studies keep theirs
+
+
+def test_generate_records_the_fdg_share(tmp_path: Path) -> None:
+    rows = generate(tmp_path, 3, seed=4, fdg_share=0.0, progress=False)
+    assert {row["tracer"] for row in rows} == {"psma"}
+    manifest = json.loads((tmp_path / "phantoms.json").read_text())
+    assert manifest["arguments"]["fdg_share"] == 0.0
+
+
 def test_regenerating_into_the_same_folder_replaces_the_earlier_run(tmp_path: Path) -> None:
     generate(tmp_path, 3, seed=1, progress=False)
     rows = generate(tmp_path, 2, seed=2, progress=False)
@@ -372,6 +389,8 @@ def test_make_case_rejects_bad_arguments(kwargs: dict, match: str) -> None:
         ({"cases": 1, "layout": "tcia"}, "layout"),
         ({"cases": 1, "tracer": "pib"}, "tracer"),
         ({"cases": 1, "seed": -3}, "seed"),
+        ({"cases": 1, "fdg_share": 1.5}, "fdg_share"),
+        ({"cases": 1, "fdg_share": "half"}, "fdg_share"),
     ],
 )
 def test_generate_rejects_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:

@@ -29,8 +29,13 @@ SECOND_STUDY_PROBABILITY = 0.2
 PLAN = 7  # purpose of the per-case generator that plans tracer and patient
 
 
-def plan_cases(seed: int, cases: int, tracer: str) -> list[tuple[str, str | None]]:
-    """(tracer, patient id or None for a new patient) per case; about 20% revisit an earlier patient."""
+def plan_cases(
+    seed: int, cases: int, tracer: str, fdg_share: float = FDG_SHARE
+) -> list[tuple[str, str | None]]:
+    """(tracer, patient id or None for a new patient) per case; about 20% revisit an earlier patient.
+
+    With tracer "mixed", a new patient is an FDG one with probability `fdg_share`.
+    """
     plan: list[tuple[str, str | None]] = []
     roots: list[int] = []
     for index in range(cases):
@@ -41,7 +46,7 @@ def plan_cases(seed: int, cases: int, tracer: str) -> list[tuple[str, str | None
             root = roots[int(pick * index)]
         roots.append(root)
         if root == index:
-            case_tracer = tracer if tracer != "mixed" else ("fdg" if fdg < FDG_SHARE else "psma")
+            case_tracer = tracer if tracer != "mixed" else ("fdg" if fdg < fdg_share else "psma")
             plan.append((case_tracer, None))
         else:
             root_tracer = plan[root][0]
@@ -59,8 +64,12 @@ def generate(
     layout: str = "gc",
     organs_dir: Path | None = None,
     progress: bool = True,
+    fdg_share: float = FDG_SHARE,
 ) -> list[dict]:
     """Write `cases` phantoms to `out_dir` and return their manifest rows (also in `out_dir/phantoms.json`).
+
+    `fdg_share`: with tracer "mixed", the share of new patients that get FDG (the default is about
+    autoPET III's); the rest get PSMA.
 
     Invalid arguments raise ValueError; an unusable organ-map folder raises InputError and an output folder
     that holds something other than an earlier phantom run raises OutputError.
@@ -72,11 +81,13 @@ def generate(
         raise ValueError(f"tracer must be one of {', '.join(TRACERS)}, got {tracer!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if isinstance(fdg_share, bool) or not isinstance(fdg_share, (int, float)) or not 0.0 <= fdg_share <= 1.0:
+        raise ValueError(f"fdg_share must be a number from 0 to 1, got {fdg_share!r}")
     out_dir = Path(out_dir)
     maps = find_maps(Path(organs_dir))[:cases] if organs_dir is not None else None
     previous = _previous_files(out_dir)
     count = len(maps) if maps is not None else cases
-    plan = plan_cases(seed, count, tracer) if maps is None else []
+    plan = plan_cases(seed, count, tracer, fdg_share) if maps is None else []
 
     rows: list[dict] = []
     taken: set[str] = set()
@@ -100,6 +111,7 @@ def generate(
         "cases": int(cases),
         "seed": int(seed),
         "tracer": tracer,
+        "fdg_share": float(fdg_share),
         "size": size,
         "layout": layout,
         "organs_dir": None if organs_dir is None else str(organs_dir),
