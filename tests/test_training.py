@@ -18,6 +18,7 @@ import training.trainer as trainer_module
 from petseg.card import Architecture
 from petseg.networks import build_network
 from petseg.phantoms import generate
+from training.export import export
 from training.trainer import TrainConfig, TrainingError, load_checkpoint, train
 
 
@@ -85,6 +86,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(dataset, tmp_path, monke
         train(config(dataset, tmp_path / "interrupted"))
     monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "interrupted")["epoch"] == 0
+    with pytest.raises(TrainingError, match="stopped after epoch 1 of 2; finish it with --resume"):
+        export([tmp_path / "interrupted"], tmp_path / "model", checkpoint="last")
+    assert not (tmp_path / "model" / "model.json").exists()
 
     train(config(dataset, tmp_path / "interrupted", resume=True))
     resumed = load_checkpoint(tmp_path / "interrupted")
@@ -94,6 +98,15 @@ def test_an_interrupted_run_resumes_to_the_same_weights(dataset, tmp_path, monke
     assert resumed["history"][-1]["train_loss"] == straight["history"][-1]["train_loss"]
     rows = list(csv.DictReader((tmp_path / "interrupted" / "log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+    card = export([tmp_path / "interrupted"], tmp_path / "model", checkpoint="last")  # the final weights
+    assert card.provenance["checkpoint"] == "last"
+    assert card.provenance["checkpoint_epochs"] == {"fold0": 2}
+    assert card.provenance["validation_score"]["fold0"] == pytest.approx(float(rows[-1]["val_score"]))
+    exported = load_file(str(tmp_path / "model" / "fold0.safetensors"))
+    assert exported.keys() == straight["model"].keys()
+    for key, value in straight["model"].items():
+        assert torch.equal(value, exported[key]), key
 
 
 def train_command(dataset, out, *extra):
@@ -205,7 +218,6 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
     from petseg.card import load_card
     from petseg.cli import process_main
     from petseg.predict import Predictor
-    from training.export import export
 
     runs = []
     for fold in (0, 1):
@@ -281,6 +293,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert len(scores) == 2
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert again.architecture.name == "resunet-tiny"
+    assert again.architecture.args == {"channels": list(recipe.channels)}
     assert [f.fold for f in card.folds] == [0, 1]
     assert (tmp_path / "work" / "fold1" / "log.csv").exists()
 
@@ -340,6 +353,31 @@ def test_export_command_passes_the_inference_settings(tmp_path, capsys):
     assert "export: ensemble.threshold must be in [0.0, 1.0], got 1.5" in capsys.readouterr().err
     assert main([*argv, "--grow-to-suvmax-fraction", "0.4"]) == TrainingError.exit_code
     assert "not a training run" in capsys.readouterr().err  # the settings were fine: the run was read
+
+
+def test_network_overrides_reach_the_card_and_must_agree_across_folds(dataset, tmp_path, capsys):
+    from petseg.predict import Predictor
+    from training.__main__ import main
+
+    narrow = {"channels": [4, 8, 16, 32]}
+    runs = []
+    for fold in (0, 1):
+        train(config(dataset, tmp_path / f"fold{fold}", fold=fold, epochs=1, arch_args=narrow))
+        runs.append(tmp_path / f"fold{fold}")
+    card = export(runs, tmp_path / "model")
+    assert card.architecture.args == narrow
+    predictor = Predictor.load(tmp_path / "model", device="cpu")  # weights fit the card's network
+    first = predictor.ensemble.networks[0]
+    assert sum(p.numel() for p in first.parameters()) < 50_000  # the narrow network, not the default
+    train(config(dataset, tmp_path / "default", fold=2, epochs=1))
+    with pytest.raises(TrainingError, match=r"settings differ .*: arch_args"):
+        export([*runs, tmp_path / "default"], tmp_path / "mixed")
+
+    base = ["train", "--data", str(dataset), "--fold", "0", "--out", str(tmp_path / "cli")]
+    assert main([*base, "--arch-args", "{channels: 4}"]) == TrainingError.exit_code
+    assert "--arch-args is not valid JSON" in capsys.readouterr().err
+    assert main([*base, "--arch-args", "[4, 8]"]) == TrainingError.exit_code
+    assert "--arch-args must be a JSON object" in capsys.readouterr().err
 
 
 def test_batch_dice_flag_reaches_the_loss_options_and_only_for_dice_losses(tmp_path, capsys):

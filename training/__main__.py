@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from petseg.cli import _guarded
 from petseg.console import setup_logging
@@ -26,6 +28,19 @@ def _loss_options(args: argparse.Namespace) -> dict[str, float | bool]:
     return options
 
 
+def _arch_args(text: str) -> dict[str, Any]:
+    """`--arch-args`: a JSON object of constructor overrides."""
+    from training.trainer import TrainingError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise TrainingError(f"--arch-args is not valid JSON ({error.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise TrainingError(f"--arch-args must be a JSON object of constructor arguments, got {text!r}")
+    return value
+
+
 def _train(args: argparse.Namespace) -> int:
     from training.trainer import TrainConfig, train
 
@@ -35,6 +50,7 @@ def _train(args: argparse.Namespace) -> int:
         out=args.out,
         loss=args.loss,
         arch=args.arch,
+        arch_args=_arch_args(args.arch_args),
         epochs=args.epochs,
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
@@ -63,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export import export
 
-    options = ("name", "synthetic", "threshold", "grow_to_suvmax_fraction", "grow_within_mm")
+    options = ("name", "synthetic", "threshold", "grow_to_suvmax_fraction", "grow_within_mm", "checkpoint")
     card = export(args.runs, args.out, **{option: getattr(args, option) for option in options})
     mean = card.provenance["validation_score_mean"]
     folds = len(card.folds)
@@ -74,7 +90,7 @@ def _export(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import DemoRecipe, run_training_demo
 
-    options = ("cases", "folds", "epochs", "val_every", "workers", "device", "parallel")
+    options = ("cases", "fdg_share", "folds", "epochs", "val_every", "workers", "device", "parallel")
     recipe = DemoRecipe(**{option: getattr(args, option) for option in options})
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]
@@ -100,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     from petseg.card import EnsembleSettings
     from petseg.networks import PRESETS
     from training.demo import DemoRecipe
+    from training.export import CHECKPOINTS
     from training.losses import LOSSES
 
     parser = argparse.ArgumentParser(prog="python -m training", description="Train petseg fold ensembles.")
@@ -112,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="run folder")
     train.add_argument("--loss", choices=LOSSES, default="gdfl")
     train.add_argument("--arch", choices=sorted(PRESETS), default="resunet")
+    train.add_argument(
+        "--arch-args",
+        default="{}",
+        help="JSON object of network constructor overrides, e.g. '{\"channels\": [12, 24, 48, 96]}'",
+    )
     train.add_argument("--epochs", type=int, default=400)
     train.add_argument("--lr", type=float, default=2e-4)
     train.add_argument("--weight-decay", type=float, default=1e-5)
@@ -151,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="model folder to write")
     export.add_argument("--name", default=None, help="model name in the card")
     export.add_argument("--synthetic", action="store_true", help="mark the card as trained on synthetic data")
+    export.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINTS,
+        default="best",
+        help="each fold's best-validated weights, or its final ones (the run must have finished)",
+    )
     export.add_argument(
         "--threshold",
         type=float,
@@ -193,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--work", type=Path, default=Path("demo-training"), help="phantoms and fold runs")
     demo.add_argument("--cases", type=int, default=defaults.cases)
+    demo.add_argument(
+        "--fdg-share",
+        type=float,
+        default=defaults.fdg_share,
+        help="share of FDG patients among the phantoms, the rest PSMA",
+    )
     demo.add_argument("--folds", type=int, default=defaults.folds)
     demo.add_argument("--epochs", type=int, default=defaults.epochs)
     demo.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N epochs")
