@@ -192,6 +192,8 @@ def test_bad_settings_are_one_line_errors(dataset, tmp_path):
         train(config(dataset, tmp_path / "x", patch_size=30))
     with pytest.raises(TrainingError, match="--fold 7: the dataset has 5 folds"):
         train(config(dataset, tmp_path / "x", fold=7))
+    with pytest.raises(TrainingError, match=r"--hot-probability must be in \[0, 1\], got 1.5"):
+        train(config(dataset, tmp_path / "x", hot_probability=1.5))
 
 
 @pytest.mark.slow
@@ -281,6 +283,9 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
         workers=0,
         parallel=2,  # the folds train side by side, in spawned processes
         evaluation_cases=2,
+        channels=(4, 8, 16, 32),  # the options the shipped recipe leaves off must reach the card
+        hot_probability=0.5,
+        checkpoint="last",
     )
     card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
     again = load_card(tmp_path / "model")
@@ -294,6 +299,9 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert again.architecture.name == "resunet-tiny"
     assert again.architecture.args == {"channels": list(recipe.channels)}
+    assert again.provenance["sampling"]["hot_probability"] == 0.5
+    assert again.provenance["checkpoint"] == "last"
+    assert again.provenance["checkpoint_epochs"] == {"fold0": 1, "fold1": 1}
     assert [f.fold for f in card.folds] == [0, 1]
     assert (tmp_path / "work" / "fold1" / "log.csv").exists()
 

@@ -471,3 +471,52 @@ def test_patch_dataset_cycles_records_in_process(cache: PreprocessedCache, recor
     sample = longer[6]  # record 0 again
     assert sample["image"].shape == (2, *PATCH)
     assert sample["label"].dtype == torch.float32
+
+
+def _hot_gland_case() -> dict[str, np.ndarray]:
+    """A 96^3 case: a lesion near one corner, a hot 'gland' (no lesion) near the opposite one, and hot
+    specks too small to be an organ; both channels are their voxel coordinates' fingerprint elsewhere."""
+    shape = (96, 96, 96)
+    pet = np.full(shape, 0.5, np.float32)
+    label = np.zeros((1, *shape), np.uint8)
+    pet[10:16, 10:16, 10:16] = 12.0
+    label[0, 10:16, 10:16, 10:16] = 1
+    pet[78:84, 70:76, 80:86] = 9.0  # the gland: 216 voxels above 4 SUV
+    pet[50, 50, 50] = pet[20, 80, 40] = 30.0  # single-voxel specks
+    ct = (np.arange(np.prod(shape), dtype=np.float32) / np.prod(shape)).reshape(shape)
+    return {"image": np.stack([ct, pet]), "label": label}
+
+
+def test_hot_crops_centre_on_uptake_outside_the_lesions() -> None:
+    case = _hot_gland_case()
+    transforms = train_transforms(PATCH, augment=False, seed=3, hot_probability=1.0)
+    for _ in range(8):
+        patch = transforms(case)
+        assert patch["image"].shape == (2, *PATCH)
+        gland = patch["image"][1] == 9.0
+        assert gland.any()  # every patch holds the gland, never only a speck
+        assert patch["label"].sum() == 0  # 48^3 around the gland cannot reach the lesion
+        # Image and label come from the same window: the CT fingerprint names the corner voxel.
+        corner = round(float(patch["image"][0, 0, 0, 0]) * 96**3)
+        start = np.unravel_index(corner, (96, 96, 96))
+        assert all(0 <= s <= 96 - 48 for s in start)
+        np.testing.assert_array_equal(
+            patch["image"][1].numpy(), case["image"][1][tuple(slice(s, s + 48) for s in start)]
+        )
+
+
+def test_hot_crops_leave_the_other_draws_to_the_lesion_sampler() -> None:
+    case = _hot_gland_case()
+    never = train_transforms(PATCH, augment=False, seed=5, hot_probability=0.0)
+    assert all(never(case)["label"].sum() > 0 for _ in range(6))  # lesion_probability 0.8: mostly lesion
+    half = train_transforms(PATCH, augment=False, seed=5, lesion_probability=1.0, hot_probability=0.5)
+    kinds = [bool((half(case)["image"][1] == 9.0).any()) for _ in range(40)]
+    assert 8 <= sum(kinds) <= 32  # about half on the gland, the rest on the lesion
+    again = train_transforms(PATCH, augment=False, seed=5, lesion_probability=1.0, hot_probability=0.5)
+    assert [bool((again(case)["image"][1] == 9.0).any()) for _ in range(40)] == kinds  # seeded
+
+    cold = {**case, "image": np.stack([case["image"][0], np.minimum(case["image"][1], 3.0)])}
+    only_hot = train_transforms(PATCH, augment=False, seed=5, lesion_probability=1.0, hot_probability=1.0)
+    assert only_hot(cold)["label"].sum() > 0  # nothing hot outside the lesion: the lesion sampler decides
+    with pytest.raises(ValueError, match="hot_probability must be in"):
+        train_transforms(PATCH, hot_probability=1.5)

@@ -58,6 +58,8 @@ def _train(args: argparse.Namespace) -> int:
         patch_size=args.patch_size,
         samples_per_epoch=args.samples_per_epoch,
         lesion_probability=args.lesion_probability,
+        hot_probability=args.hot_probability,
+        hot_suv=args.hot_suv,
         augment=not args.no_augment,
         loss_options=_loss_options(args),
         val_every=args.val_every,
@@ -141,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int, default=128)
     train.add_argument("--samples-per-epoch", type=int, default=None, help="default: one per training case")
     train.add_argument("--lesion-probability", type=float, default=0.8, help="share of lesion-centred crops")
+    train.add_argument(
+        "--hot-probability",
+        type=float,
+        default=0.0,
+        help="share of crops centred on hot uptake outside the lesions (physiological: glands, kidneys, ...)",
+    )
+    train.add_argument("--hot-suv", type=float, default=4.0, help="SUV above which uptake is hot (default 4)")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument(
         "--batch-dice",

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cc3d
 import numpy as np
 import scipy.ndimage
 import torch
@@ -321,6 +322,8 @@ def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
 
 ELASTIC_SIGMA = (5.0, 8.0)
 ELASTIC_MAGNITUDE = (100.0, 200.0)
+PET_CHANNEL = 1  # petseg.card.CHANNELS: [CT, PET]
+HOT_MIN_VOXELS = 16  # hot specks of PET noise are not organs
 
 
 class LesionCentredCropd(RandCropByPosNegLabeld):
@@ -331,6 +334,73 @@ class LesionCentredCropd(RandCropByPosNegLabeld):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
             return super().__call__(data, lazy=lazy)
+
+
+class HotUptakeCropd(RandomizableTransform, MapTransform):
+    """With probability `prob`, a patch centred on hot uptake that is not lesion; otherwise `fallback`'s.
+
+    A lesion-centred sampler shows the network physiological uptake only by chance, and it learns that every
+    hot blob is a lesion: the demo ensemble's commonest false positives were PSMA salivary glands, which a
+    random crop of a whole-body case seldom contains. Hot voxels are PET above `hot_suv` outside the label;
+    one of their 26-connected components of at least `min_voxels` is drawn uniformly, then a voxel in it,
+    so a small gland is as likely a centre as the liver. Without such a component, `fallback` decides.
+    Crops are shifted inwards at borders, as the lesion-centred ones are.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        label_key: str,
+        spatial_size: Sequence[int],
+        fallback: Any,
+        prob: float,
+        hot_suv: float,
+        pet_channel: int = PET_CHANNEL,
+        min_voxels: int = HOT_MIN_VOXELS,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.label_key = label_key
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+        self.fallback = fallback
+        self.hot_suv = float(hot_suv)
+        self.pet_channel = pet_channel
+        self.min_voxels = min_voxels
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> Any:
+        super().set_random_state(seed, state)
+        self.fallback.set_random_state(seed=int(self.R.randint(2**31)))
+        return self
+
+    def hot_centre(self, image: Any, label: Any) -> np.ndarray | None:
+        """A voxel index of a randomly drawn hot non-lesion component, or None when there is none."""
+        hot = np.asarray(image[self.pet_channel]) > self.hot_suv
+        hot &= ~(np.asarray(label[0]) > 0)
+        components, count = cc3d.connected_components(hot, connectivity=26, return_N=True)
+        if count == 0:
+            return None
+        sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+        eligible = np.flatnonzero(sizes >= self.min_voxels) + 1
+        if eligible.size == 0:
+            return None
+        voxels = np.argwhere(components == eligible[self.R.randint(eligible.size)])
+        return voxels[self.R.randint(len(voxels))]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        self.randomize(None)
+        centre = self.hot_centre(d["image"], d[self.label_key]) if self._do_transform else None
+        if centre is None:
+            return self.fallback(d)
+        shape = np.asarray(d[self.label_key]).shape[1:]
+        starts = [
+            min(max(int(c) - s // 2, 0), dim - s)
+            for c, s, dim in zip(centre, self.spatial_size, shape, strict=True)
+        ]
+        window = (slice(None), *(slice(a, a + s) for a, s in zip(starts, self.spatial_size, strict=True)))
+        for key in self.key_iterator(d):
+            d[key] = d[key][window]
+        return [d]
 
 
 class RandCTGammad(RandomizableTransform, MapTransform):
@@ -478,6 +548,8 @@ def train_transforms(
     lesion_probability: float = 0.8,
     augment: bool = True,
     seed: int | None = None,
+    hot_probability: float = 0.0,
+    hot_suv: float = 4.0,
 ) -> Compose:
     """One random patch of a cached case, {"image": (2, P, P, P), "label": (1, P, P, P)} float32 tensors.
 
@@ -485,7 +557,8 @@ def train_transforms(
     2. crop `patch_size` centred on a lesion voxel with probability `lesion_probability`, else on a random
        background voxel (about uniform: lesions are a tiny share of the voxels); a lesion-free case always
        gets the background draw. Crops near a border are shifted inwards, never outside the volume, and
-       still contain their centre voxel;
+       still contain their centre voxel. With `hot_probability` > 0, that share of the patches is centred
+       on hot uptake (PET above `hot_suv`) outside the lesions instead (`HotUptakeCropd`);
     3. with `augment`: affine (p 0.5: +-10 voxels, +-pi/12 about the axial z axis, scale +-0.1), elastic
        (p 0.5: smoothing sigma 5-8 voxels, magnitude 100-200: displacements with a standard deviation of
        0.3-1.8 voxels, at most about 5), both with zero padding and the label always nearest-neighbour;
@@ -500,17 +573,22 @@ def train_transforms(
         raise ValueError(f"patch_size must be three positive integers, got {patch_size!r}")
     if not 0.0 <= lesion_probability <= 1.0:
         raise ValueError(f"lesion_probability must be in [0, 1], got {lesion_probability!r}")
+    if not 0.0 <= hot_probability <= 1.0:
+        raise ValueError(f"hot_probability must be in [0, 1], got {hot_probability!r}")
     keys = ("image", "label")
+    crop: Any = LesionCentredCropd(
+        keys,
+        label_key="label",
+        spatial_size=patch,
+        pos=lesion_probability,
+        neg=1.0 - lesion_probability,
+        num_samples=1,
+    )
+    if hot_probability > 0:
+        crop = HotUptakeCropd(keys, "label", patch, crop, hot_probability, hot_suv)
     steps: list[Any] = [
         SpatialPadd(keys, spatial_size=patch, mode="constant"),
-        LesionCentredCropd(
-            keys,
-            label_key="label",
-            spatial_size=patch,
-            pos=lesion_probability,
-            neg=1.0 - lesion_probability,
-            num_samples=1,
-        ),
+        crop,
         CastToTyped(keys, dtype=(torch.float32, torch.float32)),
     ]
     if augment:

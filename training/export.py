@@ -164,6 +164,8 @@ def export(
             "patch_size": config["patch_size"],
             "sampling": {
                 "lesion_probability": config.get("lesion_probability"),
+                "hot_probability": config.get("hot_probability", 0.0),
+                "hot_suv": config.get("hot_suv"),
                 "augment": config.get("augment"),
             },
             "validation_score": {f"fold{r['config']['fold']}": s for r, s in zip(runs, scores, strict=True)},

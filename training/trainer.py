@@ -87,6 +87,8 @@ class TrainConfig:
     patch_size: int = 128
     samples_per_epoch: int | None = None
     lesion_probability: float = 0.8
+    hot_probability: float = 0.0  # share of crops centred on hot non-lesion uptake (training.data)
+    hot_suv: float = 4.0
     augment: bool = True
     loss_options: dict[str, float | bool] = field(default_factory=dict)
     val_every: int = 5
@@ -252,6 +254,9 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
         raise TrainingError(f"--fold must be 0 or more, got {config.fold}")
     if config.epochs < 1 or config.val_every < 1 or config.batch_size < 1:
         raise TrainingError("--epochs, --val-every and --batch-size must be at least 1")
+    for name in ("lesion_probability", "hot_probability"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise TrainingError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(config, name)}")
 
 
 def _compute_device(config: TrainConfig, dist: Distributed) -> ComputeDevice:
@@ -466,7 +471,14 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             dataset = PatchDataset(
                 train_records,
                 cache,
-                train_transforms(patch, config.lesion_probability, config.augment, seed=epoch_seed % 2**31),
+                train_transforms(
+                    patch,
+                    config.lesion_probability,
+                    config.augment,
+                    seed=epoch_seed % 2**31,
+                    hot_probability=config.hot_probability,
+                    hot_suv=config.hot_suv,
+                ),
                 config.samples_per_epoch,
             )
             if dist.enabled:
