@@ -174,6 +174,16 @@ def test_resume_refuses_other_settings_and_missing_runs(dataset, tmp_path):
     with pytest.raises(TrainingError, match="use --resume"):
         train(config(dataset, tmp_path / "run", epochs=1))
 
+    # A run started before a setting existed resumes as long as it asks for that setting's default.
+    run_json = tmp_path / "run" / "run.json"
+    record = json.loads(run_json.read_text())
+    for added in ("arch_args", "hot_probability", "hot_suv"):
+        del record["config"][added]
+    run_json.write_text(json.dumps(record))
+    train(config(dataset, tmp_path / "run", epochs=1, resume=True))
+    with pytest.raises(TrainingError, match="settings differ from the run being resumed: hot_probability"):
+        train(config(dataset, tmp_path / "run", epochs=1, hot_probability=0.5, resume=True))
+
 
 def test_a_truncated_checkpoint_falls_back_to_the_previous_one(dataset, tmp_path):
     run = tmp_path / "run"

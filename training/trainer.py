@@ -21,7 +21,7 @@ import os
 import random
 import subprocess
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +264,13 @@ def _compute_device(config: TrainConfig, dist: Distributed) -> ComputeDevice:
     return training_device(config.device, cuda_index=dist.local_rank if dist.enabled else None)
 
 
+def _comparable_defaults() -> dict[str, Any]:
+    """The defaults of the settings that have one, as `TrainConfig.comparable` writes them."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    defaults |= {f.name: f.default_factory() for f in fields(TrainConfig) if f.default_factory is not MISSING}
+    return json.loads(json.dumps({k: v for k, v in defaults.items() if k not in RESUMABLE}, default=str))
+
+
 def _start_run_dir(config: TrainConfig, dist: Distributed, extra: dict[str, Any]) -> None:
     """Write run.json for a new run; on --resume, refuse settings that differ from the stored run."""
     run_json = config.out / RUN_CONFIG
@@ -274,6 +281,8 @@ def _start_run_dir(config: TrainConfig, dist: Distributed, extra: dict[str, Any]
             )
         stored = json.loads(run_json.read_text())["config"]
         current = config.comparable()
+        # A setting added since the run was started is taken at its default, as the run trained with it.
+        stored = {**_comparable_defaults(), **stored}
         differ = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
         if differ:
             raise TrainingError(
