@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -189,11 +189,15 @@ def weights_path(card: ModelCard, model_dir: Path, weights: str) -> Path:
 
 def save_weights(network: torch.nn.Module, path: Path) -> str:
     """Write a network's state dict as safetensors (atomically); returns its sha256."""
+    return save_state(network.state_dict(), path)
+
+
+def save_state(state: Mapping[str, torch.Tensor], path: Path) -> str:
+    """Write a state dict as safetensors (atomically, contiguous CPU tensors); returns its sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    save_file(state, str(partial))
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(partial))
     partial.replace(path)
     return file_sha256(path)
 

@@ -18,8 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from petseg.card import (
     Architecture,
     EnsembleSettings,
@@ -30,7 +28,7 @@ from petseg.card import (
     save_card,
 )
 from petseg.errors import ModelError
-from petseg.networks import build_network, file_sha256
+from petseg.networks import build_network, file_sha256, save_state
 from training.trainer import BEST_WEIGHTS, RUN_CONFIG, TrainingError, load_checkpoint
 
 CHECKPOINTS = ("best", "last")
@@ -73,12 +71,6 @@ def _read_run(run_dir: Path, checkpoint: str) -> dict[str, Any]:
     run["chosen"] = {"epoch": done, "val_score": float(final["val_score"])}
     run["state"] = state["model"]
     return run
-
-
-def _write_weights(state: dict[str, Any], target: Path) -> None:
-    partial = target.with_name(f".{target.name}.partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(partial))
-    partial.replace(target)
 
 
 def export(
@@ -135,9 +127,10 @@ def export(
         target = out_dir / f"fold{fold}.safetensors"
         if checkpoint == "best":
             shutil.copyfile(run["dir"] / BEST_WEIGHTS, target)
+            sha256 = file_sha256(target)
         else:
-            _write_weights(run["state"], target)
-        entries.append(Fold(fold=fold, weights=target.name, sha256=file_sha256(target)))
+            sha256 = save_state(run["state"], target)
+        entries.append(Fold(fold=fold, weights=target.name, sha256=sha256))
     build_network(architecture, window)  # the card must describe a buildable network
     scores = [float(run["chosen"]["val_score"]) for run in runs]
     provenance: dict[str, Any] = {

@@ -27,14 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from petseg.card import Architecture, EnsembleSettings, PreprocessSettings
 from petseg.errors import PetsegError
 from petseg.metrics import case_scores
-from petseg.networks import build_network, input_divisor
+from petseg.networks import build_network, input_divisor, save_state
 from petseg.predict import ComputeDevice, FoldEnsemble, sliding_window_probability, training_device
 from training.data import (
     CaseRecord,
@@ -578,7 +577,5 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
 
 def _save_best(network: torch.nn.Module, out: Path, epoch: int, row: dict[str, float]) -> None:
     """The best weights as safetensors (what export ships) and what they scored."""
-    partial = out / f".{BEST_WEIGHTS}.partial"
-    save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(partial))
-    os.replace(partial, out / BEST_WEIGHTS)
+    save_state(network.state_dict(), out / BEST_WEIGHTS)
     (out / "best.json").write_text(json.dumps({"epoch": epoch, **row}, indent=2) + "\n")
