@@ -316,6 +316,31 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert (tmp_path / "work" / "fold1" / "log.csv").exists()
 
 
+def test_training_demo_refuses_phantoms_made_by_another_recipe(tmp_path):
+    import json
+
+    from petseg.phantoms import generate
+    from training.demo import DemoRecipe, _check_phantoms, run_training_demo
+
+    data = tmp_path / "work" / "phantoms"
+    generate(data, cases=2, seed=100, tracer="mixed", size="tiny", layout="nnunet", progress=False)
+    with pytest.raises(TrainingError, match=r"other settings \(cases 2 \(recipe: 3\)\)"):
+        run_training_demo(tmp_path / "work", tmp_path / "model", DemoRecipe(cases=3), progress=False)
+    with pytest.raises(TrainingError, match=r"fdg_share 0.6 \(recipe: 0.5\)"):
+        _check_phantoms(data, DemoRecipe(cases=2, fdg_share=0.5))
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["phantoms"]  # nothing trained
+    assert not (tmp_path / "model").exists()
+
+    _check_phantoms(data, DemoRecipe(cases=2))  # the same recipe reuses them
+    manifest = json.loads((data / "phantoms.json").read_text())
+    del manifest["arguments"]["fdg_share"]  # written before the option existed: the default share
+    (data / "phantoms.json").write_text(json.dumps(manifest))
+    _check_phantoms(data, DemoRecipe(cases=2))
+    (data / "phantoms.json").write_text("{")
+    with pytest.raises(TrainingError, match="cannot read the manifest"):
+        _check_phantoms(data, DemoRecipe(cases=2))
+
+
 def test_git_commit_says_when_the_tree_differs_from_the_commit(tmp_path):
     import shutil
     import subprocess

@@ -8,6 +8,7 @@ side by side (`parallel`): one fold of a tiny network keeps neither the GPU nor 
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import time
@@ -76,7 +77,9 @@ def run_training_demo(
         raise TrainingError(f"parallel must be 1 or more, got {recipe.parallel}")
     started = time.perf_counter()
     data = Path(work_dir) / "phantoms"
-    if not (data / "dataset.json").exists():
+    if (data / "dataset.json").exists():
+        _check_phantoms(data, recipe)
+    else:
         log.info("generating %d tiny phantom cases in %s", recipe.cases, data)
         generate(
             data,
@@ -144,6 +147,42 @@ def run_training_demo(
         sum(scores) / len(scores),
     )
     return card
+
+
+def _check_phantoms(data: Path, recipe: DemoRecipe) -> None:
+    """Phantoms left in a work folder by an earlier demo are reused only if this recipe would make them.
+
+    Otherwise a changed `--cases` or `--fdg-share` would silently train on the old dataset, and the card
+    would record the old one. A manifest without `fdg_share` predates the option: it used the default.
+    """
+    from petseg.phantoms.generate import MANIFEST
+
+    manifest = data / MANIFEST
+    try:
+        made = json.loads(manifest.read_text())["arguments"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TrainingError(
+            f"{manifest}: cannot read the manifest of the phantoms in {data}; use another --work folder"
+        ) from None
+    wanted = {
+        "cases": recipe.cases,
+        "seed": recipe.seed,
+        "tracer": "mixed",
+        "fdg_share": recipe.fdg_share,
+        "size": "tiny",
+        "layout": "nnunet",
+    }
+    defaults = {"fdg_share": FDG_SHARE}
+    differ = [
+        f"{key} {made.get(key, defaults.get(key))!r} (recipe: {value!r})"
+        for key, value in wanted.items()
+        if made.get(key, defaults.get(key)) != value
+    ]
+    if differ:
+        raise TrainingError(
+            f"{data}: these phantoms were generated with other settings ({', '.join(differ)}); "
+            "use another --work folder or delete it"
+        )
 
 
 def _prepare_shared_state(data: Path) -> None:
