@@ -259,6 +259,20 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
         export([*runs, tmp_path / "other"], tmp_path / "mixed")
     with pytest.raises(TrainingError, match="repeat a fold"):
         export([runs[0], runs[0]], tmp_path / "twice")
+    # Sampling settings must agree as well; one a run.json predates counts at its default.
+    import json
+    import shutil
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(runs[1], flipped)
+    run_json = json.loads((flipped / "run.json").read_text())
+    run_json["config"]["flip_probability"] = 0.5
+    (flipped / "run.json").write_text(json.dumps(run_json))
+    with pytest.raises(TrainingError, match=r"settings differ .*: flip_probability"):
+        export([runs[0], flipped], tmp_path / "mixed")
+    del run_json["config"]["flip_probability"]
+    (flipped / "run.json").write_text(json.dumps(run_json))
+    assert len(export([runs[0], flipped], tmp_path / "older").folds) == 2
     with pytest.raises(TrainingError, match="not a training run"):
         export([tmp_path / "model"], tmp_path / "x")
 

@@ -432,11 +432,30 @@ def test_transforms_are_reproducible_with_a_seed(
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
+def test_flip_mirrors_image_and_label_left_right_only() -> None:
+    """With the same seed, a flipped patch is the unflipped one mirrored along axis 0 (left-right)."""
+    rng = np.random.default_rng(4)
+    image = rng.random((2, *PATCH), dtype=np.float32)
+    label = (image[1:] > 0.9).astype(np.uint8)
+    data = {"image": image, "label": label}
+    for seed in range(4):
+        plain = train_transforms(PATCH, augment=True, seed=seed)(data)
+        flipped = train_transforms(PATCH, augment=True, seed=seed, flip_probability=1.0)(data)
+        assert torch.equal(flipped["image"], torch.flip(plain["image"], dims=[1])), f"seed {seed}"
+        assert torch.equal(flipped["label"], torch.flip(plain["label"], dims=[1]))
+        assert not torch.equal(flipped["image"], plain["image"])
+        assert not torch.equal(flipped["image"], torch.flip(plain["image"], dims=[2]))
+    never = train_transforms(PATCH, augment=True, seed=0, flip_probability=0.0)(data)
+    assert torch.equal(never["image"], train_transforms(PATCH, augment=True, seed=0)(data)["image"])
+
+
 def test_train_transforms_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="patch_size"):
         train_transforms((64, 64))
     with pytest.raises(ValueError, match="lesion_probability"):
         train_transforms(PATCH, lesion_probability=1.5)
+    with pytest.raises(ValueError, match="flip_probability"):
+        train_transforms(PATCH, flip_probability=-0.1)
 
 
 # ----------------------------------------------------------------------------------------------- dataset

@@ -60,6 +60,7 @@ def _train(args: argparse.Namespace) -> int:
         lesion_probability=args.lesion_probability,
         hot_probability=args.hot_probability,
         hot_suv=args.hot_suv,
+        flip_probability=args.flip_probability,
         augment=not args.no_augment,
         loss_options=_loss_options(args),
         val_every=args.val_every,
@@ -92,7 +93,17 @@ def _export(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import DemoRecipe, run_training_demo
 
-    options = ("cases", "fdg_share", "folds", "epochs", "val_every", "workers", "device", "parallel")
+    options = (
+        "cases",
+        "fdg_share",
+        "folds",
+        "epochs",
+        "flip_probability",
+        "val_every",
+        "workers",
+        "device",
+        "parallel",
+    )
     recipe = DemoRecipe(**{option: getattr(args, option) for option in options})
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]
@@ -150,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of crops centred on hot uptake outside the lesions (physiological: glands, kidneys, ...)",
     )
     train.add_argument("--hot-suv", type=float, default=4.0, help="SUV above which uptake is hot (default 4)")
+    train.add_argument(
+        "--flip-probability",
+        type=float,
+        default=0.0,
+        help="probability of a left-right mirrored patch (default 0: none, as the seed recipe)",
+    )
     train.add_argument("--no-augment", action="store_true")
     train.add_argument(
         "--batch-dice",
@@ -238,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--folds", type=int, default=defaults.folds)
     demo.add_argument("--epochs", type=int, default=defaults.epochs)
+    demo.add_argument(
+        "--flip-probability",
+        type=float,
+        default=defaults.flip_probability,
+        help=f"probability of a left-right mirrored patch (default {defaults.flip_probability:g})",
+    )
     demo.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N epochs")
     demo.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes per fold")
     demo.add_argument(

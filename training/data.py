@@ -32,6 +32,7 @@ from monai.transforms import (
     MapTransform,
     RandAffined,
     RandCropByPosNegLabeld,
+    RandFlipd,
     RandGaussianNoised,
     RandomizableTransform,
     SpatialPadd,
@@ -550,6 +551,7 @@ def train_transforms(
     seed: int | None = None,
     hot_probability: float = 0.0,
     hot_suv: float = 4.0,
+    flip_probability: float = 0.0,
 ) -> Compose:
     """One random patch of a cached case, {"image": (2, P, P, P), "label": (1, P, P, P)} float32 tensors.
 
@@ -563,7 +565,9 @@ def train_transforms(
        (p 0.5: smoothing sigma 5-8 voxels, magnitude 100-200: displacements with a standard deviation of
        0.3-1.8 voxels, at most about 5), both with zero padding and the label always nearest-neighbour;
        gamma 0.7-1.5 on the CT channel only (p 0.3, see `RandCTGammad`); Gaussian noise with a standard
-       deviation up to 0.1 on both image channels (p 0.5);
+       deviation up to 0.1 on both image channels (p 0.5); with `flip_probability` > 0, a left-right
+       mirror with that probability (off by default, as in the seed recipe; a mirrored body is still
+       plausible anatomy, and a network trained on it can average a mirrored pass at inference);
     4. the label thresholded back to {0, 1}.
 
     With `seed` the draws are reproducible; `PatchDataset` reseeds per DataLoader worker.
@@ -575,6 +579,8 @@ def train_transforms(
         raise ValueError(f"lesion_probability must be in [0, 1], got {lesion_probability!r}")
     if not 0.0 <= hot_probability <= 1.0:
         raise ValueError(f"hot_probability must be in [0, 1], got {hot_probability!r}")
+    if not 0.0 <= flip_probability <= 1.0:
+        raise ValueError(f"flip_probability must be in [0, 1], got {flip_probability!r}")
     keys = ("image", "label")
     crop: Any = LesionCentredCropd(
         keys,
@@ -612,6 +618,9 @@ def train_transforms(
             RandCTGammad("image", prob=0.3, gamma=(0.7, 1.5)),
             RandGaussianNoised("image", prob=0.5, mean=0.0, std=0.1),
         ]
+        if flip_probability > 0:
+            # Axis 0 of the canonical (RAS) grid is left-right.
+            steps.append(RandFlipd(keys, prob=flip_probability, spatial_axis=0))
     steps.append(AsTrainingTensorsd())
     transforms = PatchCompose(steps)
     if seed is not None:

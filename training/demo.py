@@ -43,6 +43,7 @@ class DemoRecipe:
     # the same plus hot_probability 0.2 0.640; this recipe 0.662 (README, "Training").
     channels: tuple[int, ...] | None = None  # resunet-tiny's own (8, 16, 32, 64)
     hot_probability: float = 0.0
+    flip_probability: float = 0.0
     checkpoint: str = "best"
     folds: int = 5
     epochs: int = 100
@@ -107,6 +108,7 @@ def run_training_demo(
             patch_size=recipe.patch_size,
             samples_per_epoch=recipe.samples_per_epoch,
             hot_probability=recipe.hot_probability,
+            flip_probability=recipe.flip_probability,
             val_every=recipe.val_every,
             window=recipe.window,
             overlap=recipe.overlap,

@@ -29,7 +29,13 @@ from petseg.card import (
 )
 from petseg.errors import ModelError
 from petseg.networks import build_network, file_sha256, save_state
-from training.trainer import BEST_WEIGHTS, RUN_CONFIG, TrainingError, load_checkpoint
+from training.trainer import (
+    BEST_WEIGHTS,
+    RUN_CONFIG,
+    TrainingError,
+    comparable_defaults,
+    load_checkpoint,
+)
 
 CHECKPOINTS = ("best", "last")
 
@@ -45,6 +51,10 @@ SHARED = (
     "epochs",
     "learning_rate",
     "augment",
+    "lesion_probability",
+    "hot_probability",
+    "hot_suv",
+    "flip_probability",
 )
 
 
@@ -104,8 +114,14 @@ def export(
     if not runs:
         raise TrainingError("no runs given")
     first = runs[0]
+    defaults = comparable_defaults()
+
+    def setting(run: dict[str, Any], key: str) -> Any:
+        """A setting an older run.json lacks was at its default then."""
+        return run["config"].get(key, defaults.get(key))
+
     for run in runs[1:]:
-        differ = [k for k in SHARED if run["config"].get(k) != first["config"].get(k)]
+        differ = [k for k in SHARED if setting(run, k) != setting(first, k)]
         if run["dataset_fingerprint"] != first["dataset_fingerprint"]:
             differ.append("dataset")
         if differ:
@@ -159,6 +175,7 @@ def export(
                 "lesion_probability": config.get("lesion_probability"),
                 "hot_probability": config.get("hot_probability", 0.0),
                 "hot_suv": config.get("hot_suv"),
+                "flip_probability": config.get("flip_probability", 0.0),
                 "augment": config.get("augment"),
             },
             "validation_score": {f"fold{r['config']['fold']}": s for r, s in zip(runs, scores, strict=True)},

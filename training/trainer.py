@@ -88,6 +88,7 @@ class TrainConfig:
     lesion_probability: float = 0.8
     hot_probability: float = 0.0  # share of crops centred on hot non-lesion uptake (training.data)
     hot_suv: float = 4.0
+    flip_probability: float = 0.0  # left-right mirrored patches (training.data)
     augment: bool = True
     loss_options: dict[str, float | bool] = field(default_factory=dict)
     val_every: int = 5
@@ -253,7 +254,7 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
         raise TrainingError(f"--fold must be 0 or more, got {config.fold}")
     if config.epochs < 1 or config.val_every < 1 or config.batch_size < 1:
         raise TrainingError("--epochs, --val-every and --batch-size must be at least 1")
-    for name in ("lesion_probability", "hot_probability"):
+    for name in ("lesion_probability", "hot_probability", "flip_probability"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise TrainingError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(config, name)}")
 
@@ -263,7 +264,7 @@ def _compute_device(config: TrainConfig, dist: Distributed) -> ComputeDevice:
     return training_device(config.device, cuda_index=dist.local_rank if dist.enabled else None)
 
 
-def _comparable_defaults() -> dict[str, Any]:
+def comparable_defaults() -> dict[str, Any]:
     """The defaults of the settings that have one, as `TrainConfig.comparable` writes them."""
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     defaults |= {f.name: f.default_factory() for f in fields(TrainConfig) if f.default_factory is not MISSING}
@@ -281,7 +282,7 @@ def _start_run_dir(config: TrainConfig, dist: Distributed, extra: dict[str, Any]
         stored = json.loads(run_json.read_text())["config"]
         current = config.comparable()
         # A setting added since the run was started is taken at its default, as the run trained with it.
-        stored = {**_comparable_defaults(), **stored}
+        stored = {**comparable_defaults(), **stored}
         differ = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
         if differ:
             raise TrainingError(
@@ -486,6 +487,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                     seed=epoch_seed % 2**31,
                     hot_probability=config.hot_probability,
                     hot_suv=config.hot_suv,
+                    flip_probability=config.flip_probability,
                 ),
                 config.samples_per_epoch,
             )
