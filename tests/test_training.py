@@ -309,6 +309,8 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
         evaluation_cases=2,
         channels=(4, 8, 16, 32),  # the options the shipped recipe leaves off must reach the card
         hot_probability=0.5,
+        flip_probability=0.5,
+        batch_dice=True,
         checkpoint="last",
     )
     card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
@@ -324,10 +326,34 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert again.architecture.name == "resunet-tiny"
     assert again.architecture.args == {"channels": list(recipe.channels)}
     assert again.provenance["sampling"]["hot_probability"] == 0.5
+    assert again.provenance["sampling"]["flip_probability"] == 0.5
+    assert again.provenance["loss_options"] == {"batch": True}
     assert again.provenance["checkpoint"] == "last"
     assert again.provenance["checkpoint_epochs"] == {"fold0": 1, "fold1": 1}
     assert [f.fold for f in card.folds] == [0, 1]
     assert (tmp_path / "work" / "fold1" / "log.csv").exists()
+
+
+def test_training_demo_command_line_reaches_the_recipe(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import training.demo
+    from training.__main__ import main
+    from training.demo import DemoRecipe
+
+    seen = []
+
+    def fake_demo(work, out, recipe, progress):
+        seen.append(recipe)
+        return SimpleNamespace(folds=[0], provenance={"validation_score": {"fold0": 0.5}})
+
+    monkeypatch.setattr(training.demo, "run_training_demo", fake_demo)
+    assert main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m")]) == 0
+    assert seen[-1] == DemoRecipe()
+    flags = ["--flip-probability", "0.5", "--hot-probability", "0.3", "--batch-dice", "--epochs", "7"]
+    assert main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m"), *flags]) == 0
+    assert seen[-1] == DemoRecipe(flip_probability=0.5, hot_probability=0.3, batch_dice=True, epochs=7)
+    assert "1 fold(s)" in capsys.readouterr().out
 
 
 def test_training_demo_refuses_phantoms_made_by_another_recipe(tmp_path):

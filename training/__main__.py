@@ -99,6 +99,8 @@ def _demo(args: argparse.Namespace) -> int:
         "folds",
         "epochs",
         "flip_probability",
+        "hot_probability",
+        "batch_dice",
         "val_every",
         "workers",
         "device",
@@ -260,6 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.flip_probability,
         help=f"probability of a left-right mirrored patch (default {defaults.flip_probability:g})",
+    )
+    demo.add_argument(
+        "--hot-probability",
+        type=float,
+        default=defaults.hot_probability,
+        help="share of patches centred on hot uptake outside the lesions "
+        f"(default {defaults.hot_probability:g})",
+    )
+    demo.add_argument(
+        "--batch-dice",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.batch_dice,
+        help="pool the Dice over the batch, so false positives in lesion-free patches count",
     )
     demo.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N epochs")
     demo.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes per fold")

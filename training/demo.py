@@ -44,6 +44,7 @@ class DemoRecipe:
     channels: tuple[int, ...] | None = None  # resunet-tiny's own (8, 16, 32, 64)
     hot_probability: float = 0.0
     flip_probability: float = 0.0
+    batch_dice: bool = False  # the dfl loss's Dice pooled over the batch (`--batch-dice` of train)
     checkpoint: str = "best"
     folds: int = 5
     epochs: int = 100
@@ -100,6 +101,7 @@ def run_training_demo(
             fold=fold,
             out=run_dir,
             loss=recipe.loss,
+            loss_options={"batch": True} if recipe.batch_dice else {},
             arch="resunet-tiny",
             arch_args={} if recipe.channels is None else {"channels": list(recipe.channels)},
             epochs=recipe.epochs,
