@@ -75,6 +75,11 @@ class EnsembleSettings:
     # `grow_within_mm` of the prediction (`petseg.postprocess.grow_to_uptake_contour`); None: off.
     grow_to_suvmax_fraction: float | None = None
     grow_within_mm: float = 6.0
+    # The mirrored passes `--tta auto` may add, as sets of network-grid axes (0 left-right, 1
+    # anterior-posterior, 2 superior-inferior), most useful first. A network trained without a mirror
+    # is hurt by it at test time, so `training export` lists only the mirrors its folds trained with
+    # (none, or left-right). None (a card without the field): all seven, as for nnU-Net-style training.
+    mirror_axes: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,28 @@ def parse_ensemble(data: Any, source: str = CARD_NAME) -> EnsembleSettings:
         ),
         grow_to_suvmax_fraction=_optional_fraction(ens, "grow_to_suvmax_fraction"),
         grow_within_mm=ens.number("grow_within_mm", ens_defaults.grow_within_mm, low=0.0, high=100.0),
+        mirror_axes=_mirror_axes(ens),
     )
+
+
+def _mirror_axes(reader: _Reader) -> tuple[tuple[int, ...], ...] | None:
+    """null (all seven mirrors) or a list of distinct, non-empty sets of axes 0-2."""
+    value = reader.get("mirror_axes", (list, type(None)), None)
+    if value is None:
+        return None
+    mirrors = []
+    for entry in value:
+        if (
+            not isinstance(entry, list)
+            or not entry
+            or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= 2 for a in entry)
+            or len(set(entry)) != len(entry)
+        ):
+            raise reader.fail("mirror_axes", f"must list non-empty lists of distinct axes 0-2, got {value!r}")
+        mirrors.append(tuple(sorted(entry)))
+    if len(set(mirrors)) != len(mirrors):
+        raise reader.fail("mirror_axes", f"must not repeat a mirror, got {value!r}")
+    return tuple(mirrors)
 
 
 def _optional_fraction(reader: _Reader, key: str) -> float | None:

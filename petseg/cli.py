@@ -182,8 +182,9 @@ def process_parser(default_model: Path) -> argparse.ArgumentParser:
         "--tta",
         choices=("off", "auto"),
         default="off",
-        help="mirroring test-time augmentation: off (default: one pass), or auto: as many of the 7 "
-        "mirrored passes as fit in --time-budget, averaged with the first",
+        help="mirroring test-time augmentation: off (default: one pass), or auto: as many of the "
+        "card's mirrored passes (ensemble.mirror_axes; all 7 where it has none) as fit in --time-budget, "
+        "averaged with the first",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -198,7 +199,12 @@ def _process(args: argparse.Namespace, started: float | None = None) -> int:
     budget = TimeBudget(args.time_budget, start=started)
     timer = StageTimer()
     predictor = _load_predictor(args.model, args.device, timer, args.precision, args.compile)
-    tta = MirrorTTA(budget) if args.tta == "auto" else None
+    tta = None
+    if args.tta == "auto":
+        mirrors = predictor.card.ensemble.mirror_axes
+        tta = MirrorTTA(budget) if mirrors is None else MirrorTTA(budget, axes=mirrors)
+        if not tta.axes:
+            log.info("--tta auto: the card lists no mirror its networks were trained with; one plain pass")
     mask_path = run_grand_challenge(
         args.input, args.output, predictor, timer, progress=args.progress, tta=tta
     )

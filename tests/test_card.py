@@ -55,6 +55,16 @@ def test_round_trip(tmp_path):
     assert again.to_json() == card.to_json()
 
 
+def test_mirror_axes_null_empty_or_listed():
+    assert parse_card(shipped()).ensemble.mirror_axes is None  # not given: all seven mirrors may run
+    data = shipped()
+    for given, parsed in (([], ()), ([[0], [1, 0]], ((0,), (0, 1))), (None, None)):
+        data["ensemble"]["mirror_axes"] = given
+        card = parse_card(data)
+        assert card.ensemble.mirror_axes == parsed
+        assert parse_card(card.to_json()).ensemble == card.ensemble
+
+
 def edit(path: str, value):
     """A copy of the shipped card with one field set (value ... deletes it)."""
     data = copy.deepcopy(shipped())
@@ -104,6 +114,12 @@ def edit(path: str, value):
         ("ensemble.grow_to_suvmax_fraction", 1.5, "must be null or in (0, 1], got 1.5"),
         ("ensemble.grow_to_suvmax_fraction", "40%", "ensemble.grow_to_suvmax_fraction must be"),
         ("ensemble.grow_within_mm", -1, "ensemble.grow_within_mm must be in [0.0, 100.0]"),
+        ("ensemble.mirror_axes", [[3]], "must list non-empty lists of distinct axes 0-2"),
+        ("ensemble.mirror_axes", [[]], "ensemble.mirror_axes must list non-empty lists"),
+        ("ensemble.mirror_axes", [[0, 0]], "ensemble.mirror_axes must list non-empty lists of distinct"),
+        ("ensemble.mirror_axes", [0], "ensemble.mirror_axes must list non-empty lists"),
+        ("ensemble.mirror_axes", [[0], [0]], "ensemble.mirror_axes must not repeat a mirror"),
+        ("ensemble.mirror_axes", "lr", "ensemble.mirror_axes must be a list or null"),
     ],
 )
 def test_invalid_cards_are_rejected_with_the_field_named(path, value, message):

@@ -270,6 +270,10 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
     (flipped / "run.json").write_text(json.dumps(run_json))
     with pytest.raises(TrainingError, match=r"settings differ .*: flip_probability"):
         export([runs[0], flipped], tmp_path / "mixed")
+    # Test-time mirrors follow training: left-right for left-right mirrored patches, none without.
+    assert card.ensemble.mirror_axes == ()
+    assert export([flipped], tmp_path / "lr").ensemble.mirror_axes == ((0,),)
+    assert load_card(tmp_path / "lr").ensemble.mirror_axes == ((0,),)
     del run_json["config"]["flip_probability"]
     (flipped / "run.json").write_text(json.dumps(run_json))
     assert len(export([runs[0], flipped], tmp_path / "older").folds) == 2

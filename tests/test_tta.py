@@ -325,3 +325,28 @@ def test_bad_budget_or_tta_is_a_one_line_error(tmp_path, capsys, argv):
         assert f"must be a positive number of seconds, got '{argv[1]}'" in errors[0]
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_tta_auto_runs_only_the_mirrors_the_card_lists(tmp_path, tiny_model_dir, capsys):
+    """`ensemble.mirror_axes` limits --tta auto: [] keeps the plain pass, [[0]] adds the left-right one."""
+    import json
+    import shutil
+
+    input_dir, _ = phantom_input(tmp_path / "input")
+    written = {}
+    for name, mirrors in (("none", []), ("lr", [[0]])):
+        model = tmp_path / f"model-{name}"
+        shutil.copytree(tiny_model_dir, model)
+        card = json.loads((model / "model.json").read_text())
+        card["ensemble"]["mirror_axes"] = mirrors
+        (model / "model.json").write_text(json.dumps(card))
+        argv = ["--input", str(input_dir), "--model", str(model), "--device", "cpu", "--tta", "auto"]
+        assert process_main([*argv, "--output", str(tmp_path / name)]) == 0
+        written[name] = mask_bytes(tmp_path / name)
+        err = capsys.readouterr().err
+        expected = "TTA: 0 of 0 mirrored passes" if name == "none" else "TTA: 1 of 1 mirrored passes"
+        assert expected in err, err
+        assert ("one plain pass" in err) == (name == "none")
+    assert process_main(["--input", str(input_dir), "--model", str(tiny_model_dir), "--device", "cpu",
+                         "--output", str(tmp_path / "plain")]) == 0  # fmt: skip
+    assert written["none"] == mask_bytes(tmp_path / "plain")

@@ -162,7 +162,13 @@ def export(
         architecture=architecture,
         preprocessing=PreprocessSettings(),
         folds=tuple(entries),
-        ensemble=replace(inference, roi_size=window, overlap=float(config["overlap"])),
+        ensemble=replace(
+            inference,
+            roi_size=window,
+            overlap=float(config["overlap"]),
+            # Test-time mirrors only where training mirrored: left-right patches, or none.
+            mirror_axes=((0,),) if setting(first, "flip_probability") > 0 else (),
+        ),
         provenance={
             **provenance,
             "dataset_fingerprint": first["dataset_fingerprint"],
