@@ -43,6 +43,10 @@ def test_shipped_model_is_the_synthetic_demo_and_small():
     assert card.trained
     assert card.provenance["synthetic"] is True
     assert card.architecture.name == "resunet-tiny"
+    sampling = card.provenance["sampling"]
+    # Its folds never saw a mirrored patch, so --tta auto must not add mirrored passes.
+    assert sampling.get("flip_probability", 0.0) == 0.0
+    assert card.ensemble.mirror_axes == ()
     assert card.preprocessing == parse_card({**shipped(), "preprocessing": {}}).preprocessing
     size = sum(p.stat().st_size for p in (REPO / "model").iterdir())
     assert size <= 10 * 2**20
