@@ -478,6 +478,27 @@ def test_batch_dice_flag_reaches_the_loss_options_and_only_for_dice_losses(tmp_p
     assert "--batch-dice applies to the dl and dfl losses, not gdfl" in capsys.readouterr().err
 
 
+def test_train_patch_options_reach_the_config(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import training.trainer
+    from training.__main__ import main
+
+    seen = []
+
+    def fake_train(config):
+        seen.append(config)
+        return SimpleNamespace(best_score=0.5, best_epoch=1)
+
+    monkeypatch.setattr(training.trainer, "train", fake_train)
+    base = ["train", "--data", str(tmp_path), "--fold", "0", "--out", str(tmp_path / "run")]
+    assert main(base) == 0
+    assert (seen[-1].flip_probability, seen[-1].hot_probability) == (0.0, 0.0)
+    assert main([*base, "--flip-probability", "0.5", "--hot-probability", "0.25"]) == 0
+    assert (seen[-1].flip_probability, seen[-1].hot_probability) == (0.5, 0.25)
+    assert "best validation score 0.5000 at epoch 1" in capsys.readouterr().out
+
+
 class _PlantedCode:
     """Unpickling this would create a file: the proof that code ran."""
 

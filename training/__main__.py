@@ -127,6 +127,26 @@ def _analyse_weighting(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_patch_options(
+    parser: argparse.ArgumentParser, hot_probability: float, flip_probability: float
+) -> None:
+    """The patch-sampling options `train` and `demo` share, at their defaults."""
+    parser.add_argument(
+        "--hot-probability",
+        type=float,
+        default=hot_probability,
+        help="share of patches centred on hot uptake outside the lesions (physiological: glands, kidneys, "
+        f"...; default {hot_probability:g})",
+    )
+    parser.add_argument(
+        "--flip-probability",
+        type=float,
+        default=flip_probability,
+        help=f"probability of a left-right mirrored patch (default {flip_probability:g}; the seed recipe "
+        "has none)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from petseg.card import EnsembleSettings
     from petseg.networks import PRESETS
@@ -156,19 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int, default=128)
     train.add_argument("--samples-per-epoch", type=int, default=None, help="default: one per training case")
     train.add_argument("--lesion-probability", type=float, default=0.8, help="share of lesion-centred crops")
-    train.add_argument(
-        "--hot-probability",
-        type=float,
-        default=0.0,
-        help="share of crops centred on hot uptake outside the lesions (physiological: glands, kidneys, ...)",
-    )
+    _add_patch_options(train, hot_probability=0.0, flip_probability=0.0)
     train.add_argument("--hot-suv", type=float, default=4.0, help="SUV above which uptake is hot (default 4)")
-    train.add_argument(
-        "--flip-probability",
-        type=float,
-        default=0.0,
-        help="probability of a left-right mirrored patch (default 0: none, as the seed recipe)",
-    )
     train.add_argument("--no-augment", action="store_true")
     train.add_argument(
         "--batch-dice",
@@ -257,19 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--folds", type=int, default=defaults.folds)
     demo.add_argument("--epochs", type=int, default=defaults.epochs)
-    demo.add_argument(
-        "--flip-probability",
-        type=float,
-        default=defaults.flip_probability,
-        help=f"probability of a left-right mirrored patch (default {defaults.flip_probability:g})",
-    )
-    demo.add_argument(
-        "--hot-probability",
-        type=float,
-        default=defaults.hot_probability,
-        help="share of patches centred on hot uptake outside the lesions "
-        f"(default {defaults.hot_probability:g})",
-    )
+    _add_patch_options(demo, defaults.hot_probability, defaults.flip_probability)
     demo.add_argument(
         "--batch-dice",
         action=argparse.BooleanOptionalAction,

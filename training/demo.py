@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from petseg.card import ModelCard
 from petseg.phantoms.generate import FDG_SHARE
@@ -85,16 +86,7 @@ def run_training_demo(
         _check_phantoms(data, recipe)
     else:
         log.info("generating %d tiny phantom cases in %s", recipe.cases, data)
-        generate(
-            data,
-            cases=recipe.cases,
-            seed=recipe.seed,
-            tracer="mixed",
-            size="tiny",
-            layout="nnunet",
-            progress=progress,
-            fdg_share=recipe.fdg_share,
-        )
+        generate(data, **_phantom_arguments(recipe), progress=progress)
     _prepare_shared_state(data)
     run_dirs = [Path(work_dir) / f"fold{fold}" for fold in range(recipe.folds)]
     configs = [
@@ -155,6 +147,18 @@ def run_training_demo(
     return card
 
 
+def _phantom_arguments(recipe: DemoRecipe) -> dict[str, Any]:
+    """What `generate` makes the recipe's phantoms with, as its manifest records them."""
+    return {
+        "cases": recipe.cases,
+        "seed": recipe.seed,
+        "tracer": "mixed",
+        "fdg_share": recipe.fdg_share,
+        "size": "tiny",
+        "layout": "nnunet",
+    }
+
+
 def _check_phantoms(data: Path, recipe: DemoRecipe) -> None:
     """Phantoms left in a work folder by an earlier demo are reused only if this recipe would make them.
 
@@ -170,14 +174,7 @@ def _check_phantoms(data: Path, recipe: DemoRecipe) -> None:
         raise TrainingError(
             f"{manifest}: cannot read the manifest of the phantoms in {data}; use another --work folder"
         ) from None
-    wanted = {
-        "cases": recipe.cases,
-        "seed": recipe.seed,
-        "tracer": "mixed",
-        "fdg_share": recipe.fdg_share,
-        "size": "tiny",
-        "layout": "nnunet",
-    }
+    wanted = _phantom_arguments(recipe)
     defaults = {"fdg_share": FDG_SHARE}
     differ = [
         f"{key} {made.get(key, defaults.get(key))!r} (recipe: {value!r})"
