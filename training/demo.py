@@ -8,7 +8,6 @@ side by side (`parallel`): one fold of a tiny network keeps neither the GPU nor 
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import time
@@ -86,7 +85,7 @@ def run_training_demo(
         _check_phantoms(data, recipe)
     else:
         log.info("generating %d tiny phantom cases in %s", recipe.cases, data)
-        generate(data, **_phantom_arguments(recipe), progress=progress)
+        generate(data, **_generator_arguments(recipe), progress=progress)
     _prepare_shared_state(data)
     run_dirs = [Path(work_dir) / f"fold{fold}" for fold in range(recipe.folds)]
     configs = [
@@ -147,7 +146,7 @@ def run_training_demo(
     return card
 
 
-def _phantom_arguments(recipe: DemoRecipe) -> dict[str, Any]:
+def _generator_arguments(recipe: DemoRecipe) -> dict[str, Any]:
     """What `generate` makes the recipe's phantoms with, as its manifest records them."""
     return {
         "cases": recipe.cases,
@@ -165,21 +164,19 @@ def _check_phantoms(data: Path, recipe: DemoRecipe) -> None:
     Otherwise a changed `--cases` or `--fdg-share` would silently train on the old dataset, and the card
     would record the old one. A manifest without `fdg_share` predates the option: it used the default.
     """
-    from petseg.phantoms.generate import MANIFEST
+    from petseg.phantoms.generate import MANIFEST, manifest_arguments
 
-    manifest = data / MANIFEST
-    try:
-        made = json.loads(manifest.read_text())["arguments"]
-    except (OSError, ValueError, KeyError, TypeError):
+    made = manifest_arguments(data)
+    if made is None:
         raise TrainingError(
-            f"{manifest}: cannot read the manifest of the phantoms in {data}; use another --work folder"
-        ) from None
-    wanted = _phantom_arguments(recipe)
-    defaults = {"fdg_share": FDG_SHARE}
+            f"{data / MANIFEST}: cannot read the manifest of the phantoms in {data}; "
+            "use another --work folder"
+        )
+    made.setdefault("fdg_share", FDG_SHARE)
     differ = [
-        f"{key} {made.get(key, defaults.get(key))!r} (recipe: {value!r})"
-        for key, value in wanted.items()
-        if made.get(key, defaults.get(key)) != value
+        f"{key} {made.get(key)!r} (recipe: {value!r})"
+        for key, value in _generator_arguments(recipe).items()
+        if made.get(key) != value
     ]
     if differ:
         raise TrainingError(

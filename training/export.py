@@ -29,6 +29,7 @@ from petseg.card import (
 )
 from petseg.errors import ModelError
 from petseg.networks import build_network, file_sha256, save_state
+from petseg.phantoms.generate import manifest_arguments
 from training.trainer import (
     BEST_WEIGHTS,
     RUN_CONFIG,
@@ -154,7 +155,7 @@ def export(
         "synthetic": synthetic,
         "data": "synthetic phantoms (petseg phantoms)" if synthetic else str(config["data"]),
     }
-    phantoms = _phantom_arguments(Path(config["data"]))
+    phantoms = manifest_arguments(Path(config["data"]))
     if phantoms is not None:
         provenance["phantoms"] = phantoms  # so an evaluation can prove it uses cases not trained on
     card = ModelCard(
@@ -179,9 +180,9 @@ def export(
             "patch_size": config["patch_size"],
             "sampling": {
                 "lesion_probability": config.get("lesion_probability"),
-                "hot_probability": config.get("hot_probability", 0.0),
+                "hot_probability": setting(first, "hot_probability"),
                 "hot_suv": config.get("hot_suv"),
-                "flip_probability": config.get("flip_probability", 0.0),
+                "flip_probability": setting(first, "flip_probability"),
                 "augment": config.get("augment"),
             },
             "validation_score": {f"fold{r['config']['fold']}": s for r, s in zip(runs, scores, strict=True)},
@@ -194,12 +195,3 @@ def export(
     )
     save_card(card, out_dir)
     return card
-
-
-def _phantom_arguments(data: Path) -> dict[str, Any] | None:
-    """The generator arguments of a phantom dataset (its phantoms.json), None for any other dataset."""
-    try:
-        record = json.loads((data / "phantoms.json").read_text())
-        return dict(record["arguments"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -125,6 +126,14 @@ def generate(
     write_json(manifest, out_dir / MANIFEST)
     log.info("wrote %d phantom cases (%s layout) to %s", len(rows), layout, out_dir)
     return rows
+
+
+def manifest_arguments(out_dir: Path) -> dict[str, Any] | None:
+    """The generator arguments a phantom folder was made with (its manifest), None if it has none."""
+    try:
+        return dict(json.loads((Path(out_dir) / MANIFEST).read_text())["arguments"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _make_unique(phantom: Phantom, taken: set[str], seed: int, index: int) -> None:
