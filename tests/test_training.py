@@ -204,6 +204,8 @@ def test_bad_settings_are_one_line_errors(dataset, tmp_path):
         train(config(dataset, tmp_path / "x", fold=7))
     with pytest.raises(TrainingError, match=r"--hot-probability must be in \[0, 1\], got 1.5"):
         train(config(dataset, tmp_path / "x", hot_probability=1.5))
+    with pytest.raises(TrainingError, match=r"--spacing-mm must be three positive numbers"):
+        train(config(dataset, tmp_path / "x", spacing_mm=(4.0, 0.0, 4.0)))
 
 
 @pytest.mark.slow
@@ -277,6 +279,17 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
     del run_json["config"]["flip_probability"]
     (flipped / "run.json").write_text(json.dumps(run_json))
     assert len(export([runs[0], flipped], tmp_path / "older").folds) == 2
+    # The network grid is the card's preprocessing, and the folds of one ensemble share it.
+    assert card.preprocessing.spacing_mm == (2.0, 2.0, 2.0)
+    coarse = tmp_path / "coarse"
+    shutil.copytree(runs[1], coarse)
+    run_json = json.loads((coarse / "run.json").read_text())
+    run_json["config"]["spacing_mm"] = [4.0, 4.0, 3.0]
+    (coarse / "run.json").write_text(json.dumps(run_json))
+    with pytest.raises(TrainingError, match=r"settings differ .*: spacing_mm"):
+        export([runs[0], coarse], tmp_path / "mixed")
+    assert export([coarse], tmp_path / "coarse-model").preprocessing.spacing_mm == (4.0, 4.0, 3.0)
+    assert load_card(tmp_path / "coarse-model").preprocessing.spacing_mm == (4.0, 4.0, 3.0)
     with pytest.raises(TrainingError, match="not a training run"):
         export([tmp_path / "model"], tmp_path / "x")
 
@@ -315,7 +328,8 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
         hot_probability=0.5,
         flip_probability=0.5,
         batch_dice=True,
-        checkpoint="last",
+        checkpoint="best",
+        spacing_mm=(3.0, 3.0, 3.0),
     )
     card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
     again = load_card(tmp_path / "model")
@@ -332,8 +346,12 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert again.provenance["sampling"]["hot_probability"] == 0.5
     assert again.provenance["sampling"]["flip_probability"] == 0.5
     assert again.provenance["loss_options"] == {"batch": True}
-    assert again.provenance["checkpoint"] == "last"
+    assert again.provenance["checkpoint"] == "best"
     assert again.provenance["checkpoint_epochs"] == {"fold0": 1, "fold1": 1}
+    # Every fold trained on the recipe's grid: the one cache the demo filled, and the card's preprocessing.
+    assert again.preprocessing.spacing_mm == (3.0, 3.0, 3.0)
+    caches = list((tmp_path / "work" / "phantoms" / ".petseg-cache").glob("*/settings.json"))
+    assert [json.loads(c.read_text())["spacing_mm"] for c in caches] == [[3.0, 3.0, 3.0]]
     assert [f.fold for f in card.folds] == [0, 1]
     assert (tmp_path / "work" / "fold1" / "log.csv").exists()
 
@@ -355,8 +373,13 @@ def test_training_demo_command_line_reaches_the_recipe(tmp_path, monkeypatch, ca
     assert main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m")]) == 0
     assert seen[-1] == DemoRecipe()
     flags = ["--flip-probability", "0.5", "--hot-probability", "0.3", "--batch-dice", "--epochs", "7"]
-    assert main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m"), *flags]) == 0
-    assert seen[-1] == DemoRecipe(flip_probability=0.5, hot_probability=0.3, batch_dice=True, epochs=7)
+    assert (
+        main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m"), *flags, "--spacing-mm", "2"])
+        == 0
+    )
+    assert seen[-1] == DemoRecipe(
+        flip_probability=0.5, hot_probability=0.3, batch_dice=True, epochs=7, spacing_mm=(2.0, 2.0, 2.0)
+    )
     assert "1 fold(s)" in capsys.readouterr().out
 
 
@@ -496,7 +519,17 @@ def test_train_patch_options_reach_the_config(tmp_path, monkeypatch, capsys):
     assert (seen[-1].flip_probability, seen[-1].hot_probability) == (0.0, 0.0)
     assert main([*base, "--flip-probability", "0.5", "--hot-probability", "0.25"]) == 0
     assert (seen[-1].flip_probability, seen[-1].hot_probability) == (0.5, 0.25)
-    assert "best validation score 0.5000 at epoch 1" in capsys.readouterr().out
+    assert seen[-1].spacing_mm == (2.0, 2.0, 2.0)  # the seed recipe's grid by default
+    assert main([*base, "--spacing-mm", "4"]) == 0
+    assert seen[-1].spacing_mm == (4.0, 4.0, 4.0)
+    assert main([*base, "--spacing-mm", "4", "4", "3"]) == 0
+    assert seen[-1].spacing_mm == (4.0, 4.0, 3.0)
+    calls = len(seen)
+    assert main([*base, "--spacing-mm", "4", "3"]) == 6
+    printed = capsys.readouterr()
+    assert "--spacing-mm takes one positive value or three (x y z), got 4 3" in printed.err
+    assert len(seen) == calls  # refused before training
+    assert "best validation score 0.5000 at epoch 1" in printed.out
 
 
 class _PlantedCode:

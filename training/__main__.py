@@ -41,6 +41,18 @@ def _arch_args(text: str) -> dict[str, Any]:
     return value
 
 
+def _spacing(values: list[float]) -> tuple[float, float, float]:
+    """`--spacing-mm`: one value for an isotropic grid, or x y z."""
+    from training.trainer import TrainingError
+
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(v > 0 for v in values):
+        shown = " ".join(f"{v:g}" for v in values)
+        raise TrainingError(f"--spacing-mm takes one positive value or three (x y z), got {shown}")
+    return (values[0], values[1], values[2])
+
+
 def _train(args: argparse.Namespace) -> int:
     from training.trainer import TrainConfig, train
 
@@ -51,6 +63,7 @@ def _train(args: argparse.Namespace) -> int:
         loss=args.loss,
         arch=args.arch,
         arch_args=_arch_args(args.arch_args),
+        spacing_mm=_spacing(args.spacing_mm),
         epochs=args.epochs,
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
@@ -106,7 +119,9 @@ def _demo(args: argparse.Namespace) -> int:
         "device",
         "parallel",
     )
-    recipe = DemoRecipe(**{option: getattr(args, option) for option in options})
+    recipe = DemoRecipe(
+        **{option: getattr(args, option) for option in options}, spacing_mm=_spacing(args.spacing_mm)
+    )
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]
     print(f"demo ensemble in {args.out}: {len(card.folds)} fold(s), validation scores {scores}")
@@ -128,9 +143,21 @@ def _analyse_weighting(args: argparse.Namespace) -> int:
 
 
 def _add_patch_options(
-    parser: argparse.ArgumentParser, hot_probability: float, flip_probability: float
+    parser: argparse.ArgumentParser,
+    hot_probability: float,
+    flip_probability: float,
+    spacing_mm: tuple[float, float, float],
 ) -> None:
-    """The patch-sampling options `train` and `demo` share, at their defaults."""
+    """The grid and patch-sampling options `train` and `demo` share, at their defaults."""
+    parser.add_argument(
+        "--spacing-mm",
+        type=float,
+        nargs="+",
+        default=list(spacing_mm),
+        metavar="MM",
+        help="the network grid: one value (isotropic) or x y z, in mm (default "
+        f"{' '.join(f'{v:g}' for v in spacing_mm)}); written to the card's preprocessing",
+    )
     parser.add_argument(
         "--hot-probability",
         type=float,
@@ -148,7 +175,7 @@ def _add_patch_options(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from petseg.card import EnsembleSettings
+    from petseg.card import EnsembleSettings, PreprocessSettings
     from petseg.networks import PRESETS
     from training.demo import DemoRecipe
     from training.export import CHECKPOINTS
@@ -176,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int, default=128)
     train.add_argument("--samples-per-epoch", type=int, default=None, help="default: one per training case")
     train.add_argument("--lesion-probability", type=float, default=0.8, help="share of lesion-centred crops")
-    _add_patch_options(train, hot_probability=0.0, flip_probability=0.0)
+    _add_patch_options(
+        train, hot_probability=0.0, flip_probability=0.0, spacing_mm=PreprocessSettings.spacing_mm
+    )
     train.add_argument("--hot-suv", type=float, default=4.0, help="SUV above which uptake is hot (default 4)")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument(
@@ -266,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--folds", type=int, default=defaults.folds)
     demo.add_argument("--epochs", type=int, default=defaults.epochs)
-    _add_patch_options(demo, defaults.hot_probability, defaults.flip_probability)
+    _add_patch_options(demo, defaults.hot_probability, defaults.flip_probability, defaults.spacing_mm)
     demo.add_argument(
         "--batch-dice",
         action=argparse.BooleanOptionalAction,

@@ -56,6 +56,7 @@ SHARED = (
     "hot_probability",
     "hot_suv",
     "flip_probability",
+    "spacing_mm",
 )
 
 
@@ -161,7 +162,7 @@ def export(
     card = ModelCard(
         name=name or f"petseg-{config['arch']}-{config['loss']}",
         architecture=architecture,
-        preprocessing=PreprocessSettings(),
+        preprocessing=PreprocessSettings(spacing_mm=tuple(float(s) for s in setting(first, "spacing_mm"))),
         folds=tuple(entries),
         ensemble=replace(
             inference,

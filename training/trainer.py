@@ -79,6 +79,8 @@ class TrainConfig:
     loss: str = "gdfl"
     arch: str = "resunet"
     arch_args: dict[str, Any] = field(default_factory=dict)  # constructor overrides, e.g. channels
+    # The network grid (x, y, z in mm); the exported card's `preprocessing.spacing_mm`.
+    spacing_mm: tuple[float, float, float] = PreprocessSettings.spacing_mm
     epochs: int = 400
     learning_rate: float = 2e-4
     weight_decay: float = 1e-5
@@ -257,6 +259,9 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
     for name in ("lesion_probability", "hot_probability", "flip_probability"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise TrainingError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(config, name)}")
+    spacing = tuple(config.spacing_mm)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise TrainingError(f"--spacing-mm must be three positive numbers (x y z), got {config.spacing_mm}")
 
 
 def _compute_device(config: TrainConfig, dist: Distributed) -> ComputeDevice:
@@ -408,7 +413,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     architecture = Architecture(config.arch, dict(config.arch_args))
     _check_config(config, architecture)
     compute = _compute_device(config, dist)
-    settings = PreprocessSettings()
+    settings = PreprocessSettings(spacing_mm=tuple(float(s) for s in config.spacing_mm))  # type: ignore[arg-type]
 
     records = discover_dataset(config.data)
     folds = load_folds(config.data, [r.case_id for r in records])
