@@ -328,7 +328,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
         hot_probability=0.5,
         flip_probability=0.5,
         batch_dice=True,
-        checkpoint="best",
+        checkpoint="last",
         spacing_mm=(3.0, 3.0, 3.0),
     )
     card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
@@ -346,7 +346,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert again.provenance["sampling"]["hot_probability"] == 0.5
     assert again.provenance["sampling"]["flip_probability"] == 0.5
     assert again.provenance["loss_options"] == {"batch": True}
-    assert again.provenance["checkpoint"] == "best"
+    assert again.provenance["checkpoint"] == "last"
     assert again.provenance["checkpoint_epochs"] == {"fold0": 1, "fold1": 1}
     # Every fold trained on the recipe's grid: the one cache the demo filled, and the card's preprocessing.
     assert again.preprocessing.spacing_mm == (3.0, 3.0, 3.0)
