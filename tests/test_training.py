@@ -204,7 +204,9 @@ def test_bad_settings_are_one_line_errors(dataset, tmp_path):
         train(config(dataset, tmp_path / "x", fold=7))
     with pytest.raises(TrainingError, match=r"--hot-probability must be in \[0, 1\], got 1.5"):
         train(config(dataset, tmp_path / "x", hot_probability=1.5))
-    with pytest.raises(TrainingError, match=r"--spacing-mm must be three positive numbers"):
+    with pytest.raises(
+        TrainingError, match=r"--spacing-mm takes one positive value or three \(x y z\), got 4 0 4"
+    ):
         train(config(dataset, tmp_path / "x", spacing_mm=(4.0, 0.0, 4.0)))
 
 
@@ -381,6 +383,15 @@ def test_training_demo_command_line_reaches_the_recipe(tmp_path, monkeypatch, ca
         flip_probability=0.5, hot_probability=0.3, batch_dice=True, epochs=7, spacing_mm=(2.0, 2.0, 2.0)
     )
     assert "1 fold(s)" in capsys.readouterr().out
+
+
+def test_training_demo_refuses_a_bad_grid_before_generating_anything(tmp_path):
+    from training.demo import DemoRecipe, run_training_demo
+
+    with pytest.raises(TrainingError, match=r"--spacing-mm takes one positive value or three"):
+        run_training_demo(tmp_path / "work", tmp_path / "model", DemoRecipe(spacing_mm=(2.0, -2.0, 2.0)))
+    assert not (tmp_path / "work").exists()
+    assert not (tmp_path / "model").exists()
 
 
 def test_training_demo_refuses_phantoms_made_by_another_recipe(tmp_path):

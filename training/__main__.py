@@ -41,20 +41,8 @@ def _arch_args(text: str) -> dict[str, Any]:
     return value
 
 
-def _spacing(values: list[float]) -> tuple[float, float, float]:
-    """`--spacing-mm`: one value for an isotropic grid, or x y z."""
-    from training.trainer import TrainingError
-
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or not all(v > 0 for v in values):
-        shown = " ".join(f"{v:g}" for v in values)
-        raise TrainingError(f"--spacing-mm takes one positive value or three (x y z), got {shown}")
-    return (values[0], values[1], values[2])
-
-
 def _train(args: argparse.Namespace) -> int:
-    from training.trainer import TrainConfig, train
+    from training.trainer import TrainConfig, network_spacing, train
 
     config = TrainConfig(
         data=args.data,
@@ -63,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
         loss=args.loss,
         arch=args.arch,
         arch_args=_arch_args(args.arch_args),
-        spacing_mm=_spacing(args.spacing_mm),
+        spacing_mm=network_spacing(args.spacing_mm),
         epochs=args.epochs,
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
@@ -105,6 +93,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import DemoRecipe, run_training_demo
+    from training.trainer import network_spacing
 
     options = (
         "cases",
@@ -120,7 +109,7 @@ def _demo(args: argparse.Namespace) -> int:
         "parallel",
     )
     recipe = DemoRecipe(
-        **{option: getattr(args, option) for option in options}, spacing_mm=_spacing(args.spacing_mm)
+        **{option: getattr(args, option) for option in options}, spacing_mm=network_spacing(args.spacing_mm)
     )
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]

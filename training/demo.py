@@ -19,7 +19,7 @@ from typing import Any
 from petseg.card import ModelCard, PreprocessSettings
 from petseg.phantoms.generate import FDG_SHARE
 from training.export import export
-from training.trainer import CHECKPOINT, TrainConfig, TrainingError, TrainResult, train
+from training.trainer import CHECKPOINT, TrainConfig, TrainingError, TrainResult, network_spacing, train
 
 log = logging.getLogger("petseg.training")
 
@@ -83,6 +83,7 @@ def run_training_demo(
 
     if recipe.parallel < 1:
         raise TrainingError(f"parallel must be 1 or more, got {recipe.parallel}")
+    spacing = network_spacing(recipe.spacing_mm)  # refused before any phantom is generated
     started = time.perf_counter()
     data = Path(work_dir) / "phantoms"
     if (data / "dataset.json").exists():
@@ -90,7 +91,7 @@ def run_training_demo(
     else:
         log.info("generating %d tiny phantom cases in %s", recipe.cases, data)
         generate(data, **_generator_arguments(recipe), progress=progress)
-    _prepare_shared_state(data, recipe.spacing_mm)
+    _prepare_shared_state(data, spacing)
     run_dirs = [Path(work_dir) / f"fold{fold}" for fold in range(recipe.folds)]
     configs = [
         TrainConfig(
@@ -101,7 +102,7 @@ def run_training_demo(
             loss_options={"batch": True} if recipe.batch_dice else {},
             arch="resunet-tiny",
             arch_args={} if recipe.channels is None else {"channels": list(recipe.channels)},
-            spacing_mm=recipe.spacing_mm,
+            spacing_mm=spacing,
             epochs=recipe.epochs,
             learning_rate=recipe.learning_rate,
             batch_size=recipe.batch_size,

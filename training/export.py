@@ -36,6 +36,7 @@ from training.trainer import (
     TrainingError,
     comparable_defaults,
     load_checkpoint,
+    network_spacing,
 )
 
 CHECKPOINTS = ("best", "last")
@@ -162,7 +163,7 @@ def export(
     card = ModelCard(
         name=name or f"petseg-{config['arch']}-{config['loss']}",
         architecture=architecture,
-        preprocessing=PreprocessSettings(spacing_mm=tuple(float(s) for s in setting(first, "spacing_mm"))),
+        preprocessing=PreprocessSettings(spacing_mm=network_spacing(setting(first, "spacing_mm"))),
         folds=tuple(entries),
         ensemble=replace(
             inference,

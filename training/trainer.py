@@ -21,6 +21,7 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -259,9 +260,18 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
     for name in ("lesion_probability", "hot_probability", "flip_probability"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise TrainingError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(config, name)}")
-    spacing = tuple(config.spacing_mm)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise TrainingError(f"--spacing-mm must be three positive numbers (x y z), got {config.spacing_mm}")
+    network_spacing(config.spacing_mm)
+
+
+def network_spacing(values: Sequence[float]) -> tuple[float, float, float]:
+    """A network grid's spacing in mm, x y z, from one value (isotropic) or three; else a one-line error."""
+    spacing = [float(v) for v in values]
+    if len(spacing) == 1:
+        spacing *= 3
+    if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
+        shown = " ".join(f"{v:g}" for v in values)
+        raise TrainingError(f"--spacing-mm takes one positive value or three (x y z), got {shown}")
+    return (spacing[0], spacing[1], spacing[2])
 
 
 def _compute_device(config: TrainConfig, dist: Distributed) -> ComputeDevice:
@@ -413,7 +423,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     architecture = Architecture(config.arch, dict(config.arch_args))
     _check_config(config, architecture)
     compute = _compute_device(config, dist)
-    settings = PreprocessSettings(spacing_mm=tuple(float(s) for s in config.spacing_mm))  # type: ignore[arg-type]
+    settings = PreprocessSettings(spacing_mm=network_spacing(config.spacing_mm))
 
     records = discover_dataset(config.data)
     folds = load_folds(config.data, [r.case_id for r in records])
