@@ -8,12 +8,15 @@ names the file and the field.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from petseg.errors import ModelError
+from petseg.tracer import CLASSES as TRACERS
+from petseg.tracer import TracerClassifier
 
 CARD_FORMAT = "petseg-model-card"
 CARD_VERSION = 1
@@ -53,6 +56,13 @@ class Fold:
     fold: int
     weights: str
     sha256: str | None = None
+    tracer: str | None = None  # the tracer whose cases trained it; None: every case
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.tracer is None:
+            del data["tracer"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -90,11 +100,27 @@ class ModelCard:
     folds: tuple[Fold, ...]
     ensemble: EnsembleSettings
     provenance: dict[str, Any]
+    # Names the tracer of a case for cards with one ensemble per tracer (folds with `tracer`).
+    tracer_classifier: TracerClassifier | None = None
     path: Path | None = None
 
     @property
     def trained(self) -> bool:
         return bool(self.provenance.get("trained", False))
+
+    @property
+    def tracers(self) -> tuple[str, ...]:
+        """The tracers the folds are split by; empty when every fold serves every case."""
+        return tuple(t for t in TRACERS if any(fold.tracer == t for fold in self.folds))
+
+    def describe_ensemble(self) -> str:
+        """ "5-fold resunet-tiny ensemble", or "5-fold resunet-tiny ensembles for FDG and PSMA"."""
+        name = self.architecture.name
+        if not self.tracers:
+            return f"{len(self.folds)}-fold {name} ensemble"
+        sizes = {sum(f.tracer == t for f in self.folds) for t in self.tracers}
+        folds = f"{sizes.pop()}-fold" if len(sizes) == 1 else f"{len(self.folds)} folds in"
+        return f"{folds} {name} ensembles for {' and '.join(t.upper() for t in self.tracers)}"
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -103,10 +129,12 @@ class ModelCard:
             "name": self.name,
             "architecture": asdict(self.architecture),
             "preprocessing": asdict(self.preprocessing),
-            "folds": [asdict(fold) for fold in self.folds],
+            "folds": [fold.to_json() for fold in self.folds],
             "ensemble": asdict(self.ensemble),
             "provenance": dict(self.provenance),
         }
+        if self.tracer_classifier is not None:
+            data["tracer_classifier"] = self.tracer_classifier.to_json()
         return json.loads(json.dumps(data))  # tuples -> lists
 
 
@@ -180,7 +208,17 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
     """Validate a card's JSON and build the typed card."""
     root = _Reader(data, "", source)
     root.unknown_keys(
-        {"format", "version", "name", "architecture", "preprocessing", "folds", "ensemble", "provenance"}
+        {
+            "format",
+            "version",
+            "name",
+            "architecture",
+            "preprocessing",
+            "folds",
+            "ensemble",
+            "provenance",
+            "tracer_classifier",
+        }
     )
     if root.get("format", str) != CARD_FORMAT:
         raise root.fail("format", f"must be {CARD_FORMAT!r}")
@@ -217,7 +255,7 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
     folds = []
     for index, raw in enumerate(raw_folds):
         reader = _Reader(raw, f"folds[{index}]", source)
-        reader.unknown_keys({"fold", "weights", "sha256"})
+        reader.unknown_keys({"fold", "weights", "sha256", "tracer"})
         weights = reader.get("weights", str)
         check_relative_path(weights, f"{source}: folds[{index}].weights")
         folds.append(
@@ -225,10 +263,21 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
                 fold=reader.get("fold", int),
                 weights=weights,
                 sha256=reader.get("sha256", (str, type(None)), None),
+                tracer=None if raw.get("tracer") is None else reader.choice("tracer", TRACERS),
             )
         )
-    if len({f.fold for f in folds}) != len(folds) or len({f.weights for f in folds}) != len(folds):
-        raise root.fail("folds", "must not repeat a fold number or a weights file")
+    if len({(f.tracer, f.fold) for f in folds}) != len(folds) or len({f.weights for f in folds}) != len(
+        folds
+    ):
+        raise root.fail("folds", "must not repeat a fold number (per tracer) or a weights file")
+    tagged = {f.tracer is not None for f in folds}
+    if tagged == {True, False}:
+        raise root.fail("folds", "must name a tracer in every fold or in none")
+    classifier = None
+    if "tracer_classifier" in root.data:
+        classifier = _parse_tracer_classifier(root.get("tracer_classifier", dict), source)
+    if tagged == {True} and classifier is None:
+        raise root.fail("tracer_classifier", "is missing: the folds are split by tracer")
 
     ensemble = parse_ensemble(root.get("ensemble", dict, {}), source)
 
@@ -239,9 +288,47 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
         folds=tuple(folds),
         ensemble=ensemble,
         provenance=dict(root.get("provenance", dict, {})),
+        tracer_classifier=classifier,
     )
     _check_roi_fits_network(card, source)
     return card
+
+
+def _parse_tracer_classifier(data: dict[str, Any], source: str) -> TracerClassifier:
+    reader = _Reader(data, "tracer_classifier", source)
+    reader.unknown_keys(
+        {
+            "feature",
+            "suv_edges",
+            "superior_share",
+            "mean",
+            "scale",
+            "coefficients",
+            "intercept",
+            "training_cases",
+            "cross_validated_accuracy",
+        }
+    )
+    edges = reader.get("suv_edges", list)
+    count = len(edges)
+    edges = reader.numbers("suv_edges", count, positive=True)
+    if count < 1 or any(b <= a for a, b in itertools.pairwise(edges)):
+        raise reader.fail("suv_edges", "must be a rising list of positive numbers")
+    features = 2 * (count + 1)  # bins below, between and above the edges, in two regions
+    mean = reader.numbers("mean", features)
+    scale = reader.numbers("scale", features, positive=True)
+    coefficients = reader.numbers("coefficients", features)
+    accuracy = reader.get("cross_validated_accuracy", (int, float, type(None)), None)
+    return TracerClassifier(
+        suv_edges=tuple(float(v) for v in edges),
+        superior_share=reader.number("superior_share", low=0.05, high=0.95),
+        mean=tuple(float(v) for v in mean),
+        scale=tuple(float(v) for v in scale),
+        coefficients=tuple(float(v) for v in coefficients),
+        intercept=reader.number("intercept"),
+        training_cases=reader.get("training_cases", int, 0),
+        cross_validated_accuracy=None if accuracy is None else float(accuracy),
+    )
 
 
 def parse_ensemble(data: Any, source: str = CARD_NAME) -> EnsembleSettings:

@@ -86,7 +86,12 @@ def default_model_dir(script_dir: Path | None = None) -> Path:
 
 
 def _load_predictor(
-    model_dir: Path, device: str, timer: StageTimer, precision: str = "auto", compile: bool = False
+    model_dir: Path,
+    device: str,
+    timer: StageTimer,
+    precision: str = "auto",
+    compile: bool = False,
+    tracer: str = "auto",
 ) -> Predictor:
     from petseg.predict import Predictor
 
@@ -94,14 +99,20 @@ def _load_predictor(
         predictor = Predictor.load(model_dir, device, precision=precision, compile=compile)
     card = predictor.card
     log.info(
-        "model %s: %s, %d fold(s), window %s, overlap %s, on %s",
+        "model %s: %s, %d fold(s)%s, window %s, overlap %s, on %s",
         card.name,
         card.architecture.name,
         len(card.folds),
+        f" ({' and '.join(card.tracers)} ensembles)" if card.tracers else "",
         "x".join(map(str, card.ensemble.roi_size)),
         card.ensemble.overlap,
         predictor.compute.describe() + (", compiled" if predictor.compiled else ""),
     )
+    if tracer != "auto":
+        if card.tracers:
+            predictor.given_tracer = tracer
+        else:
+            log.info("--tracer %s: the model is one ensemble for every tracer, so it changes nothing", tracer)
     if not card.trained:
         log.warning("UNTRAINED model (%s): its masks are meaningless", model_dir)
     elif card.provenance.get("synthetic"):
@@ -142,6 +153,13 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the networks through torch.compile (compiles on the first window; off by default: "
         "see bench/README.md for when it pays)",
+    )
+    parser.add_argument(
+        "--tracer",
+        choices=("auto", "fdg", "psma"),
+        default="auto",
+        help="for models with one ensemble per tracer: which to run (default auto: the card's classifier "
+        "names it from the PET's uptake histogram)",
     )
 
 
@@ -198,7 +216,7 @@ def _process(args: argparse.Namespace, started: float | None = None) -> int:
 
     budget = TimeBudget(args.time_budget, start=started)
     timer = StageTimer()
-    predictor = _load_predictor(args.model, args.device, timer, args.precision, args.compile)
+    predictor = _load_predictor(args.model, args.device, timer, args.precision, args.compile, args.tracer)
     tta = None
     if args.tta == "auto":
         mirrors = predictor.card.ensemble.mirror_axes
@@ -332,7 +350,7 @@ def _predict(args: argparse.Namespace) -> int:
     cases = discover_cases(args.input)
     log.info("%d case(s) in %s", len(cases), args.input)
     timer = StageTimer()
-    predictor = _load_predictor(args.model, args.device, timer, args.precision, args.compile)
+    predictor = _load_predictor(args.model, args.device, timer, args.precision, args.compile, args.tracer)
     failed: dict[str, int] = {}  # case -> exit code of its error
     skipped = 0
     for case in tqdm(cases, desc="cases", unit="case", disable=args.quiet or len(cases) < 2):

@@ -44,7 +44,7 @@ def _load_for_demo(model_dir: Path, out_dir: Path, seed: int, device: str) -> tu
     if not card.trained:
         return predictor, f"UNTRAINED {card.architecture.name} ensemble (its masks are meaningless)"
     kind = "trained on SYNTHETIC phantoms" if card.provenance.get("synthetic") else "trained"
-    return predictor, f"{card.name}: {len(card.folds)}-fold {card.architecture.name} ensemble, {kind}"
+    return predictor, f"{card.name}: {card.describe_ensemble()}, {kind}"
 
 
 def run_demo(

@@ -56,6 +56,8 @@ def segment_case(
     )
     with timer.stage("preprocess"):
         case = preprocess(ct, pet, predictor.card.preprocessing)
+        if predictor.card.tracers:  # one ensemble per tracer: run the case's
+            predictor.choose_tracer(case.image)
     settings = predictor.card.ensemble
     # The uptake contour needs the PET on its own grid; otherwise it is freed before the network runs.
     uptake = sitk.GetArrayFromImage(pet) if settings.grow_to_suvmax_fraction is not None else None

@@ -8,7 +8,7 @@ the folds are averaged before stitching. Stitching buffers live on the compute d
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,21 +145,65 @@ class FoldEnsemble(torch.nn.Module):
 
 
 class Predictor:
-    """A loaded ensemble on a compute device, ready to segment network-grid volumes."""
+    """A loaded ensemble on a compute device, ready to segment network-grid volumes.
+
+    A card with one ensemble per tracer loads them all; `use_tracer` picks the one that runs.
+    """
 
     def __init__(
-        self, card: ModelCard, ensemble: FoldEnsemble, compute: ComputeDevice, compile: bool = False
+        self,
+        card: ModelCard,
+        ensemble: FoldEnsemble | Mapping[str, FoldEnsemble],
+        compute: ComputeDevice,
+        compile: bool = False,
     ) -> None:
         self.card = card
-        self.ensemble = ensemble.to(compute.device).eval()
-        for network in self.ensemble.networks:
-            fuse_batch_norms(network)  # inference only: a Predictor's networks are never trained
-        if compute.channels_last:
-            self.ensemble.use_channels_last()
-        if compile:
-            self.ensemble.use_compiled()
+        ensembles = dict(ensemble) if isinstance(ensemble, Mapping) else {"": ensemble}
+        for member in ensembles.values():
+            member.to(compute.device).eval()
+            for network in member.networks:
+                fuse_batch_norms(network)  # inference only: a Predictor's networks are never trained
+            if compute.channels_last:
+                member.use_channels_last()
+            if compile:
+                member.use_compiled()
+        self.ensembles = ensembles
+        self.ensemble = next(iter(ensembles.values()))
+        self.tracer: str | None = None  # the tracer whose ensemble runs now
+        self.given_tracer: str | None = None  # the user's word for every case, over the classifier
         self.compute = compute
         self.compiled = compile
+
+    def use_tracer(self, tracer: str) -> None:
+        """Run the ensemble trained on `tracer`'s cases (cards whose folds are split by tracer)."""
+        if tracer not in self.ensembles:
+            raise ModelError(
+                f"the model has no ensemble for tracer {tracer!r} (it has: {', '.join(self.ensembles)})"
+            )
+        self.ensemble = self.ensembles[tracer]
+        self.tracer = tracer
+
+    def choose_tracer(self, image: np.ndarray) -> str | None:
+        """Pick the ensemble for a network-grid image: `given_tracer` (a user's `--tracer`), else the
+        card's classifier. Returns the tracer (None for cards not split by tracer) and logs how."""
+        card, given = self.card, self.given_tracer
+        if not card.tracers:
+            return None
+        if given is not None:
+            self.use_tracer(given)
+            log.info("tracer %s (given)", given)
+            return given
+        assert card.tracer_classifier is not None  # the card parser requires one for split folds
+        tracer, confidence = card.tracer_classifier.classify(image, card.preprocessing)
+        self.use_tracer(tracer)
+        log.info("tracer %s (classified from the uptake histogram, probability %.3f)", tracer, confidence)
+        if confidence < 0.9:
+            log.warning(
+                "the tracer is uncertain (%s at probability %.2f): give --tracer if you know it",
+                tracer,
+                confidence,
+            )
+        return tracer
 
     @classmethod
     def load(
@@ -169,7 +213,16 @@ class Predictor:
         card = load_card(model_dir)
         networks = [load_fold(card, model_dir, fold.weights, fold.sha256) for fold in card.folds]
         compute = select_device(device, precision=precision)
-        return cls(card, FoldEnsemble(networks, card.ensemble.average), compute, compile)
+        if not card.tracers:
+            return cls(card, FoldEnsemble(networks, card.ensemble.average), compute, compile)
+        ensembles = {
+            tracer: FoldEnsemble(
+                [n for n, fold in zip(networks, card.folds, strict=True) if fold.tracer == tracer],
+                card.ensemble.average,
+            )
+            for tracer in card.tracers
+        }
+        return cls(card, ensembles, compute, compile)
 
     def __call__(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
         """Lesion probability (X, Y, Z) float32 for a network-grid image (2, X, Y, Z)."""

@@ -279,7 +279,9 @@ def _serve(args: argparse.Namespace) -> int:
     service = InvokeService(
         input_dir=args.input,
         output_dir=args.output,
-        loader=lambda: _load_predictor(args.model, args.device, StageTimer(), args.precision, args.compile),
+        loader=lambda: _load_predictor(
+            args.model, args.device, StageTimer(), args.precision, args.compile, args.tracer
+        ),
     )
     logging.getLogger("uvicorn").setLevel(logging.INFO)  # its lines in petseg's format, through the root
     config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_config=None)

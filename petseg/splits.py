@@ -31,6 +31,15 @@ def patient_id(case_id: str) -> str:
     return match.group(1) if match else case_id
 
 
+TRACERS = ("fdg", "psma")
+
+
+def tracer_of(case_id: str) -> str | None:
+    """The tracer an autoPET case id names (`fdg_...`, `psma_...`), or None for ids of another form."""
+    prefix = case_id.split("_", 1)[0].lower()
+    return prefix if prefix in TRACERS and "_" in case_id else None
+
+
 def grouped_folds(case_ids: Sequence[str], n_folds: int = 5, seed: int = 0) -> Folds:
     """Folds whose validation sets partition the cases, with all studies of a patient in the same fold.
 

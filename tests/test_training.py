@@ -332,6 +332,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
         batch_dice=True,
         checkpoint="last",
         spacing_mm=(3.0, 3.0, 3.0),
+        tracers=(),  # one ensemble for every case (the tracer-split demo has its own test)
     )
     card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
     again = load_card(tmp_path / "model")
@@ -358,6 +359,35 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert (tmp_path / "work" / "fold1" / "log.csv").exists()
 
 
+def test_training_demo_trains_one_ensemble_per_tracer(tmp_path):
+    from petseg.card import load_card
+    from training.demo import DemoRecipe, dice_on_fresh_phantoms, run_training_demo
+
+    recipe = DemoRecipe(  # 16 phantoms: fold 0 validates on both tracers
+        cases=16,
+        folds=1,
+        epochs=1,
+        patch_size=32,
+        batch_size=2,
+        samples_per_epoch=2,
+        window=32,
+        workers=0,
+        evaluation_cases=2,
+    )
+    assert recipe.tracers == ("fdg", "psma")  # the shipped recipe splits by tracer
+    card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
+    assert [(f.tracer, f.fold, f.weights) for f in card.folds] == [
+        ("fdg", 0, "fdg-fold0.safetensors"),
+        ("psma", 0, "psma-fold0.safetensors"),
+    ]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["fdg-fold0", "phantoms", "psma-fold0"]
+    classifier = load_card(tmp_path / "model").tracer_classifier
+    assert classifier is not None
+    assert classifier.training_cases == 16
+    scores = dice_on_fresh_phantoms(tmp_path / "model", seed=recipe.seed + 1, cases=2)
+    assert len(scores) == 2
+
+
 def test_training_demo_command_line_reaches_the_recipe(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
@@ -382,6 +412,8 @@ def test_training_demo_command_line_reaches_the_recipe(tmp_path, monkeypatch, ca
     assert seen[-1] == DemoRecipe(
         flip_probability=0.5, hot_probability=0.3, batch_dice=True, epochs=7, spacing_mm=(2.0, 2.0, 2.0)
     )
+    assert main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m"), "--no-split-by-tracer"]) == 0
+    assert seen[-1] == DemoRecipe(tracers=())
     assert "1 fold(s)" in capsys.readouterr().out
 
 
@@ -402,21 +434,21 @@ def test_training_demo_refuses_phantoms_made_by_another_recipe(tmp_path):
 
     data = tmp_path / "work" / "phantoms"
     generate(data, cases=2, seed=100, tracer="mixed", size="tiny", layout="nnunet", progress=False)
-    with pytest.raises(TrainingError, match=r"other settings \(cases 2 \(recipe: 3\)\)"):
+    with pytest.raises(TrainingError, match=r"other settings \(cases 2 \(recipe: 3\), fdg_share"):
         run_training_demo(tmp_path / "work", tmp_path / "model", DemoRecipe(cases=3), progress=False)
     with pytest.raises(TrainingError, match=r"fdg_share 0.6 \(recipe: 0.5\)"):
         _check_phantoms(data, DemoRecipe(cases=2, fdg_share=0.5))
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["phantoms"]  # nothing trained
     assert not (tmp_path / "model").exists()
 
-    _check_phantoms(data, DemoRecipe(cases=2))  # the same recipe reuses them
+    _check_phantoms(data, DemoRecipe(cases=2, fdg_share=0.6))  # the same recipe reuses them
     manifest = json.loads((data / "phantoms.json").read_text())
-    del manifest["arguments"]["fdg_share"]  # written before the option existed: the default share
+    del manifest["arguments"]["fdg_share"]  # written before the option existed: the generator's default
     (data / "phantoms.json").write_text(json.dumps(manifest))
-    _check_phantoms(data, DemoRecipe(cases=2))
+    _check_phantoms(data, DemoRecipe(cases=2, fdg_share=0.6))
     (data / "phantoms.json").write_text("{")
     with pytest.raises(TrainingError, match="cannot read the manifest"):
-        _check_phantoms(data, DemoRecipe(cases=2))
+        _check_phantoms(data, DemoRecipe(cases=2, fdg_share=0.6))
 
 
 def test_git_commit_says_when_the_tree_differs_from_the_commit(tmp_path):

@@ -52,6 +52,7 @@ def _train(args: argparse.Namespace) -> int:
         arch=args.arch,
         arch_args=_arch_args(args.arch_args),
         spacing_mm=network_spacing(args.spacing_mm),
+        tracer=args.tracer,
         epochs=args.epochs,
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
@@ -109,7 +110,9 @@ def _demo(args: argparse.Namespace) -> int:
         "parallel",
     )
     recipe = DemoRecipe(
-        **{option: getattr(args, option) for option in options}, spacing_mm=network_spacing(args.spacing_mm)
+        **{option: getattr(args, option) for option in options},
+        spacing_mm=network_spacing(args.spacing_mm),
+        tracers=DemoRecipe.tracers if args.split_by_tracer else (),
     )
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]
@@ -184,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch-args",
         default="{}",
         help="JSON object of network constructor overrides, e.g. '{\"channels\": [12, 24, 48, 96]}'",
+    )
+    train.add_argument(
+        "--tracer",
+        choices=("fdg", "psma"),
+        default=None,
+        help="train and validate on this tracer's cases only (case ids fdg_... / psma_...); default: all",
     )
     train.add_argument("--epochs", type=int, default=400)
     train.add_argument("--lr", type=float, default=2e-4)
@@ -269,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = DemoRecipe()
     demo = commands.add_parser(
-        "demo", help="phantoms -> five resunet-tiny folds (on the CPU by default) -> model folder"
+        "demo",
+        help="phantoms -> five resunet-tiny folds per tracer (on the CPU by default) -> model folder",
     )
     demo.add_argument(
         "--out", type=Path, default=Path("model"), help="model folder to write (default model/)"
@@ -283,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of FDG patients among the phantoms, the rest PSMA",
     )
     demo.add_argument("--folds", type=int, default=defaults.folds)
+    demo.add_argument(
+        "--split-by-tracer",
+        action=argparse.BooleanOptionalAction,
+        default=bool(defaults.tracers),
+        help="one ensemble per tracer, each trained on its tracer's phantoms (default); "
+        "--no-split-by-tracer: one ensemble for every case",
+    )
     demo.add_argument("--epochs", type=int, default=defaults.epochs)
     _add_patch_options(demo, defaults.hot_probability, defaults.flip_probability, defaults.spacing_mm)
     demo.add_argument(

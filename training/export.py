@@ -13,10 +13,13 @@ phantoms, where its final weights scored 0.59. nnU-Net likewise ships its final 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from petseg.card import (
     Architecture,
@@ -30,6 +33,10 @@ from petseg.card import (
 from petseg.errors import ModelError
 from petseg.networks import build_network, file_sha256, save_state
 from petseg.phantoms.generate import manifest_arguments
+from petseg.splits import tracer_of
+from petseg.tracer import CLASSES as TRACERS
+from petseg.tracer import TracerClassifier, fit_tracer_classifier, uptake_features
+from training.data import PreprocessedCache, discover_dataset
 from training.trainer import (
     BEST_WEIGHTS,
     RUN_CONFIG,
@@ -38,6 +45,8 @@ from training.trainer import (
     load_checkpoint,
     network_spacing,
 )
+
+log = logging.getLogger("petseg.training")
 
 CHECKPOINTS = ("best", "last")
 
@@ -131,9 +140,11 @@ def export(
             raise TrainingError(
                 f"{run['dir']}: settings differ from {first['dir']}: {', '.join(differ)}; not one ensemble"
             )
-    folds = sorted(run["config"]["fold"] for run in runs)
+    tracers = _tracers_of(runs)
+    folds = sorted((run["config"].get("tracer") or "", run["config"]["fold"]) for run in runs)
     if len(set(folds)) != len(folds):
-        raise TrainingError(f"the runs repeat a fold: {folds}")
+        shown = [f"{t} {k}".strip() for t, k in folds]
+        raise TrainingError(f"the runs repeat a fold: {shown}")
 
     config = first["config"]
     architecture = Architecture(config["arch"], dict(config.get("arch_args") or {}))
@@ -141,15 +152,16 @@ def export(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
-    for run in sorted(runs, key=lambda r: r["config"]["fold"]):
-        fold = int(run["config"]["fold"])
-        target = out_dir / f"fold{fold}.safetensors"
+    runs = sorted(runs, key=lambda r: (r["config"].get("tracer") or "", r["config"]["fold"]))
+    for run in runs:
+        fold, tracer = int(run["config"]["fold"]), run["config"].get("tracer")
+        target = out_dir / f"{_fold_name(run)}.safetensors"
         if checkpoint == "best":
             shutil.copyfile(run["dir"] / BEST_WEIGHTS, target)
             sha256 = file_sha256(target)
         else:
             sha256 = save_state(run["state"], target)
-        entries.append(Fold(fold=fold, weights=target.name, sha256=sha256))
+        entries.append(Fold(fold=fold, weights=target.name, sha256=sha256, tracer=tracer))
     build_network(architecture, window)  # the card must describe a buildable network
     scores = [float(run["chosen"]["val_score"]) for run in runs]
     provenance: dict[str, Any] = {
@@ -160,10 +172,12 @@ def export(
     phantoms = manifest_arguments(Path(config["data"]))
     if phantoms is not None:
         provenance["phantoms"] = phantoms  # so an evaluation can prove it uses cases not trained on
+    settings = PreprocessSettings(spacing_mm=network_spacing(setting(first, "spacing_mm")))
+    classifier = _fit_tracer_classifier(Path(config["data"]), settings) if tracers else None
     card = ModelCard(
         name=name or f"petseg-{config['arch']}-{config['loss']}",
         architecture=architecture,
-        preprocessing=PreprocessSettings(spacing_mm=network_spacing(setting(first, "spacing_mm"))),
+        preprocessing=settings,
         folds=tuple(entries),
         ensemble=replace(
             inference,
@@ -187,13 +201,54 @@ def export(
                 "flip_probability": setting(first, "flip_probability"),
                 "augment": config.get("augment"),
             },
-            "validation_score": {f"fold{r['config']['fold']}": s for r, s in zip(runs, scores, strict=True)},
+            "validation_score": {_fold_name(r): s for r, s in zip(runs, scores, strict=True)},
             "validation_score_mean": sum(scores) / len(scores),
             "checkpoint": checkpoint,
-            "checkpoint_epochs": {f"fold{r['config']['fold']}": r["chosen"]["epoch"] for r in runs},
+            "checkpoint_epochs": {_fold_name(r): r["chosen"]["epoch"] for r in runs},
             "commit": first.get("commit"),
             "trained_on": sorted({str(run.get("device")) for run in runs if run.get("device")}),
         },
+        tracer_classifier=classifier,
     )
     save_card(card, out_dir)
     return card
+
+
+def _fold_name(run: dict[str, Any]) -> str:
+    tracer = run["config"].get("tracer")
+    return f"{tracer}-fold{run['config']['fold']}" if tracer else f"fold{run['config']['fold']}"
+
+
+def _tracers_of(runs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The tracers the runs were split by: none, or every tracer (a case of any tracer needs an ensemble)."""
+    given = {run["config"].get("tracer") for run in runs}
+    if given == {None}:
+        return ()
+    if None in given:
+        raise TrainingError(
+            "some runs trained on one tracer (--tracer) and some on every case; not one ensemble"
+        )
+    if set(TRACERS) - given:
+        raise TrainingError(
+            f"the runs trained on {', '.join(sorted(given))} only: a model split by tracer needs folds of "
+            f"every tracer ({', '.join(TRACERS)})"
+        )
+    return TRACERS
+
+
+def _fit_tracer_classifier(data: Path, settings: PreprocessSettings) -> TracerClassifier:
+    """The classifier that names each case's tracer at inference, fitted on every training case whose id
+    names its tracer, from the same preprocessed volumes the folds trained on."""
+    records = [r for r in discover_dataset(data) if tracer_of(r.case_id) is not None]
+    cache = PreprocessedCache(data / ".petseg-cache", settings)
+    features = np.stack([uptake_features(cache.get(r)["image"], settings) for r in records])
+    try:
+        classifier = fit_tracer_classifier(features, [str(tracer_of(r.case_id)) for r in records])
+    except ValueError as error:
+        raise TrainingError(f"{data}: {error}") from None
+    log.info(
+        "tracer classifier: %d cases, leave-one-out accuracy %.3f",
+        classifier.training_cases,
+        classifier.cross_validated_accuracy,
+    )
+    return classifier

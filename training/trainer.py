@@ -36,6 +36,7 @@ from petseg.errors import PetsegError
 from petseg.metrics import case_scores
 from petseg.networks import build_network, input_divisor, save_state
 from petseg.predict import ComputeDevice, FoldEnsemble, sliding_window_probability, training_device
+from petseg.splits import TRACERS, tracer_of
 from training.data import (
     CaseRecord,
     PatchDataset,
@@ -82,6 +83,8 @@ class TrainConfig:
     arch_args: dict[str, Any] = field(default_factory=dict)  # constructor overrides, e.g. channels
     # The network grid (x, y, z in mm); the exported card's `preprocessing.spacing_mm`.
     spacing_mm: tuple[float, float, float] = PreprocessSettings.spacing_mm
+    # Train and validate on this tracer's cases only (by the autoPET case-id prefix); None: every case.
+    tracer: str | None = None
     epochs: int = 400
     learning_rate: float = 2e-4
     weight_decay: float = 1e-5
@@ -261,6 +264,8 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise TrainingError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(config, name)}")
     network_spacing(config.spacing_mm)
+    if config.tracer is not None and config.tracer not in TRACERS:
+        raise TrainingError(f"--tracer must be one of {', '.join(TRACERS)}, got {config.tracer}")
 
 
 def network_spacing(values: Sequence[float]) -> tuple[float, float, float]:
@@ -284,6 +289,10 @@ def comparable_defaults() -> dict[str, Any]:
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     defaults |= {f.name: f.default_factory() for f in fields(TrainConfig) if f.default_factory is not MISSING}
     return json.loads(json.dumps({k: v for k, v in defaults.items() if k not in RESUMABLE}, default=str))
+
+
+def _trains_on(config: TrainConfig, case_id: str) -> bool:
+    return config.tracer is None or tracer_of(case_id) == config.tracer
 
 
 def _start_run_dir(config: TrainConfig, dist: Distributed, extra: dict[str, Any]) -> None:
@@ -430,8 +439,13 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     if config.fold >= len(folds):
         raise TrainingError(f"--fold {config.fold}: the dataset has {len(folds)} folds (0..{len(folds) - 1})")
     by_id = {r.case_id: r for r in records}
-    train_records = [by_id[c] for c in folds[config.fold]["train"]]
-    val_records = [by_id[c] for c in folds[config.fold]["val"]]
+    train_records = [by_id[c] for c in folds[config.fold]["train"] if _trains_on(config, c)]
+    val_records = [by_id[c] for c in folds[config.fold]["val"] if _trains_on(config, c)]
+    if config.tracer is not None and not (train_records and val_records):
+        raise TrainingError(
+            f"{config.data}: fold {config.fold} has {len(train_records)} training and {len(val_records)} "
+            f"validation cases of tracer {config.tracer} (case ids fdg_... / psma_...)"
+        )
     _start_run_dir(
         config,
         dist,
