@@ -24,9 +24,10 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from petseg.card import load_card
+from petseg.card import ModelCard, load_card
 from petseg.networks import load_fold
 from petseg.predict import select_device
+from petseg.splits import tracer_of
 
 log = logging.getLogger("petseg.training")
 
@@ -98,6 +99,16 @@ class WeightingStats:
         ]
 
 
+def _tracer_for(card: ModelCard, case_id: str, image: np.ndarray) -> str | None:
+    if not card.tracers:
+        return None
+    named = tracer_of(case_id)
+    if named is not None:
+        return named
+    assert card.tracer_classifier is not None  # the card parser requires one for split folds
+    return card.tracer_classifier.classify(image, card.preprocessing)[0]
+
+
 def analyse_weighting(
     model_dir: Path,
     data: Path,
@@ -118,7 +129,13 @@ def analyse_weighting(
     card = load_card(Path(model_dir))
     compute = select_device(device, precision="fp32")  # the logits as trained, unrounded
     networks = [load_fold(card, Path(model_dir), fold.weights, fold.sha256) for fold in card.folds]
-    ensemble = MeanLogits(networks).to(compute.device).eval()
+    # A card split by tracer: each case through its tracer's folds (named by its id, else the classifier).
+    ensembles = {
+        tracer: MeanLogits([n for n, f in zip(networks, card.folds, strict=True) if f.tracer == tracer])
+        .to(compute.device)
+        .eval()
+        for tracer in (card.tracers or (None,))
+    }
     loss_fn = build_loss(loss)
     records = discover_dataset(Path(data))[:cases]
     stats = WeightingStats()
@@ -126,6 +143,7 @@ def analyse_weighting(
     settings = card.ensemble
     for record in tqdm(records, desc=f"weighting {loss}", unit="case", disable=not progress):
         image, label = _read_and_preprocess(record, card.preprocessing)
+        ensemble = ensembles[_tracer_for(card, record.case_id, image)]
         with torch.inference_mode():
             logits = sliding_window_inference(
                 torch.from_numpy(image)[None].to(compute.device),
