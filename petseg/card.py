@@ -114,7 +114,7 @@ class ModelCard:
         return tuple(t for t in TRACERS if any(fold.tracer == t for fold in self.folds))
 
     def describe_ensemble(self) -> str:
-        """ "5-fold resunet-tiny ensemble", or "5-fold resunet-tiny ensembles for FDG and PSMA"."""
+        """E.g. "5-fold resunet-tiny ensemble", or "5-fold resunet-tiny ensembles for FDG and PSMA"."""
         name = self.architecture.name
         if not self.tracers:
             return f"{len(self.folds)}-fold {name} ensemble"
@@ -278,6 +278,8 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
         classifier = _parse_tracer_classifier(root.get("tracer_classifier", dict), source)
     if tagged == {True} and classifier is None:
         raise root.fail("tracer_classifier", "is missing: the folds are split by tracer")
+    if tagged == {True} and {f.tracer for f in folds} != set(TRACERS):
+        raise root.fail("folds", f"split by tracer must hold folds of every tracer ({', '.join(TRACERS)})")
 
     ensemble = parse_ensemble(root.get("ensemble", dict, {}), source)
 

@@ -132,6 +132,7 @@ def test_a_card_split_by_tracer_round_trips_and_bad_ones_are_refused():
         (lambda c: c["folds"][1].pop("tracer"), "must name a tracer in every fold or in none"),
         (lambda c: c.pop("tracer_classifier"), "tracer_classifier is missing"),
         (lambda c: c["folds"][1].update(tracer="fdg"), "must not repeat a fold number"),
+        (lambda c: c["folds"][1].update(tracer="fdg", fold=1), "must hold folds of every tracer"),
         (lambda c: c["folds"][0].update(tracer="fet"), r"folds\[0\].tracer must be one of fdg, psma"),
         (lambda c: c["tracer_classifier"].update(mean=[0.0] * 3), "mean must be a list of 30 numbers"),
         (lambda c: c["tracer_classifier"]["suv_edges"].reverse(), "must be a rising list"),
