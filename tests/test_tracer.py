@@ -202,7 +202,16 @@ def test_per_tracer_folds_train_export_and_segment_with_their_own_ensemble(datas
     assert not (tmp_path / "psma-only").exists()
     assert not (tmp_path / "mixed").exists()
 
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "fold0.safetensors").write_bytes(b"an earlier export's weights")
+    (tmp_path / "model" / "mine.safetensors").write_bytes(b"not export's")
     card = export(list(runs.values()), tmp_path / "model", synthetic=True)
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "fdg-fold0.safetensors",
+        "mine.safetensors",
+        "model.json",
+        "psma-fold0.safetensors",
+    ]
     assert [(f.tracer, f.weights) for f in card.folds] == [
         ("fdg", "fdg-fold0.safetensors"),
         ("psma", "psma-fold0.safetensors"),

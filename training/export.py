@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +50,7 @@ from training.trainer import (
 log = logging.getLogger("petseg.training")
 
 CHECKPOINTS = ("best", "last")
+_FOLD_FILE = re.compile(r"(?:(?:fdg|psma)-)?fold\d+\.safetensors")
 
 # Settings that must be equal in every fold of an ensemble.
 SHARED = (
@@ -149,6 +151,8 @@ def export(
     config = first["config"]
     architecture = Architecture(config["arch"], dict(config.get("arch_args") or {}))
     window = (int(config["window"]),) * 3
+    settings = PreprocessSettings(spacing_mm=network_spacing(setting(first, "spacing_mm")))
+    classifier = _fit_tracer_classifier(Path(config["data"]), settings) if tracers else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -172,8 +176,6 @@ def export(
     phantoms = manifest_arguments(Path(config["data"]))
     if phantoms is not None:
         provenance["phantoms"] = phantoms  # so an evaluation can prove it uses cases not trained on
-    settings = PreprocessSettings(spacing_mm=network_spacing(setting(first, "spacing_mm")))
-    classifier = _fit_tracer_classifier(Path(config["data"]), settings) if tracers else None
     card = ModelCard(
         name=name or f"petseg-{config['arch']}-{config['loss']}",
         architecture=architecture,
@@ -211,7 +213,16 @@ def export(
         tracer_classifier=classifier,
     )
     save_card(card, out_dir)
+    _remove_stale_weights(out_dir, {entry.weights for entry in entries})
     return card
+
+
+def _remove_stale_weights(out_dir: Path, kept: set[str]) -> None:
+    """Fold weights an earlier export left that this card does not list (a split by tracer renames them)."""
+    for path in sorted(out_dir.glob("*.safetensors")):
+        if path.name not in kept and _FOLD_FILE.fullmatch(path.name):
+            path.unlink()
+            log.info("removed %s: an earlier export's weights, not in the new card", path)
 
 
 def _fold_name(run: dict[str, Any]) -> str:
