@@ -124,9 +124,18 @@ def test_a_card_split_by_tracer_round_trips_and_bad_ones_are_refused():
     assert card.tracer_classifier is not None
     assert card.tracer_classifier.intercept == -1.0
     # An unsplit card stays as it was: no tracer in its folds, no classifier.
+    unsplit = _split_card()
+    del unsplit["tracer_classifier"]
+    for fold in unsplit["folds"]:
+        del fold["tracer"]
+    unsplit["folds"][1]["fold"] = 1
+    plain = parse_card(unsplit)
+    assert plain.tracers == ()
+    assert plain.describe_ensemble() == "2-fold resunet-tiny ensemble"
+    assert "tracer" not in plain.to_json()["folds"][0]
+    assert "tracer_classifier" not in plain.to_json()
     shipped = load_card(REPO / "model")
-    assert shipped.tracers == ()
-    assert "tracer" not in shipped.to_json()["folds"][0]
+    assert shipped.describe_ensemble() == "5-fold resunet-tiny ensembles for FDG and PSMA"
 
     for change, message in (
         (lambda c: c["folds"][1].pop("tracer"), "must name a tracer in every fold or in none"),

@@ -311,21 +311,27 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
         assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
+# A demo recipe that runs in seconds: one epoch of small patches, two evaluation phantoms.
+QUICK_DEMO = {
+    "epochs": 1,
+    "patch_size": 32,
+    "batch_size": 2,
+    "window": 32,
+    "workers": 0,
+    "evaluation_cases": 2,
+}
+
+
 def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     from petseg.card import load_card
     from training.demo import DemoRecipe, dice_on_fresh_phantoms, run_training_demo
 
     recipe = DemoRecipe(
+        **QUICK_DEMO,
         cases=10,
         folds=2,
-        epochs=1,
-        patch_size=32,
-        batch_size=2,
         samples_per_epoch=4,
-        window=32,
-        workers=0,
         parallel=2,  # the folds train side by side, in spawned processes
-        evaluation_cases=2,
         channels=(4, 8, 16, 32),  # the options the shipped recipe leaves off must reach the card
         hot_probability=0.5,
         flip_probability=0.5,
@@ -363,17 +369,9 @@ def test_training_demo_trains_one_ensemble_per_tracer(tmp_path):
     from petseg.card import load_card
     from training.demo import DemoRecipe, dice_on_fresh_phantoms, run_training_demo
 
-    recipe = DemoRecipe(  # 16 phantoms: fold 0 validates on both tracers
-        cases=16,
-        folds=1,
-        epochs=1,
-        patch_size=32,
-        batch_size=2,
-        samples_per_epoch=2,
-        window=32,
-        workers=0,
-        evaluation_cases=2,
-    )
+    recipe = DemoRecipe(
+        **QUICK_DEMO, cases=16, folds=1, samples_per_epoch=2
+    )  # fold 0 validates on both tracers
     assert recipe.tracers == ("fdg", "psma")  # the shipped recipe splits by tracer
     card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
     assert [(f.tracer, f.fold, f.weights) for f in card.folds] == [
