@@ -168,8 +168,7 @@ class Predictor:
             if compile:
                 member.use_compiled()
         self.ensembles = ensembles
-        self.ensemble = next(iter(ensembles.values()))
-        self.tracer: str | None = None  # the tracer whose ensemble runs now
+        self.ensemble = next(iter(ensembles.values()))  # the one that runs; `use_tracer` switches
         self.given_tracer: str | None = None  # the user's word for every case, over the classifier
         self.compute = compute
         self.compiled = compile
@@ -181,7 +180,6 @@ class Predictor:
                 f"the model has no ensemble for tracer {tracer!r} (it has: {', '.join(self.ensembles)})"
             )
         self.ensemble = self.ensembles[tracer]
-        self.tracer = tracer
 
     def choose_tracer(self, image: np.ndarray) -> str | None:
         """Pick the ensemble for a network-grid image: `given_tracer` (a user's `--tracer`), else the

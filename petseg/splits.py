@@ -17,6 +17,7 @@ import numpy as np
 
 from petseg.errors import InputError
 from petseg.io import write_json
+from petseg.tracer import CLASSES as TRACERS
 
 Folds = list[dict[str, list[str]]]
 
@@ -29,9 +30,6 @@ def patient_id(case_id: str) -> str:
     """The patient part of an autoPET case id; ids of another form are their own patient."""
     match = _CASE_ID.match(case_id)
     return match.group(1) if match else case_id
-
-
-TRACERS = ("fdg", "psma")
 
 
 def tracer_of(case_id: str) -> str | None:

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.optimize import minimize
 
 if TYPE_CHECKING:  # the card holds a classifier, so this module cannot import the card at run time
     from petseg.card import PreprocessSettings
@@ -123,6 +122,8 @@ def fit_tracer_classifier(
 
 
 def _fit(x: np.ndarray, y: np.ndarray, l2: float) -> TracerClassifier:
+    from scipy.optimize import minimize  # only export fits; the card that every entry point reads does not
+
     mean = x.mean(axis=0)
     scale = np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
     z = (x - mean) / scale
