@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 IMAGES_FOLDER = "imagesTr"
 LABELS_FOLDER = "labelsTr"
 SPLITS_FILE = "splits_final.json"
+CACHE_FOLDER = ".petseg-cache"  # inside the dataset, unless a run names another (`--cache`)
 FILE_ENDING = ".nii.gz"
 CHANNELS = {"0000": "CT", "0001": "PET"}
 

@@ -209,12 +209,12 @@ def _prepare_shared_state(data: Path, spacing_mm: tuple[float, float, float]) ->
 
     Folds trained side by side would otherwise each preprocess every case and race to write the splits.
     """
-    from training.data import PreprocessedCache, discover_dataset, load_folds
+    from training.data import CACHE_FOLDER, PreprocessedCache, discover_dataset, load_folds
 
     records = discover_dataset(data)
     load_folds(data, [r.case_id for r in records])
     settings = PreprocessSettings(spacing_mm=spacing_mm)
-    PreprocessedCache(data / ".petseg-cache", settings).prepare(records, progress=False)
+    PreprocessedCache(data / CACHE_FOLDER, settings).prepare(records, progress=False)
 
 
 def _train_folds(configs: list[TrainConfig], parallel: int) -> list[TrainResult]:

@@ -37,7 +37,7 @@ from petseg.phantoms.generate import manifest_arguments
 from petseg.splits import tracer_of
 from petseg.tracer import CLASSES as TRACERS
 from petseg.tracer import TracerClassifier, fit_tracer_classifier, uptake_features
-from training.data import PreprocessedCache, discover_dataset
+from training.data import CACHE_FOLDER, PreprocessedCache, discover_dataset
 from training.trainer import (
     BEST_WEIGHTS,
     RUN_CONFIG,
@@ -251,7 +251,7 @@ def _fit_tracer_classifier(data: Path, settings: PreprocessSettings) -> TracerCl
     """The classifier that names each case's tracer at inference, fitted on every training case whose id
     names its tracer, from the same preprocessed volumes the folds trained on."""
     records = [r for r in discover_dataset(data) if tracer_of(r.case_id) is not None]
-    cache = PreprocessedCache(data / ".petseg-cache", settings)
+    cache = PreprocessedCache(data / CACHE_FOLDER, settings)
     features = np.stack([uptake_features(cache.get(r)["image"], settings) for r in records])
     try:
         classifier = fit_tracer_classifier(features, [str(tracer_of(r.case_id)) for r in records])

@@ -38,6 +38,7 @@ from petseg.networks import build_network, input_divisor, save_state
 from petseg.predict import ComputeDevice, FoldEnsemble, sliding_window_probability, training_device
 from petseg.splits import TRACERS, tracer_of
 from training.data import (
+    CACHE_FOLDER,
     CaseRecord,
     PatchDataset,
     PreprocessedCache,
@@ -456,7 +457,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             "device": compute.describe(),
         },
     )
-    cache = PreprocessedCache(config.cache_dir or Path(config.data) / ".petseg-cache", settings)
+    cache = PreprocessedCache(config.cache_dir or Path(config.data) / CACHE_FOLDER, settings)
     if dist.is_main:
         cache.prepare(train_records + val_records, progress=config.progress)
     dist.barrier()
