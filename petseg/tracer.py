@@ -20,15 +20,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:  # the card holds a classifier, so this module cannot import the card at run time
+    import numpy as np
+
     from petseg.card import PreprocessSettings
+
+# numpy and scipy are imported where the classifier computes, so that reading a card costs neither.
 
 CLASSES = ("fdg", "psma")
 # Histogram bin edges in SUV, log-spaced from background fat to the hottest organs; the outer bins take
 # everything below and above.
-SUV_EDGES: tuple[float, ...] = tuple(round(float(v), 4) for v in np.geomspace(0.1, 40.0, 14))
+SUV_EDGES: tuple[float, ...] = tuple(round(0.1 * 400.0 ** (k / 13), 4) for k in range(14))
 _FLOOR = 1e-4  # smallest bin fraction before the logarithm: an empty bin is not minus infinity
 SUPERIOR_SHARE = 0.3  # of the body box's length, from its superior end: the first histogram's region
 
@@ -47,6 +49,8 @@ class TracerClassifier:
     cross_validated_accuracy: float | None = None
 
     def probability_psma(self, features: np.ndarray) -> float:
+        import numpy as np
+
         z = (np.asarray(features, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
         logit = float(self.intercept + z @ np.asarray(self.coefficients))
         return 1.0 / (1.0 + math.exp(-max(min(logit, 50.0), -50.0)))
@@ -69,6 +73,8 @@ def uptake_features(
 ) -> np.ndarray:
     """The log bin fractions of the superior `superior_share` of the body box (the RAS network grid's
     last axis points superior), then those of the rest."""
+    import numpy as np
+
     slices = image.shape[-1]
     split = slices - min(max(1, round(slices * superior_share)), slices - 1)
     return np.concatenate(
@@ -82,6 +88,8 @@ def uptake_features(
 def _log_fractions(image: np.ndarray, settings: PreprocessSettings, suv_edges: Sequence[float]) -> np.ndarray:
     """Log of the fraction of body voxels in each SUV bin (bins: below the first edge, between edges,
     above the last). Body voxels: CT above the card's body threshold, as the body box is found."""
+    import numpy as np
+
     low, high = settings.ct_window_hu
     body_level = (settings.body_threshold_hu - low) / (high - low)
     body = image[0] > body_level
@@ -99,6 +107,8 @@ def fit_tracer_classifier(
     l2: float = 1.0,
 ) -> TracerClassifier:
     """L2-regularised logistic regression; its cross-validated accuracy is leave-one-out."""
+    import numpy as np
+
     x = np.asarray(features, dtype=np.float64)
     y = np.array([CLASSES.index(t) for t in tracers], dtype=np.float64)
     if len(set(y.tolist())) < 2:
@@ -122,7 +132,8 @@ def fit_tracer_classifier(
 
 
 def _fit(x: np.ndarray, y: np.ndarray, l2: float) -> TracerClassifier:
-    from scipy.optimize import minimize  # only export fits; the card that every entry point reads does not
+    import numpy as np
+    from scipy.optimize import minimize
 
     mean = x.mean(axis=0)
     scale = np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
