@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the card holds a classifier, so this module cannot import the card at run time
@@ -118,20 +118,17 @@ def fit_tracer_classifier(
         keep = np.arange(len(y)) != left_out
         model = _fit(x[keep], y[keep], l2)
         correct += int((model.probability_psma(x[left_out]) >= 0.5) == bool(y[left_out]))
-    model = _fit(x, y, l2)
-    return TracerClassifier(
+    return replace(
+        _fit(x, y, l2),
         suv_edges=tuple(float(e) for e in suv_edges),
         superior_share=superior_share,
-        mean=model.mean,
-        scale=model.scale,
-        coefficients=model.coefficients,
-        intercept=model.intercept,
         training_cases=len(y),
         cross_validated_accuracy=correct / len(y),
     )
 
 
 def _fit(x: np.ndarray, y: np.ndarray, l2: float) -> TracerClassifier:
+    """The fitted weights only (its features' description is the caller's)."""
     import numpy as np
     from scipy.optimize import minimize
 
