@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from petseg.components import ALL_TRACERS, ComponentFilter, ComponentModel
+from petseg.components import FEATURES as COMPONENT_FEATURES
 from petseg.errors import ModelError
+from petseg.logistic import LogisticWeights
 from petseg.tracer import CLASSES as TRACERS
 from petseg.tracer import TracerClassifier
 
@@ -102,6 +105,8 @@ class ModelCard:
     provenance: dict[str, Any]
     # Names the tracer of a case for cards with one ensemble per tracer (folds with `tracer`).
     tracer_classifier: TracerClassifier | None = None
+    # Removes predicted components that are unlikely lesions (`petseg.components`); None: keeps all.
+    component_filter: ComponentFilter | None = None
     path: Path | None = None
 
     @property
@@ -135,6 +140,8 @@ class ModelCard:
         }
         if self.tracer_classifier is not None:
             data["tracer_classifier"] = self.tracer_classifier.to_json()
+        if self.component_filter is not None:
+            data["component_filter"] = self.component_filter.to_json()
         return json.loads(json.dumps(data))  # tuples -> lists
 
 
@@ -218,6 +225,7 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
             "ensemble",
             "provenance",
             "tracer_classifier",
+            "component_filter",
         }
     )
     if root.get("format", str) != CARD_FORMAT:
@@ -282,6 +290,10 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
         raise root.fail("folds", f"split by tracer must hold folds of every tracer ({', '.join(TRACERS)})")
 
     ensemble = parse_ensemble(root.get("ensemble", dict, {}), source)
+    component_filter = None
+    if "component_filter" in root.data:
+        expected = {f.tracer for f in folds} if tagged == {True} else {ALL_TRACERS}
+        component_filter = _parse_component_filter(root.get("component_filter", dict), expected, source)
 
     card = ModelCard(
         name=root.get("name", str),
@@ -291,6 +303,7 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
         ensemble=ensemble,
         provenance=dict(root.get("provenance", dict, {})),
         tracer_classifier=classifier,
+        component_filter=component_filter,
     )
     _check_roi_fits_network(card, source)
     return card
@@ -330,6 +343,37 @@ def _parse_tracer_classifier(data: dict[str, Any], source: str) -> TracerClassif
         intercept=reader.number("intercept"),
         training_cases=reader.get("training_cases", int, 0),
         cross_validated_accuracy=None if accuracy is None else float(accuracy),
+    )
+
+
+def _parse_component_filter(data: dict[str, Any], expected: set[str], source: str) -> ComponentFilter:
+    """The filter's features must be this petseg's, and it needs one model per tracer of the folds."""
+    reader = _Reader(data, "component_filter", source)
+    reader.unknown_keys({"features", "minimum_probability", "models"})
+    features = reader.get("features", list)
+    if features != list(COMPONENT_FEATURES):
+        raise reader.fail("features", f"must be {list(COMPONENT_FEATURES)} (this petseg's), got {features}")
+    raw_models = reader.get("models", dict)
+    if set(raw_models) != expected:
+        raise reader.fail(
+            "models", f"must have one entry each for {sorted(expected)}, got {sorted(raw_models)}"
+        )
+    count = len(COMPONENT_FEATURES)
+    models = {}
+    for key in sorted(raw_models):
+        model = _Reader(raw_models[key], f"component_filter.models.{key}", source)
+        model.unknown_keys({"mean", "scale", "coefficients", "intercept", "components", "lesions"})
+        weights = LogisticWeights(
+            mean=tuple(float(v) for v in model.numbers("mean", count)),
+            scale=tuple(float(v) for v in model.numbers("scale", count, positive=True)),
+            coefficients=tuple(float(v) for v in model.numbers("coefficients", count)),
+            intercept=model.number("intercept"),
+        )
+        models[key] = ComponentModel(
+            weights, components=model.get("components", int, 0), lesions=model.get("lesions", int, 0)
+        )
+    return ComponentFilter(
+        minimum_probability=reader.number("minimum_probability", low=0.0, high=1.0), models=models
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.card import ModelCard
 from petseg.console import StageTimer
 from petseg.io import CaseFiles, find_case, read_case, write_image, write_outputs
 from petseg.postprocess import (
@@ -56,8 +57,8 @@ def segment_case(
     )
     with timer.stage("preprocess"):
         case = preprocess(ct, pet, predictor.card.preprocessing)
-        if predictor.card.tracers:  # one ensemble per tracer: run the case's
-            predictor.choose_tracer(case.image)
+        # One ensemble per tracer: run the case's (None for cards with one ensemble for every case).
+        tracer = predictor.choose_tracer(case.image) if predictor.card.tracers else None
     settings = predictor.card.ensemble
     # The uptake contour needs the PET on its own grid; otherwise it is freed before the network runs.
     uptake = sitk.GetArrayFromImage(pet) if settings.grow_to_suvmax_fraction is not None else None
@@ -72,8 +73,10 @@ def segment_case(
             probability, report = tta.predict(
                 lambda image: predictor(image, progress=progress), case.image, after_s
             )
-    del case.image  # the network input is not needed any more: free it before the back-map
     with timer.stage("postprocess"):
+        if predictor.card.component_filter is not None:
+            probability = _filter_components(probability, case.image, predictor.card, tracer)
+        del case.image  # the network input is not needed any more: free it before the back-map
         on_pet = None
         if not keep_probability:  # the lean path: only the body box is resampled
             mask = probability_to_mask(
@@ -93,6 +96,18 @@ def segment_case(
             )
             mask = mask_image(grown, grid)
         return Segmentation(mask, on_pet, tta=report)
+
+
+def _filter_components(
+    probability: np.ndarray, image: np.ndarray, card: ModelCard, tracer: str | None
+) -> np.ndarray:
+    """The card's component filter on the network grid: unlikely lesions leave the probability."""
+    assert card.component_filter is not None
+    filtered, kept, removed = card.component_filter.apply(
+        probability, image, card.preprocessing, card.ensemble.threshold, tracer
+    )
+    log.info("component filter: kept %d predicted lesion(s), removed %d", kept, removed)
+    return filtered
 
 
 def segment(

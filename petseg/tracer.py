@@ -15,17 +15,16 @@ named all 72 (a classifier fitted on the 80 demo phantoms).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
+
+from petseg.logistic import LogisticWeights, fit_logistic
 
 if TYPE_CHECKING:  # the card holds a classifier, so this module cannot import the card at run time
     import numpy as np
 
     from petseg.card import PreprocessSettings
-
-# numpy and scipy are imported where the classifier computes, so that reading a card costs neither.
 
 CLASSES = ("fdg", "psma")
 # Histogram bin edges in SUV, log-spaced from background fat to the hottest organs; the outer bins take
@@ -49,11 +48,8 @@ class TracerClassifier:
     cross_validated_accuracy: float | None = None
 
     def probability_psma(self, features: np.ndarray) -> float:
-        import numpy as np
-
-        z = (np.asarray(features, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
-        logit = float(self.intercept + z @ np.asarray(self.coefficients))
-        return 1.0 / (1.0 + math.exp(-max(min(logit, 50.0), -50.0)))
+        weights = LogisticWeights(self.mean, self.scale, self.coefficients, self.intercept)
+        return float(weights.probability(features))
 
     def classify(self, image: np.ndarray, settings: PreprocessSettings) -> tuple[str, float]:
         """(tracer, its probability) for a preprocessed network-grid image (2, X, Y, Z)."""
@@ -129,27 +125,12 @@ def fit_tracer_classifier(
 
 def _fit(x: np.ndarray, y: np.ndarray, l2: float) -> TracerClassifier:
     """The fitted weights only (its features' description is the caller's)."""
-    import numpy as np
-    from scipy.optimize import minimize
-
-    mean = x.mean(axis=0)
-    scale = np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
-    z = (x - mean) / scale
-
-    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
-        logits = params[0] + z @ params[1:]
-        p = 1.0 / (1.0 + np.exp(-logits))
-        nll = np.sum(np.logaddexp(0.0, logits) - y * logits)
-        grad_logits = p - y
-        grad = np.concatenate([[grad_logits.sum()], z.T @ grad_logits + l2 * params[1:]])
-        return float(nll + 0.5 * l2 * params[1:] @ params[1:]), grad
-
-    result = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B")
+    weights = fit_logistic(x, y, l2)
     return TracerClassifier(
         suv_edges=(),
         superior_share=SUPERIOR_SHARE,
-        mean=tuple(float(v) for v in mean),
-        scale=tuple(float(v) for v in scale),
-        coefficients=tuple(float(v) for v in result.x[1:]),
-        intercept=float(result.x[0]),
+        mean=weights.mean,
+        scale=weights.scale,
+        coefficients=weights.coefficients,
+        intercept=weights.intercept,
     )

@@ -319,6 +319,7 @@ QUICK_DEMO = {
     "window": 32,
     "workers": 0,
     "evaluation_cases": 2,
+    "component_filter": None,  # one epoch gives no components worth a filter (fitted in test_components)
 }
 
 
@@ -506,7 +507,7 @@ def test_export_command_passes_the_inference_settings(tmp_path, capsys):
     assert "not a training run" in capsys.readouterr().err  # the settings were fine: the run was read
 
 
-def test_network_overrides_reach_the_card_and_must_agree_across_folds(dataset, tmp_path, capsys):
+def test_network_overrides_reach_the_card_and_must_agree_across_folds(dataset, tmp_path, capsys, monkeypatch):
     from petseg.predict import Predictor
     from training.__main__ import main
 
@@ -517,6 +518,13 @@ def test_network_overrides_reach_the_card_and_must_agree_across_folds(dataset, t
         runs.append(tmp_path / f"fold{fold}")
     card = export(runs, tmp_path / "model")
     assert card.architecture.args == narrow
+    # With a minimum probability, export hands the written model and the runs' dataset to the fit.
+    import training.components
+
+    fits = []
+    monkeypatch.setattr(training.components, "fit_components", lambda *args, **kw: fits.append(args) or card)
+    export(runs, tmp_path / "filtered", component_filter=0.3)
+    assert fits == [(tmp_path / "filtered", dataset, 0.3)]
     predictor = Predictor.load(tmp_path / "model", device="cpu")  # weights fit the card's network
     first = predictor.ensemble.networks[0]
     assert sum(p.numel() for p in first.parameters()) < 50_000  # the narrow network, not the default

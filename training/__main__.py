@@ -84,11 +84,39 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export import export
 
-    options = ("name", "synthetic", "threshold", "grow_to_suvmax_fraction", "grow_within_mm", "checkpoint")
+    options = (
+        "name",
+        "synthetic",
+        "threshold",
+        "grow_to_suvmax_fraction",
+        "grow_within_mm",
+        "checkpoint",
+        "component_filter",
+    )
     card = export(args.runs, args.out, **{option: getattr(args, option) for option in options})
     mean = card.provenance["validation_score_mean"]
     folds = len(card.folds)
     print(f"exported {folds} fold(s) of {card.architecture.name} to {args.out} (mean validation {mean:.4f})")
+    return 0
+
+
+def _fit_components(args: argparse.Namespace) -> int:
+    from training.components import fit_components
+
+    card = fit_components(
+        args.model,
+        args.data,
+        minimum_probability=args.minimum_probability,
+        threshold=args.threshold,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    assert card.component_filter is not None
+    counts = ", ".join(
+        f"{key}: {model.components} components, {model.lesions} lesions"
+        for key, model in card.component_filter.models.items()
+    )
+    print(f"component filter fitted at threshold {card.ensemble.threshold:g} ({counts}); wrote {args.model}")
     return 0
 
 
@@ -169,6 +197,7 @@ def _add_patch_options(
 def build_parser() -> argparse.ArgumentParser:
     from petseg.card import EnsembleSettings, PreprocessSettings
     from petseg.networks import PRESETS
+    from training.components import DEFAULT_MINIMUM_PROBABILITY
     from training.demo import DemoRecipe
     from training.export import CHECKPOINTS
     from training.losses import LOSSES
@@ -261,7 +290,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=EnsembleSettings.grow_within_mm,
         help="how far the growth may reach, in mm (default %(default)s)",
     )
+    export.add_argument(
+        "--component-filter",
+        type=float,
+        default=None,
+        metavar="P",
+        help="then fit a component filter (as fit-components) that removes predicted lesions below "
+        "probability P (default: none)",
+    )
     export.set_defaults(run=_export)
+
+    components = commands.add_parser(
+        "fit-components",
+        help="fit a model's component filter from its folds' out-of-fold predictions on its training data",
+    )
+    components.add_argument("--model", type=Path, required=True, help="model folder (model.json + folds)")
+    components.add_argument(
+        "--data", type=Path, required=True, help="the dataset the folds trained on (with splits_final.json)"
+    )
+    components.add_argument(
+        "--minimum-probability",
+        type=float,
+        default=DEFAULT_MINIMUM_PROBABILITY,
+        help="predicted lesions the filter finds less likely than this are removed (default %(default)s)",
+    )
+    components.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="the lesion-probability threshold to fit at and write to the card (default: the card's)",
+    )
+    components.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    components.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    components.set_defaults(run=_fit_components)
 
     weighting = commands.add_parser(
         "analyse-weighting",

@@ -106,13 +106,20 @@ def export(
     grow_to_suvmax_fraction: float | None = None,
     grow_within_mm: float = EnsembleSettings.grow_within_mm,
     checkpoint: str = "best",
+    component_filter: float | None = None,
 ) -> ModelCard:
     """Write each run's `checkpoint` ("best" or "last") weights to `out_dir/fold<K>.safetensors` and
     `out_dir/model.json`.
 
     `threshold` and `grow_to_suvmax_fraction` (growth of predicted lesions to their uptake contour,
-    `petseg.postprocess.grow_to_uptake_contour`) are inference settings the runs cannot know.
+    `petseg.postprocess.grow_to_uptake_contour`) are inference settings the runs cannot know. With
+    `component_filter`, the exported folds then fit a component filter at that minimum probability
+    (`training.components`) on their runs' dataset.
     """
+    if component_filter is not None and not 0.0 <= component_filter < 1.0:
+        raise TrainingError(
+            f"the component filter's minimum probability must be in [0, 1), got {component_filter}"
+        )
     settings = {
         "threshold": threshold,
         "grow_to_suvmax_fraction": grow_to_suvmax_fraction,
@@ -214,7 +221,14 @@ def export(
     )
     save_card(card, out_dir)
     _remove_stale_weights(out_dir, {entry.weights for entry in entries})
-    return card
+    if component_filter is None:
+        return card
+    from training.components import fit_components
+
+    try:
+        return fit_components(out_dir, Path(config["data"]), component_filter, progress=False)
+    except TrainingError as error:
+        raise TrainingError(f"{error} ({out_dir} was written without a component filter)") from None
 
 
 def _remove_stale_weights(out_dir: Path, kept: set[str]) -> None:
