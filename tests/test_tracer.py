@@ -126,6 +126,7 @@ def test_a_card_split_by_tracer_round_trips_and_bad_ones_are_refused():
     # An unsplit card stays as it was: no tracer in its folds, no classifier.
     unsplit = _split_card()
     del unsplit["tracer_classifier"]
+    del unsplit["component_filter"]  # its models are per tracer (an unsplit card's would be "all")
     for fold in unsplit["folds"]:
         del fold["tracer"]
     unsplit["folds"][1]["fold"] = 1
