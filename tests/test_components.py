@@ -129,6 +129,14 @@ def test_a_card_with_a_component_filter_round_trips_and_bad_ones_are_refused():
     assert card.component_filter.minimum_probability == 0.2
     assert card.component_filter.models["psma"].lesions == 4
     assert parse_card(card.to_json()) == card
+    # A card with one ensemble for every case holds one model, "all".
+    unsplit = _card_with_filter()
+    unsplit.pop("tracer_classifier")
+    unsplit["folds"] = [{"fold": 0, "weights": "fold0.safetensors"}]
+    models = unsplit["component_filter"]["models"]
+    models["all"] = models.pop("fdg")
+    models.pop("psma")
+    assert set(parse_card(unsplit).component_filter.models) == {"all"}
     for change, message in (
         (
             lambda c: c["component_filter"]["models"].pop("fdg"),
