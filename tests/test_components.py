@@ -281,3 +281,36 @@ def test_export_refuses_a_bad_minimum_probability_before_reading_any_run(tmp_pat
     with pytest.raises(TrainingError, match=r"minimum probability must be in \[0, 1\), got 1.0"):
         export([tmp_path / "no-such-run"], tmp_path / "model", component_filter=1.0)
     assert not (tmp_path / "model").exists()
+
+
+def test_the_demo_ships_its_model_without_a_filter_when_the_predictions_cannot_teach_one(
+    shipped_model_on_a_dataset, tmp_path, caplog
+):
+    """A dataset without a single lesion gives only false positives: the fit must refuse, and the demo
+    keeps its model, says why, and goes on."""
+    import SimpleITK as sitk
+
+    from training.data import discover_dataset
+    from training.demo import _fit_component_filter
+    from training.trainer import dataset_fingerprint
+
+    source, data = shipped_model_on_a_dataset
+    empty = tmp_path / "data"
+    shutil.copytree(data, empty, ignore=shutil.ignore_patterns(".petseg-cache"))
+    for label in (empty / "labelsTr").iterdir():
+        image = sitk.ReadImage(str(label))
+        blank = sitk.Image(image.GetSize(), image.GetPixelID())
+        blank.CopyInformation(image)
+        sitk.WriteImage(blank, str(label), True)
+    model = tmp_path / "model"
+    shutil.copytree(source, model)
+    card = json.loads((model / "model.json").read_text())
+    card["provenance"]["dataset_fingerprint"] = dataset_fingerprint(discover_dataset(empty))
+    (model / "model.json").write_text(json.dumps(card))
+    with caplog.at_level("WARNING", logger="petseg.training"):
+        kept = _fit_component_filter(model, empty, 0.2, device="cpu", progress=False)
+    assert kept.component_filter is None
+    assert load_card(model).component_filter is None
+    assert "the demo model has no component filter" in caplog.text
+    assert "needs both lesions and false positives" in caplog.text
+    assert "all false-positive" in caplog.text

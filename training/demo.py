@@ -156,8 +156,9 @@ def run_training_demo(
         grow_to_suvmax_fraction=recipe.grow_to_suvmax_fraction,
         grow_within_mm=recipe.grow_within_mm,
         checkpoint=recipe.checkpoint,
-        component_filter=recipe.component_filter,
     )
+    if recipe.component_filter is not None:
+        card = _fit_component_filter(model_dir, data, recipe.component_filter, recipe.device, progress)
     minutes = (time.perf_counter() - started) / 60
     log.info("demo ensemble written to %s in %.1f min", model_dir, minutes)
     scores = dice_on_fresh_phantoms(model_dir, cases=recipe.evaluation_cases, device=recipe.device)
@@ -168,6 +169,21 @@ def run_training_demo(
         sum(scores) / len(scores),
     )
     return card
+
+
+def _fit_component_filter(
+    model_dir: Path, data: Path, minimum_probability: float, device: str, progress: bool
+) -> ModelCard:
+    """The recipe's component filter, or, where the folds' predictions cannot teach one (a short run that
+    marks nothing, or nothing but lesions), the card without it and a warning that says why."""
+    from petseg.card import load_card
+    from training.components import fit_components
+
+    try:
+        return fit_components(model_dir, data, minimum_probability, device=device, progress=progress)
+    except TrainingError as error:
+        log.warning("the demo model has no component filter: %s", error)
+        return load_card(model_dir)
 
 
 def _generator_arguments(recipe: DemoRecipe) -> dict[str, Any]:
