@@ -171,6 +171,12 @@ def _rim(inside: np.ndarray) -> np.ndarray:
     return ndimage.binary_dilation(inside, iterations=_RIM_VOXELS) & ~inside
 
 
+def check_minimum_probability(value: float) -> None:
+    """A filter removes the components below this chance of being a lesion: 1 or more would remove all."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"the component filter's minimum probability must be in [0, 1), got {value}")
+
+
 def fit_component_filter(
     features: dict[str, np.ndarray],
     is_lesion: dict[str, np.ndarray],
@@ -190,8 +196,7 @@ def fit_component_filter(
 
     from petseg.logistic import fit_logistic
 
-    if not 0.0 <= minimum_probability < 1.0:
-        raise ValueError(f"minimum_probability must be in [0, 1), got {minimum_probability}")
+    check_minimum_probability(minimum_probability)
     models = {}
     for key, x in features.items():
         y = np.asarray(is_lesion[key], dtype=np.float64)

@@ -111,7 +111,7 @@ def test_fitting_learns_a_separable_rule_and_needs_both_kinds_of_component():
     assert model.weights.coefficients[strongest] < 0
     with pytest.raises(ValueError, match=r"needs both lesions and false positives.*all lesion"):
         fit_component_filter({"psma": x}, {"psma": np.ones(200, bool)}, 0.3)
-    with pytest.raises(ValueError, match="minimum_probability"):
+    with pytest.raises(ValueError, match="minimum probability must be in"):
         fit_component_filter({"fdg": x}, {"fdg": is_lesion}, 1.0)
 
 
@@ -256,6 +256,8 @@ def test_fit_components_refuses_another_dataset_missing_folds_and_a_bad_threshol
     before = (model / "model.json").read_bytes()
     with pytest.raises(TrainingError, match="threshold must be in"):
         fit_components(model, data, threshold=1.5, device="cpu", progress=False)
+    with pytest.raises(TrainingError, match=r"minimum probability must be in \[0, 1\), got 1.0"):
+        fit_components(model, data, minimum_probability=1.0, device="cpu", progress=False)
     card = json.loads(before)
     card["provenance"]["dataset_fingerprint"] = "0123456789abcdef"
     (model / "model.json").write_text(json.dumps(card))

@@ -526,10 +526,10 @@ def test_network_overrides_reach_the_card_and_must_agree_across_folds(dataset, t
     card = export(runs, tmp_path / "model")
     assert card.architecture.args == narrow
     # With a minimum probability, export hands the written model and the runs' dataset to the fit.
-    import training.components
+    import training.export
 
     fits = []
-    monkeypatch.setattr(training.components, "fit_components", lambda *args, **kw: fits.append(args) or card)
+    monkeypatch.setattr(training.export, "fit_components", lambda *args, **kw: fits.append(args) or card)
     export(runs, tmp_path / "filtered", component_filter=0.3)
     assert fits == [(tmp_path / "filtered", dataset, 0.3)]
     predictor = Predictor.load(tmp_path / "model", device="cpu")  # weights fit the card's network

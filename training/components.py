@@ -17,7 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 from petseg.card import ModelCard, load_card, parse_ensemble, save_card
-from petseg.components import ALL_TRACERS, ComponentFilter, component_features, fit_component_filter
+from petseg.components import (
+    ALL_TRACERS,
+    ComponentFilter,
+    check_minimum_probability,
+    component_features,
+    fit_component_filter,
+)
 from petseg.errors import ModelError
 from petseg.networks import load_fold
 from petseg.predict import FoldEnsemble, Predictor, select_device
@@ -82,6 +88,14 @@ def out_of_fold_components(
     )
 
 
+def check_minimum(minimum_probability: float) -> None:
+    """The filter's minimum probability, checked before any prediction runs (or export writes a file)."""
+    try:
+        check_minimum_probability(minimum_probability)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+
+
 def fit_components(
     model_dir: Path,
     data: Path,
@@ -94,6 +108,7 @@ def fit_components(
 
     The filter learns the components of one threshold, so the card's threshold changes with it.
     """
+    check_minimum(minimum_probability)
     card = load_card(model_dir)
     threshold = card.ensemble.threshold if threshold is None else threshold
     try:

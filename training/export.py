@@ -37,6 +37,7 @@ from petseg.phantoms.generate import manifest_arguments
 from petseg.splits import tracer_of
 from petseg.tracer import CLASSES as TRACERS
 from petseg.tracer import TracerClassifier, fit_tracer_classifier, uptake_features
+from training.components import check_minimum, fit_components
 from training.data import CACHE_FOLDER, PreprocessedCache, discover_dataset
 from training.trainer import (
     BEST_WEIGHTS,
@@ -116,10 +117,8 @@ def export(
     `component_filter`, the exported folds then fit a component filter at that minimum probability
     (`training.components`) on their runs' dataset.
     """
-    if component_filter is not None and not 0.0 <= component_filter < 1.0:
-        raise TrainingError(
-            f"the component filter's minimum probability must be in [0, 1), got {component_filter}"
-        )
+    if component_filter is not None:
+        check_minimum(component_filter)
     settings = {
         "threshold": threshold,
         "grow_to_suvmax_fraction": grow_to_suvmax_fraction,
@@ -223,8 +222,6 @@ def export(
     _remove_stale_weights(out_dir, {entry.weights for entry in entries})
     if component_filter is None:
         return card
-    from training.components import fit_components
-
     try:
         return fit_components(out_dir, Path(config["data"]), component_filter, progress=False)
     except TrainingError as error:
