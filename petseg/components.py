@@ -201,10 +201,10 @@ def fit_component_filter(
     for key, x in features.items():
         y = np.asarray(is_lesion[key], dtype=np.float64)
         if len(set(y.tolist())) < 2:
-            kinds = "lesion" if y.size and y[0] else "false-positive"
+            found = f"{y.size}, all {'lesion' if y[0] else 'false-positive'}" if y.size else "none"
             raise ValueError(
                 f"the component filter for {key} needs both lesions and false positives among the "
-                f"predicted components; the out-of-fold predictions gave {y.size}, all {kinds}"
+                f"predicted components; the out-of-fold predictions gave {found}"
             )
         lesion_share = float(y.mean())
         balance = np.where(y > 0, 0.5 / lesion_share, 0.5 / (1.0 - lesion_share))

@@ -111,6 +111,8 @@ def test_fitting_learns_a_separable_rule_and_needs_both_kinds_of_component():
     assert model.weights.coefficients[strongest] < 0
     with pytest.raises(ValueError, match=r"needs both lesions and false positives.*all lesion"):
         fit_component_filter({"psma": x}, {"psma": np.ones(200, bool)}, 0.3)
+    with pytest.raises(ValueError, match="predictions gave none"):
+        fit_component_filter({"fdg": x[:0]}, {"fdg": is_lesion[:0]}, 0.3)
     with pytest.raises(ValueError, match="minimum probability must be in"):
         fit_component_filter({"fdg": x}, {"fdg": is_lesion}, 1.0)
 

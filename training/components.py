@@ -43,11 +43,11 @@ def out_of_fold_components(
     every fold's validation cases, at `threshold`."""
     card = load_card(model_dir)
     records = discover_dataset(data)
-    trained_on = card.provenance.get("dataset_fingerprint")
-    if trained_on is not None and trained_on != dataset_fingerprint(records):
+    trained_on, found = card.provenance.get("dataset_fingerprint"), dataset_fingerprint(records)
+    if trained_on is not None and trained_on != found:
         raise TrainingError(
-            f"{data}: not the dataset the model in {model_dir} was trained on (fingerprint "
-            f"{dataset_fingerprint(records)}, the card says {trained_on})"
+            f"{data}: not the dataset the model in {model_dir} was trained on (fingerprint {found}, "
+            f"the card says {trained_on})"
         )
     splits = Path(data) / SPLITS_FILE
     if not splits.is_file():
@@ -64,6 +64,11 @@ def out_of_fold_components(
             by_id[c] for c in folds[fold.fold]["val"] if fold.tracer is None or tracer_of(c) == fold.tracer
         ]
         jobs.extend((fold, record) for record in cases)
+    missing = sorted(
+        {fold.tracer or ALL_TRACERS for fold in card.folds} - {f.tracer or ALL_TRACERS for f, _ in jobs}
+    )
+    if missing:
+        raise TrainingError(f"{splits}: the folds' validation sets hold no case for {', '.join(missing)}")
     features: dict[str, list[np.ndarray]] = {}
     is_lesion: dict[str, list[np.ndarray]] = {}
     loaded: dict[str, Predictor] = {}
