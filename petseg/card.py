@@ -53,6 +53,16 @@ class PreprocessSettings:
     body_threshold_hu: float = -500.0
     body_margin_mm: float = 10.0
 
+    def scaled_ct(self, hu: float) -> float:
+        """A CT value in HU as the network's CT channel holds it (`ct_window_hu` mapped onto [0, 1])."""
+        low, high = self.ct_window_hu
+        return (hu - low) / (high - low)
+
+    def ct_hu(self, scaled: float) -> float:
+        """The inverse of `scaled_ct`: a CT-channel value in HU."""
+        low, high = self.ct_window_hu
+        return low + scaled * (high - low)
+
 
 @dataclass(frozen=True)
 class Fold:

@@ -117,8 +117,7 @@ def component_features(
     if count == 0:
         return labels, rows
     ct, pet = image[0], image[1]
-    low, high = settings.ct_window_hu
-    body = ct > (settings.body_threshold_hu - low) / (high - low)
+    body = ct > settings.scaled_ct(settings.body_threshold_hu)
     shape = np.asarray(probability.shape)
     if body.any():
         extent = [np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
@@ -145,7 +144,7 @@ def component_features(
         mirror = float(pet[mirrored_x, where[:, 1], where[:, 2]].max())
         rim = _rim(inside)
         background = float(np.median(pet[box][rim])) if rim.any() else 0.0
-        hu = low + float(ct[box][inside].mean()) * (high - low)
+        hu = settings.ct_hu(float(ct[box][inside].mean()))
         end_mm = min(centre[2], shape[2] - 1 - centre[2]) * spacing[2]
         prob = probability[box][inside]
         rows[k - 1] = (

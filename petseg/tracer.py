@@ -86,9 +86,7 @@ def _log_fractions(image: np.ndarray, settings: PreprocessSettings, suv_edges: S
     above the last). Body voxels: CT above the card's body threshold, as the body box is found."""
     import numpy as np
 
-    low, high = settings.ct_window_hu
-    body_level = (settings.body_threshold_hu - low) / (high - low)
-    body = image[0] > body_level
+    body = image[0] > settings.scaled_ct(settings.body_threshold_hu)
     pet = image[1][body] if body.any() else image[1].ravel()
     counts = np.bincount(np.searchsorted(np.asarray(suv_edges), pet), minlength=len(suv_edges) + 1)
     fractions = counts / max(int(counts.sum()), 1)

@@ -45,6 +45,8 @@ def _network_grid_case() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_component_features_say_where_each_component_sits_and_what_it_looks_like():
+    assert SETTINGS.scaled_ct(0.0) == 0.5  # the window [-1024, 1024] onto [0, 1]
+    assert SETTINGS.ct_hu(SETTINGS.scaled_ct(-500.0)) == -500.0
     probability, image = _network_grid_case()
     labels, rows = component_features(probability, image, SETTINGS, threshold=0.5)
     assert rows.shape == (3, len(FEATURES))
