@@ -227,7 +227,9 @@ def test_fit_components_learns_from_out_of_fold_predictions_and_writes_the_card(
     source, data = shipped_model_on_a_dataset
     model = tmp_path / "model"
     shutil.copytree(source, model)
-    features, is_lesion = out_of_fold_components(model, data, 0.4, device="cpu", progress=False)
+    features, is_lesion = out_of_fold_components(
+        load_card(model), model, data, 0.4, device="cpu", progress=False
+    )
     assert set(features) == {"fdg", "psma"}
     for key in features:
         assert features[key].shape == (is_lesion[key].size, len(FEATURES))

@@ -37,11 +37,15 @@ DEFAULT_MINIMUM_PROBABILITY = 0.2
 
 
 def out_of_fold_components(
-    model_dir: Path, data: Path, threshold: float, device: str = "auto", progress: bool = True
+    card: ModelCard,
+    model_dir: Path,
+    data: Path,
+    threshold: float,
+    device: str = "auto",
+    progress: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(features, is_lesion) per tracer key ("all" for unsplit cards) of every predicted component of
-    every fold's validation cases, at `threshold`."""
-    card = load_card(model_dir)
+    every fold's validation cases, at `threshold`; `card` is the card of the model in `model_dir`."""
     records = discover_dataset(data)
     trained_on, found = card.provenance.get("dataset_fingerprint"), dataset_fingerprint(records)
     if trained_on is not None and trained_on != found:
@@ -120,7 +124,7 @@ def fit_components(
         parse_ensemble({"threshold": threshold}, "fit-components")
     except ModelError as error:
         raise TrainingError(str(error)) from None
-    features, is_lesion = out_of_fold_components(model_dir, data, threshold, device, progress)
+    features, is_lesion = out_of_fold_components(card, model_dir, data, threshold, device, progress)
     try:
         component_filter = fit_component_filter(features, is_lesion, minimum_probability)
     except ValueError as error:
