@@ -6,10 +6,15 @@
 #   ./build.sh [--exec-only] [extra docker build options, e.g. --no-cache]
 #
 # Environment: PETSEG_IMAGE (image name, default petseg), PYTHON (default python3; it only reads the version).
+# Works with Debian's docker.io 20.10 and with current Docker clients: BuildKit where the client can run it
+# (the buildx plugin, or 20.10's built-in BuildKit), else the legacy builder. Where the base image cannot be
+# pulled (no registry for images), make a CPU-only stand-in for it first: container/stand-in-base.sh.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$REPO"
+# shellcheck source=container/docker-client.sh
+source "$REPO/container/docker-client.sh"
 
 PYTHON="${PYTHON:-python3}"
 IMAGE="${PETSEG_IMAGE:-petseg}"
@@ -25,7 +30,7 @@ while (($# > 0)); do
     case "$1" in
         --exec-only) exec_only=1 ;;
         -h | --help)
-            sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) docker_args+=("$1") ;;
@@ -46,11 +51,13 @@ build() {
     local command=(docker build --platform=linux/amd64 --target "$target"
         --build-arg "PETSEG_VERSION=$VERSION" --tag "$tag")
     command+=(${docker_args[@]+"${docker_args[@]}"} .)
-    echo "    ${command[*]}"
-    DOCKER_BUILDKIT=1 "${command[@]}"
+    echo "    DOCKER_BUILDKIT=$buildkit ${command[*]}"
+    DOCKER_BUILDKIT="$buildkit" "${command[@]}"
 }
 
-echo "==> petseg $VERSION, image $IMAGE"
+buildkit="$(docker_buildkit)"
+echo "==> petseg $VERSION, image $IMAGE, docker client $(docker version --format '{{.Client.Version}}')," \
+    "$( ((buildkit)) && echo BuildKit || echo "legacy builder (no buildx plugin)")"
 echo "==> checking model/ (copied into the image)"
 if ! "$PYTHON" -m petseg.container_check model model; then
     echo "    note: model/ is incomplete (see above): jobs will need the model tarball of ./export.sh," \

@@ -79,7 +79,9 @@ if ((do_image)); then
     docker image inspect "$tag" > /dev/null 2>&1 || die "image $tag not found; run ./build.sh first"
     echo "==> saving $tag to $archive (docker save | gzip; takes a few minutes)"
     partial="$archive.partial"
-    docker save "$tag" | gzip -c > "$partial"
+    compress=(gzip -c)
+    command -v pigz > /dev/null && compress=(pigz -c) # the same gzip format, on every core
+    docker save "$tag" | "${compress[@]}" > "$partial"
     mv -f "$partial" "$archive"
     partial=""
     echo "    $(du -h "$archive" | cut -f1)  $archive"

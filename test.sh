@@ -3,9 +3,11 @@
 # one uint8 {0,1} .mha named after the PET in images/automated-petct-lesion-segmentation/, on the PET's
 # grid, Dice >= 0.99 against <case>/expected/<pet-uuid>.mha, and data-centric-model.json.
 #
-#   ./test.sh           in the exec image (./build.sh first), with the platform's docker run flags: no
-#                       network, 30 GB memory, all capabilities dropped, input read-only, /output a fresh
-#                       docker volume, --gpus all where nvidia-smi finds a GPU
+#   ./test.sh           in the exec image (./build.sh first), under the runtime of the platform's smallest
+#                       GPU instance (ml.g4dn.xlarge; container/platform.sh): 4 CPUs (fewer where the machine
+#                       has fewer), 15 GiB memory, /dev/shm 8 GiB, an empty /tmp, no network, all
+#                       capabilities dropped, input read-only, /output a fresh docker volume, --gpus all where
+#                       nvidia-smi finds a GPU
 #   ./test.sh --local   with process.py directly (no Docker), a temporary output folder per case
 #
 # Options:
@@ -16,17 +18,17 @@
 #   --image TAG     image to test (default $PETSEG_IMAGE:<version>, PETSEG_IMAGE defaulting to petseg)
 #   --keep          keep the outputs and print their folder
 # Environment: PYTHON (default .venv/bin/python when present, else python3; --local needs petseg's
-# requirements, the check itself numpy and SimpleITK), MEM_LIMIT (30g), SHM_SIZE (128m), PIDS_LIMIT (256).
+# requirements, the check itself numpy and SimpleITK); the limits CPUS (4), MEM_LIMIT (15g), SHM_SIZE (8g),
+# PIDS_LIMIT (256), TMP_SIZE (none) of container/platform.sh.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=container/platform.sh
+source "$REPO/container/platform.sh"
 if [[ -z "${PYTHON:-}" ]]; then
     PYTHON=python3
     [[ -x "$REPO/.venv/bin/python" ]] && PYTHON="$REPO/.venv/bin/python"
 fi
-MEM_LIMIT="${MEM_LIMIT:-30g}"
-SHM_SIZE="${SHM_SIZE:-128m}"
-PIDS_LIMIT="${PIDS_LIMIT:-256}"
 
 die() {
     echo "test.sh: error: $*" >&2
@@ -67,7 +69,7 @@ while (($# > 0)); do
             ;;
         --keep) keep=1 ;;
         -h | --help)
-            sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) die "unknown argument: $1 (see --help)" ;;
@@ -76,6 +78,20 @@ while (($# > 0)); do
 done
 samples="$(absolute "$samples")"
 cd "$REPO"
+
+# The output check (and --local's process.py) runs in $PYTHON: say what is missing in one line.
+needed=(numpy SimpleITK)
+[[ "$mode" == local ]] && needed+=(torch monai)
+if ! missing="$("$PYTHON" - "${needed[@]}" 2>&1 <<'PY'
+import importlib.util, sys
+missing = [name for name in sys.argv[1:] if importlib.util.find_spec(name) is None]
+print(" ".join(missing))
+sys.exit(1 if missing else 0)
+PY
+)"; then
+    [[ -n "$missing" ]] || missing="(python did not run)"
+    die "$PYTHON lacks ${missing// /, }: run 'make install' (then .venv/bin/python is used) or set PYTHON=..."
+fi
 
 cases=()
 for case_dir in "$samples"/*/; do
@@ -118,6 +134,8 @@ if [[ "$mode" == docker ]]; then
         image="${PETSEG_IMAGE:-petseg}:$version"
     fi
     docker image inspect "$image" > /dev/null 2>&1 || die "image $image not found; run ./build.sh first"
+    platform_run_options || die "bad limit (above)"
+    echo "==> limits: $PLATFORM_SUMMARY"
     if command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi -L > /dev/null 2>&1; then
         gpu_args=(--gpus all)
         echo "==> image $image, GPU found (nvidia-smi): --gpus all"
@@ -138,10 +156,7 @@ run_docker() { # case_dir output_dir index
     docker volume create "$volume" > /dev/null || return
     volumes+=("$volume")
     local command=(docker run --rm --platform=linux/amd64
-        --network none
-        --memory "$MEM_LIMIT" --memory-swap "$MEM_LIMIT"
-        --shm-size "$SHM_SIZE" --pids-limit "$PIDS_LIMIT"
-        --cap-drop ALL --security-opt no-new-privileges
+        "${PLATFORM_RUN_OPTIONS[@]}"
         ${gpu_args[@]+"${gpu_args[@]}"}
         --mount "type=bind,$(csv_field "source=$1/input"),target=/input,readonly"
         --mount "type=volume,source=$volume,target=/output")
@@ -156,7 +171,7 @@ run_docker() { # case_dir output_dir index
     mkdir -p "$2"
     container="$(docker create --mount "type=volume,source=$volume,target=/output" "$image")" || return
     containers+=("$container")
-    docker cp --quiet "$container:/output/." "$2" || return
+    docker cp "$container:/output/." "$2" > /dev/null || return # no --quiet: docker.io 20.10 lacks it
     return "$status"
 }
 
@@ -177,7 +192,7 @@ for case_dir in "${cases[@]}"; do
     echo "    finished in $((SECONDS - started)) s with exit code $status"
     if ((status != 0)); then
         reason="the run exited with code $status"
-        ((status == 137)) && reason="$reason (killed: out of memory at --memory $MEM_LIMIT?)"
+        ((status == 137)) && reason="$reason (killed: out of memory at --memory ${MEM_LIMIT:-15g}?)"
         echo "FAIL $name: $reason" >&2
         failed+=("$name")
         continue

