@@ -375,7 +375,8 @@ def test_the_exported_archive_loads_and_runs(images, tmp_path):
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted([archive.name, "model.tar.gz"])
     FIGURES["archive_gb"] = archive.stat().st_size / 1e9
 
-    docker("image", "rm", images["exec"])
+    # Both tags go, so that the load brings back every layer of petseg's own, not only the exec image's top.
+    docker("image", "rm", images["exec"], images["invoke"])
     assert docker("image", "inspect", images["exec"], check=False).returncode != 0
     started = time.monotonic()
     docker("load", "--input", archive, timeout=900)
