@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,15 @@ CHANNELS = ("ct", "pet")
 AVERAGING = ("probabilities", "logits")
 BLEND_MODES = ("gaussian", "constant")
 BACK_INTERPOLATIONS = ("nearest", "linear")
+# Bounds on what a card may ask for, checked at load: beyond them a card would end in the allocator (or in
+# a float overflow) at load or at the first case instead of being refused as a bad card.
+MAX_INT_DIGITS = 30
+ROI_SIDE_RANGE = (16, 512)
+MAX_SW_BATCH_SIZE = 64
+ARCHITECTURE_NUMBER_RANGE = (0, 4096)
+MAX_ARCHITECTURE_ITEMS = 16
+SPACING_MM_RANGE = (0.1, 20.0)
+MAX_BODY_MARGIN_MM = 500.0
 
 
 @dataclass(frozen=True)
@@ -178,27 +189,34 @@ class _Reader:
             return default
         value = self.data[key]
         if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-            raise self.fail(key, f"must be {_kind_names(kinds)}, got {value!r}")
+            raise self.fail(key, f"must be {_kind_names(kinds)}, got {_shown(value)}")
         if not isinstance(value, kinds):
-            raise self.fail(key, f"must be {_kind_names(kinds)}, got {value!r}")
+            raise self.fail(key, f"must be {_kind_names(kinds)}, got {_shown(value)}")
         return value
 
     def number(
         self, key: str, default: Any = ..., low: float | None = None, high: float | None = None
     ) -> float:
-        value = float(self.get(key, (int, float), default))
+        """A finite number: NaN compares false with every bound, so it would pass the range check."""
+        raw = self.get(key, (int, float), default)
+        value = _finite(raw)
+        if value is None:
+            raise self.fail(key, f"must be a finite number, got {_shown(raw)}")
         if (low is not None and value < low) or (high is not None and value > high):
             raise self.fail(key, f"must be in [{low}, {high}], got {value}")
         return value
 
     def numbers(self, key: str, length: int, default: Any = ..., positive: bool = False) -> tuple:
+        """A list of `length` finite numbers (see `number`)."""
         value = self.get(key, list, list(default) if isinstance(default, tuple) else default)
         if len(value) != length or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
         ):
-            raise self.fail(key, f"must be a list of {length} numbers, got {value!r}")
+            raise self.fail(key, f"must be a list of {length} numbers, got {_shown(value)}")
+        if any(_finite(v) is None for v in value):
+            raise self.fail(key, f"must hold finite numbers, got {_shown(value)}")
         if positive and any(v <= 0 for v in value):
-            raise self.fail(key, f"must be positive, got {value!r}")
+            raise self.fail(key, f"must be positive, got {_shown(value)}")
         return tuple(value)
 
     def choice(self, key: str, options: tuple[str, ...], default: Any = ...) -> str:
@@ -213,6 +231,98 @@ class _Reader:
             raise ModelError(f"{self.source}: unknown field(s) {', '.join(self._name(k) for k in extra)}")
 
 
+def _finite(value: Any) -> float | None:
+    """`value` as a finite float; None for NaN, infinities and integers beyond float range."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: repr, shortened, and never Python's refusal to print an integer
+    of more than 4300 digits."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "an integer too long to print"
+    return text if len(text) <= 120 else f"{text[:100]}... ({len(text)} characters)"
+
+
+class _LongInteger:
+    """An integer literal of more than `MAX_INT_DIGITS` digits, kept unconverted: Python refuses to
+    convert one of more than 4300 digits, and one of more than 308 overflows every float."""
+
+    def __init__(self, text: str) -> None:
+        self.digits = len(text.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"a {self.digits}-digit integer"
+
+
+def _parse_int(text: str) -> int | _LongInteger:
+    return _LongInteger(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
+
+
+def _number_problem(value: Any) -> str | None:
+    if isinstance(value, _LongInteger):
+        return f"is {value!r}; a card's integers have at most {MAX_INT_DIGITS} digits"
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and abs(value) >= 10**MAX_INT_DIGITS:
+        return f"is an integer of more than {MAX_INT_DIGITS} digits; a card's integers have at most that"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    return None
+
+
+def check_numbers(data: Any, source: str, where: str = "") -> None:
+    """Refuse NaN, infinities and overlong integers anywhere in `data`, naming the field.
+
+    NaN compares false with every bound, so a NaN threshold, spacing or overlap would pass the range
+    checks and fail every case (or give empty masks) instead. Iterative: no nesting depth can crash it.
+    """
+    stack: list[tuple[str, Any]] = [(where, data)]
+    seen: set[int] = set()
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, (dict, list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if isinstance(value, dict):
+                items = [(f"{name}.{key}" if name else str(key), item) for key, item in value.items()]
+            else:
+                items = [(f"{name}[{index}]", item) for index, item in enumerate(value)]
+            stack.extend(reversed(items))  # the first problem in reading order is the one reported
+        elif (problem := _number_problem(value)) is not None:
+            raise ModelError(f"{source}: {name or 'card'} {problem}")
+
+
+def read_card_json(path: Path) -> Any:
+    """The JSON of a card file, every problem a `ModelError` naming the file (and the field, if any).
+
+    A card holds small, finite numbers in shallow nesting; anything else (100,000 nested arrays, 1e400,
+    NaN, a 5,001-digit integer) is a bad card, not a crash in the JSON reader or in a float conversion.
+    """
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelError(f"{path}: cannot read model card: {error}") from None
+    try:
+        # NaN and the infinities are read as floats so that `check_numbers` can name their field.
+        data = json.loads(text, parse_constant=float, parse_float=float, parse_int=_parse_int)
+    except json.JSONDecodeError as error:
+        raise ModelError(f"{path}: not valid JSON: {error.msg} at line {error.lineno}") from None
+    except RecursionError:
+        raise ModelError(f"{path}: not a model card: its JSON is nested too deeply to read") from None
+    except (ValueError, OverflowError) as error:
+        raise ModelError(f"{path}: not valid JSON: {' '.join(str(error).split())[:200]}") from None
+    check_numbers(data, str(path))
+    return data
+
+
 def _kind_names(kinds: type | tuple[type, ...]) -> str:
     names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
     names[dict] = "an object"
@@ -224,6 +334,7 @@ def _kind_names(kinds: type | tuple[type, ...]) -> str:
 def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
     """Validate a card's JSON and build the typed card."""
     root = _Reader(data, "", source)
+    check_numbers(data, source)
     root.unknown_keys(
         {
             "format",
@@ -247,6 +358,7 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
     arch = _Reader(root.get("architecture", dict), "architecture", source)
     arch.unknown_keys({"name", "args"})
     architecture = Architecture(name=arch.get("name", str), args=dict(arch.get("args", dict, {})))
+    _check_architecture_args(architecture.args, source)
 
     defaults = PreprocessSettings()
     pre = _Reader(root.get("preprocessing", dict, {}), "preprocessing", source)
@@ -257,14 +369,20 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
     window = pre.numbers("ct_window_hu", 2, defaults.ct_window_hu)
     if window[0] >= window[1]:
         raise pre.fail("ct_window_hu", f"must be [low, high] with low < high, got {list(window)}")
+    spacing = pre.numbers("spacing_mm", 3, defaults.spacing_mm, positive=True)
+    low, high = SPACING_MM_RANGE
+    if not all(low <= v <= high for v in spacing):
+        raise pre.fail("spacing_mm", f"must hold spacings in [{low}, {high}] mm, got {list(spacing)}")
     preprocessing = PreprocessSettings(
         channels=channels,
         orientation=pre.choice("orientation", ("RAS",), defaults.orientation),
-        spacing_mm=pre.numbers("spacing_mm", 3, defaults.spacing_mm, positive=True),
+        spacing_mm=spacing,
         ct_window_hu=window,
         ct_fill_hu=pre.number("ct_fill_hu", defaults.ct_fill_hu),
         body_threshold_hu=pre.number("body_threshold_hu", defaults.body_threshold_hu),
-        body_margin_mm=pre.number("body_margin_mm", defaults.body_margin_mm, low=0.0),
+        body_margin_mm=pre.number(
+            "body_margin_mm", defaults.body_margin_mm, low=0.0, high=MAX_BODY_MARGIN_MM
+        ),
     )
 
     raw_folds = root.get("folds", list)
@@ -284,10 +402,9 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
                 tracer=None if raw.get("tracer") is None else reader.choice("tracer", TRACERS),
             )
         )
-    if len({(f.tracer, f.fold) for f in folds}) != len(folds) or len({f.weights for f in folds}) != len(
-        folds
-    ):
-        raise root.fail("folds", "must not repeat a fold number (per tracer) or a weights file")
+    if len({(f.tracer, f.fold) for f in folds}) != len(folds):
+        raise root.fail("folds", "must not repeat a fold number (per tracer)")
+    _check_distinct_weights(folds, source)
     tagged = {f.tracer is not None for f in folds}
     if tagged == {True, False}:
         raise root.fail("folds", "must name a tracer in every fold or in none")
@@ -317,6 +434,57 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
     )
     _check_roi_fits_network(card, source)
     return card
+
+
+def _check_architecture_args(args: dict[str, Any], source: str) -> None:
+    """Every number in `architecture.args` (channels, strides, filters, ...) in [0, 4096] and every list
+    at most 16 long: a card asking for 10**9 channels must be refused here, not end in the allocator."""
+    low, high = ARCHITECTURE_NUMBER_RANGE
+    stack: list[tuple[str, Any]] = [(f"architecture.args.{key}", value) for key, value in args.items()]
+    seen: set[int] = set()
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, (dict, list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if len(value) > MAX_ARCHITECTURE_ITEMS:
+                raise ModelError(
+                    f"{source}: {name} must hold at most {MAX_ARCHITECTURE_ITEMS} entries, got {len(value)}"
+                )
+            if isinstance(value, dict):
+                stack.extend((f"{name}.{key}", item) for key, item in value.items())
+            else:
+                stack.extend((f"{name}[{index}]", item) for index, item in enumerate(value))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            finite = _finite(value)
+            if finite is None or not low <= finite <= high:
+                raise ModelError(f"{source}: {name} must be in [{low}, {high}], got {_shown(value)}")
+
+
+def _check_distinct_weights(folds: list[Fold], source: str) -> None:
+    """No two folds hold one weights file: `fold0.safetensors` and `./fold0.safetensors` are one file
+    (compared as normalised paths), and two folds with one sha256 are one network. Either would make an
+    ensemble of fewer networks than the card claims, or run one tracer's weights for the other."""
+    names: dict[str, int] = {}
+    checksums: dict[str, int] = {}
+    for index, fold in enumerate(folds):
+        name = os.path.normpath(fold.weights)
+        if name in names:
+            first = names[name]
+            raise ModelError(
+                f"{source}: folds[{first}] and folds[{index}] hold the same weights: "
+                f"{folds[first].weights!r} and {fold.weights!r} name one file"
+            )
+        names[name] = index
+        if fold.sha256 is not None:
+            checksum = fold.sha256.strip().lower()
+            if checksum in checksums:
+                raise ModelError(
+                    f"{source}: folds[{checksums[checksum]}] and folds[{index}] hold the same weights: "
+                    f"both have sha256 {fold.sha256!r}"
+                )
+            checksums[checksum] = index
 
 
 def _parse_tracer_classifier(data: dict[str, Any], source: str) -> TracerClassifier:
@@ -391,13 +559,17 @@ def parse_ensemble(data: Any, source: str = CARD_NAME) -> EnsembleSettings:
     """A card's `ensemble` object, checked field by field (what `export` also checks its settings with)."""
     ens_defaults = EnsembleSettings()
     ens = _Reader(data, "ensemble", source)
+    check_numbers(data, source, "ensemble")
     ens.unknown_keys(set(asdict(ens_defaults)))
     roi = ens.numbers("roi_size", 3, ens_defaults.roi_size, positive=True)
     if not all(isinstance(v, int) for v in roi):
         raise ens.fail("roi_size", f"must be whole numbers, got {list(roi)}")
+    low, high = ROI_SIDE_RANGE
+    if not all(low <= v <= high for v in roi):
+        raise ens.fail("roi_size", f"must hold sides in [{low}, {high}], got {list(roi)}")
     sw_batch = ens.get("sw_batch_size", int, ens_defaults.sw_batch_size)
-    if sw_batch < 1:
-        raise ens.fail("sw_batch_size", f"must be at least 1, got {sw_batch}")
+    if not 1 <= sw_batch <= MAX_SW_BATCH_SIZE:
+        raise ens.fail("sw_batch_size", f"must be at least 1 and at most {MAX_SW_BATCH_SIZE}, got {sw_batch}")
     return EnsembleSettings(
         roi_size=roi,
         overlap=ens.number("overlap", ens_defaults.overlap, low=0.0, high=0.95),
@@ -439,9 +611,10 @@ def _optional_fraction(reader: _Reader, key: str) -> float | None:
     value = reader.get(key, (int, float, type(None)), None)
     if value is None:
         return None
-    if not 0.0 < float(value) <= 1.0:
-        raise reader.fail(key, f"must be null or in (0, 1], got {value}")
-    return float(value)
+    fraction = _finite(value)
+    if fraction is None or not 0.0 < fraction <= 1.0:
+        raise reader.fail(key, f"must be null or in (0, 1], got {_shown(value)}")
+    return fraction
 
 
 def _check_roi_fits_network(card: ModelCard, source: str) -> None:
@@ -452,6 +625,11 @@ def _check_roi_fits_network(card: ModelCard, source: str) -> None:
         divisor = input_divisor(card.architecture)
     except ModelError as error:
         raise ModelError(f"{source}: {error}") from None
+    except (TypeError, ValueError) as error:  # e.g. "strides": 2 or ["a"]
+        raise ModelError(
+            f"{source}: architecture.args {_shown(card.architecture.args)} do not fit "
+            f"{card.architecture.name!r}: {error}"
+        ) from None
     if any(size % divisor for size in card.ensemble.roi_size):
         raise ModelError(
             f"{source}: ensemble.roi_size {list(card.ensemble.roi_size)} must be a multiple of {divisor} "
@@ -467,9 +645,11 @@ def check_relative_path(name: str, what: str) -> None:
 
 
 def _check_fold_files_inside(card: ModelCard, model_dir: Path, source: str) -> None:
-    """Fold weights are files inside the model folder also after following symbolic links, checked for
-    every fold before any weights are read."""
+    """Fold weights are files inside the model folder also after following symbolic links, and no two
+    folds lead to one file (by resolved path, or by inode for hard links), checked for every fold before
+    any weights are read."""
     root = Path(model_dir).resolve()
+    targets: dict[Path | tuple[int, int], int] = {}
     for index, fold in enumerate(card.folds):
         try:
             target = (root / fold.weights).resolve()
@@ -480,6 +660,20 @@ def _check_fold_files_inside(card: ModelCard, model_dir: Path, source: str) -> N
                 f"{source}: folds[{index}].weights {fold.weights!r} leads outside the model folder "
                 f"(to {target})"
             )
+        keys: list[Path | tuple[int, int]] = [target]
+        try:
+            status = target.stat()
+            keys.append((status.st_dev, status.st_ino))
+        except OSError:  # not there (yet): reported where the weights are read
+            pass
+        for key in keys:
+            if key in targets:
+                first = targets[key]
+                raise ModelError(
+                    f"{source}: folds[{first}] and folds[{index}] hold the same weights: "
+                    f"{card.folds[first].weights!r} and {fold.weights!r} both lead to {target}"
+                )
+            targets[key] = index
 
 
 def load_card(model_dir: Path) -> ModelCard:
@@ -487,13 +681,10 @@ def load_card(model_dir: Path) -> ModelCard:
     path = Path(model_dir) / CARD_NAME
     if not path.is_file():
         raise ModelError(f"{path}: model card not found (is {model_dir} a petseg model folder?)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as error:
-        raise ModelError(f"{path}: cannot read model card: {error}") from None
-    except json.JSONDecodeError as error:
-        raise ModelError(f"{path}: not valid JSON: {error.msg} at line {error.lineno}") from None
-    card = replace(parse_card(data, str(path)), path=path)
+    target, root = path.resolve(), Path(model_dir).resolve()
+    if root not in target.parents:  # links in the folder stay in it, as for the fold files and inputs
+        raise ModelError(f"{path}: a symbolic link leads outside the model folder {model_dir} (to {target})")
+    card = replace(parse_card(read_card_json(path), str(path)), path=path)
     _check_fold_files_inside(card, Path(model_dir), str(path))
     return card
 

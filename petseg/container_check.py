@@ -16,8 +16,9 @@ for the case (`CASE_DIR/expected/<pet-uuid>.mha`, written by `petseg samples --e
 - its Dice against the expected mask is at least `--min-dice` (two empty masks agree perfectly);
 - `data-centric-model.json` is the JSON boolean `false`, and the output holds no other file.
 
-`model` checks a model folder without loading any network (no torch needed): the card is valid and every
-fold's weight file is present, is not a Git LFS pointer and matches its sha256.
+`model` checks a model folder without loading any network: the card is valid (read and checked by
+`petseg.card.load_card`, so that a card this check passes is one inference loads) and every fold's weight
+file is present, is not a Git LFS pointer and matches its sha256.
 
 Every problem is printed as one line, `FAIL <name>: <file>: <problem>`, on stderr, and the exit code is 1;
 a passing check prints one `ok` line on stdout.
@@ -195,7 +196,10 @@ def _check_json(output_dir: Path, report: Report) -> None:
         return
     try:
         value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:
+        report.fail(path, "not valid JSON: nested too deeply to read")
+        return
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # ValueError: also a 5,000-digit integer
         report.fail(path, f"not valid JSON: {error}")
         return
     if value is not False:
@@ -278,8 +282,8 @@ def check_model(model_dir: Path) -> Report:
     report = Report(str(model_dir))
     try:
         card = load_card(model_dir)
-    except PetsegError as error:
-        report.fail(model_dir / CARD_NAME, str(error))
+    except PetsegError as error:  # already names the card: one path per FAIL line
+        report.fail(model_dir / CARD_NAME, str(error).removeprefix(f"{model_dir / CARD_NAME}: "))
         return report
     for fold in card.folds:
         try:

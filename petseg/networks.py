@@ -217,6 +217,16 @@ def load_fold(card: ModelCard, model_dir: Path, weights: str, sha256: str | None
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelError(f"{path}: not a readable safetensors file: {error}") from None
     network = build_network(card.architecture, card.ensemble.roi_size)
+    # load_state_dict would cast integer weights (int8, say) to float without a word: a file of another
+    # kind than the network's tensors is refused instead.
+    expected = network.state_dict()
+    for key, tensor in state.items():
+        if key in expected and tensor.is_floating_point() != expected[key].is_floating_point():
+            stored, wanted = (str(t.dtype).removeprefix("torch.") for t in (tensor, expected[key]))
+            raise ModelError(
+                f"{path}: tensor {key!r} is stored as {stored}; the network holds {wanted} there "
+                "(not weights of this network)"
+            )
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as error:

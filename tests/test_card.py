@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import RECIPE_CARD
 
-from petseg.card import CARD_NAME, load_card, parse_card, save_card
+from petseg.card import CARD_NAME, _Reader, load_card, parse_card, parse_ensemble, read_card_json, save_card
 from petseg.errors import ModelError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,3 +251,392 @@ def test_an_invalid_card_is_refused_before_any_weights_are_read(tmp_path, monkey
     with pytest.raises(ModelError, match=re.escape(str(tmp_path / CARD_NAME))):
         Predictor.load(tmp_path, device="cpu")
     assert opened == []
+
+
+# ------------------------------------------------------------------ values beyond JSON's ordinary range
+
+
+def recipe_text(old: str, new: str) -> str:
+    """The recipe card's JSON text with one literal replaced (numbers no Python dict could carry)."""
+    text = RECIPE_CARD.read_text()
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+BAD_TEXTS = {
+    "100,000 nested arrays": ("[" * 100000, "not a model card: its JSON is nested too deeply to read"),
+    "nested arrays in a field": (
+        recipe_text('"commit": null', '"commit": ' + "[" * 100000),
+        "not a model card: its JSON is nested too deeply to read",
+    ),
+    "1e400": (
+        recipe_text('"threshold": 0.5', '"threshold": 1e400'),
+        "ensemble.threshold must be a finite number, got inf",
+    ),
+    "400-digit float": (
+        recipe_text('"threshold": 0.5', '"threshold": ' + "1" * 400 + ".5"),
+        "ensemble.threshold must be a finite number, got inf",
+    ),
+    "400-digit integer": (
+        recipe_text('"threshold": 0.5', '"threshold": ' + "9" * 400),
+        "ensemble.threshold is a 400-digit integer; a card's integers have at most 30 digits",
+    ),
+    "5,001-digit integer": (
+        recipe_text('"sw_batch_size": 1', '"sw_batch_size": ' + "1" * 5001),
+        "ensemble.sw_batch_size is a 5001-digit integer; a card's integers have at most 30 digits",
+    ),
+    "NaN threshold": (
+        recipe_text('"threshold": 0.5', '"threshold": NaN'),
+        "ensemble.threshold must be a finite number, got nan",
+    ),
+    "Infinity overlap": (
+        recipe_text('"overlap": 0.5', '"overlap": Infinity'),
+        "ensemble.overlap must be a finite number, got inf",
+    ),
+    "-Infinity CT fill": (
+        recipe_text('"ct_fill_hu": -1024.0', '"ct_fill_hu": -Infinity'),
+        "preprocessing.ct_fill_hu must be a finite number, got -inf",
+    ),
+    "NaN spacing": (
+        recipe_text('"spacing_mm": [2.0, 2.0, 2.0]', '"spacing_mm": [2.0, NaN, 2.0]'),
+        "preprocessing.spacing_mm[1] must be a finite number, got nan",
+    ),
+    "NaN in provenance": (
+        recipe_text('"validation_dice": null', '"validation_dice": NaN'),
+        "provenance.validation_dice must be a finite number, got nan",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TEXTS))
+def test_card_text_beyond_json_ordinary_range_is_a_bad_card(tmp_path, case):
+    """Deep nesting, overflowing floats, NaN/Infinity and overlong integers: one line naming the card and
+    the field, never a RecursionError, OverflowError or ValueError from the JSON reader."""
+    text, expected = BAD_TEXTS[case]
+    (tmp_path / CARD_NAME).write_text(text)
+    with pytest.raises(ModelError) as raised:
+        load_card(tmp_path)
+    message = str(raised.value)
+    assert message == f"{tmp_path / CARD_NAME}: {expected}"
+
+
+def test_read_card_json_returns_an_ordinary_card(tmp_path):
+    (tmp_path / CARD_NAME).write_text(RECIPE_CARD.read_text())
+    assert read_card_json(tmp_path / CARD_NAME) == shipped()
+
+
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "ensemble.threshold",
+        "ensemble.overlap",
+        "ensemble.grow_within_mm",
+        "preprocessing.body_margin_mm",
+        "preprocessing.ct_fill_hu",
+        "preprocessing.body_threshold_hu",
+        "provenance.validation_dice",
+        "architecture.args.dropout",
+    ],
+)
+def test_non_finite_numbers_in_a_card_dict_are_refused(path, value):
+    """parse_card is also handed Python dicts, which (unlike JSON) carry NaN and infinities as floats:
+    NaN compares false with every bound, so it used to pass `threshold in [0, 1]` and give empty masks."""
+    with pytest.raises(ModelError) as raised:
+        parse_card(edit(path, value), "model.json")
+    assert str(raised.value) == f"model.json: {path} must be a finite number, got {value}"
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["nan", "inf", "-inf"])
+def test_non_finite_numbers_in_lists_and_ensembles_are_refused(value):
+    data = edit("preprocessing.spacing_mm", [2.0, 2.0, value])
+    with pytest.raises(
+        ModelError, match=re.escape("model.json: preprocessing.spacing_mm[2] must be a finite")
+    ):
+        parse_card(data, "model.json")
+    with pytest.raises(ModelError, match=re.escape("export: ensemble.overlap must be a finite number")):
+        parse_ensemble({"overlap": value}, "export")
+
+
+def test_huge_integers_in_a_card_dict_are_refused():
+    with pytest.raises(
+        ModelError, match=r"^model.json: ensemble.threshold is an integer of more than 30 digits"
+    ):
+        parse_card(edit("ensemble.threshold", 10**400), "model.json")
+    with pytest.raises(
+        ModelError, match=r"^model.json: ensemble.sw_batch_size is an integer of more than 30"
+    ):
+        parse_card(edit("ensemble.sw_batch_size", 10**5000), "model.json")
+
+
+@pytest.mark.parametrize("value", [*NON_FINITE, 10**400], ids=["nan", "inf", "-inf", "10**400"])
+def test_the_reader_refuses_non_finite_numbers_itself(value):
+    """`number`/`numbers` check finiteness themselves, not only through the whole-card check before them."""
+    reader = _Reader({"x": value, "xs": [1.0, value]}, "ensemble", "model.json")
+    with pytest.raises(ModelError, match=r"^model.json: ensemble.x must be a finite number"):
+        reader.number("x", low=0.0, high=1.0)
+    with pytest.raises(ModelError, match=r"^model.json: ensemble.xs must hold finite numbers"):
+        reader.numbers("xs", 2)
+
+
+# ------------------------------------------------------------------ sizes a card may ask for
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            "architecture.args",
+            {"channels": [10**9, 64, 128, 256, 512]},
+            "architecture.args.channels[0] must be in [0, 4096], got 1000000000",
+        ),
+        (
+            "architecture.args",
+            {"channels": [32, 64, 128, 256, 4097]},
+            "architecture.args.channels[4] must be in [0, 4096], got 4097",
+        ),
+        ("architecture.args", {"num_res_units": -1}, "architecture.args.num_res_units must be in [0, 4096]"),
+        (
+            "architecture.args",
+            {"dropout": 1e9},
+            "architecture.args.dropout must be in [0, 4096], got 1000000000.0",
+        ),
+        (
+            "architecture.args",
+            {"norm": ["group", {"num_groups": 100000}]},
+            "architecture.args.norm[1].num_groups must be in [0, 4096], got 100000",
+        ),
+        (
+            "architecture.args",
+            {"channels": [8] * 17},
+            "architecture.args.channels must hold at most 16 entries, got 17",
+        ),
+        ("architecture.args", {"strides": 2}, "architecture.args {'strides': 2} do not fit 'resunet'"),
+        (
+            "ensemble.roi_size",
+            [64, 64, 1048576],
+            "ensemble.roi_size must hold sides in [16, 512], got [64, 64, 1048576]",
+        ),
+        ("ensemble.roi_size", [1024, 1024, 1024], "ensemble.roi_size must hold sides in [16, 512]"),
+        ("ensemble.sw_batch_size", 65, "ensemble.sw_batch_size must be at least 1 and at most 64, got 65"),
+        ("ensemble.sw_batch_size", 10**9, "ensemble.sw_batch_size must be at least 1 and at most 64"),
+        (
+            "preprocessing.spacing_mm",
+            [0.01, 2.0, 2.0],
+            "preprocessing.spacing_mm must hold spacings in [0.1, 20.0] mm, got [0.01, 2.0, 2.0]",
+        ),
+        (
+            "preprocessing.spacing_mm",
+            [2, 2, 50],
+            "preprocessing.spacing_mm must hold spacings in [0.1, 20.0]",
+        ),
+        (
+            "preprocessing.body_margin_mm",
+            1e6,
+            "preprocessing.body_margin_mm must be in [0.0, 500.0], got 1000000.0",
+        ),
+    ],
+)
+def test_sizes_beyond_the_card_bounds_are_refused_at_load(path, value, message):
+    """A card asking for 10**9 channels or a 64 x 64 x 1048576 window is refused when read, not in the
+    allocator at load or at the first case."""
+    with pytest.raises(ModelError) as raised:
+        parse_card(edit(path, value), "model.json")
+    text = str(raised.value)
+    assert text.startswith(f"model.json: {message}"), text
+    assert "\n" not in text
+
+
+def test_a_window_below_16_is_refused_even_where_the_network_would_divide_it():
+    data = edit("architecture", {"name": "resunet-tiny", "args": {}})  # divisor 8
+    assert parse_card({**data, "ensemble": {**data["ensemble"], "roi_size": [16, 16, 16]}})
+    with pytest.raises(
+        ModelError, match=re.escape("ensemble.roi_size must hold sides in [16, 512], got [8, 8")
+    ):
+        parse_card({**data, "ensemble": {**data["ensemble"], "roi_size": [8, 8, 8]}})
+
+
+def test_sizes_at_the_card_bounds_load():
+    data = edit(
+        "architecture.args", {"channels": [16, 64, 256, 1024, 4096], "norm": ["group", {"num_groups": 8}]}
+    )
+    data["ensemble"].update(roi_size=[512, 512, 16], sw_batch_size=64)
+    data["preprocessing"].update(spacing_mm=[0.1, 20, 2.0], body_margin_mm=500)
+    card = parse_card(data)
+    assert card.ensemble.roi_size == (512, 512, 16)
+    assert card.ensemble.sw_batch_size == 64
+    assert card.preprocessing.spacing_mm == (0.1, 20, 2.0)
+    assert card.preprocessing.body_margin_mm == 500.0
+    assert card.architecture.args["channels"] == [16, 64, 256, 1024, 4096]
+
+
+# ------------------------------------------------------------------ one weights file, two folds
+
+
+@pytest.mark.parametrize(
+    "name", ["fold0.safetensors", "./fold0.safetensors", "././fold0.safetensors", ".//fold0.safetensors"]
+)
+def test_two_folds_naming_one_weights_file_are_refused(name):
+    with pytest.raises(ModelError) as raised:
+        parse_card(edit("folds.1.weights", name), "model.json")
+    assert str(raised.value) == (
+        "model.json: folds[0] and folds[1] hold the same weights: "
+        f"'fold0.safetensors' and {name!r} name one file"
+    )
+
+
+def test_two_folds_with_one_sha256_are_refused():
+    data = shipped()
+    data["folds"][0]["sha256"] = "ab" * 32
+    data["folds"][3]["sha256"] = "AB" * 32
+    with pytest.raises(ModelError) as raised:
+        parse_card(data, "model.json")
+    assert str(raised.value) == (
+        f"model.json: folds[0] and folds[3] hold the same weights: both have sha256 {'AB' * 32!r}"
+    )
+
+
+def test_a_psma_fold_naming_an_fdg_fold_file_is_refused():
+    """A hostile card: the PSMA ensemble's fold 0 ran the FDG fold 0 weights under another spelling."""
+    data = json.loads((REPO / "model" / CARD_NAME).read_text())
+    assert data["folds"][5]["tracer"] == "psma"
+    data["folds"][5]["weights"] = "./" + data["folds"][0]["weights"]
+    with pytest.raises(
+        ModelError, match=re.escape("model.json: folds[0] and folds[5] hold the same weights")
+    ):
+        parse_card(data, "model.json")
+    data["folds"][5]["weights"] = "psma-fold0.safetensors"
+    data["folds"][5]["sha256"] = data["folds"][0]["sha256"]
+    with pytest.raises(
+        ModelError, match=re.escape("model.json: folds[0] and folds[5] hold the same weights")
+    ):
+        parse_card(data, "model.json")
+
+
+def one_file_two_folds(tmp_path: Path, how: str) -> Path:
+    """A two-fold model folder whose second fold leads to the first fold's file (no sha256 to tell)."""
+    from petseg.untrained import create_untrained_model
+
+    model = tmp_path / "model"
+    create_untrained_model(model, folds=2)
+    data = json.loads((model / CARD_NAME).read_text())
+    for fold in data["folds"]:
+        fold["sha256"] = None
+    if how == "link":
+        (model / "fold1.safetensors").unlink()
+        (model / "fold1.safetensors").symlink_to("fold0.safetensors")
+    elif how == "hard link":
+        (model / "fold1.safetensors").unlink()
+        (model / "fold1.safetensors").hardlink_to(model / "fold0.safetensors")
+    else:  # a folder link back into the model folder
+        (model / "same").symlink_to(".", target_is_directory=True)
+        data["folds"][1]["weights"] = "same/fold0.safetensors"
+    (model / CARD_NAME).write_text(json.dumps(data))
+    return model
+
+
+@pytest.mark.parametrize("how", ["link", "hard link", "folder link"])
+def test_two_folds_leading_to_one_file_are_refused_at_load(tmp_path, how):
+    model = one_file_two_folds(tmp_path, how)
+    with pytest.raises(ModelError) as raised:
+        load_card(model)
+    message = str(raised.value)
+    assert message.startswith(f"{model / CARD_NAME}: folds[0] and folds[1] hold the same weights: "), message
+    assert "\n" not in message
+
+
+# ------------------------------------------------------------------ the checks report a bad card
+
+
+def bad_model_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Model folders with hostile cards, each with the field its error must name."""
+    cases = {
+        "nested": ("[" * 100000, "nested too deeply"),
+        "1e400": (BAD_TEXTS["1e400"][0], "ensemble.threshold"),
+        "5001 digits": (BAD_TEXTS["5,001-digit integer"][0], "ensemble.sw_batch_size"),
+        "NaN": (BAD_TEXTS["NaN threshold"][0], "ensemble.threshold"),
+        "channels": (
+            recipe_text('"args": {}', '"args": {"channels": [1000000000, 64, 128, 256, 512]}'),
+            "architecture.args.channels[0]",
+        ),
+        "window": (
+            recipe_text('"roi_size": [192, 192, 192]', '"roi_size": [64, 64, 1048576]'),
+            "ensemble.roi_size",
+        ),
+        "one file": (recipe_text('"fold1.safetensors"', '"./fold0.safetensors"'), "folds[0] and folds[1]"),
+    }
+    dirs = {}
+    for name, (text, field_name) in cases.items():
+        folder = tmp_path / name.replace(" ", "-")
+        folder.mkdir()
+        (folder / CARD_NAME).write_text(text)
+        dirs[name] = (folder, field_name)
+    return dirs
+
+
+def test_check_model_reports_a_bad_card_with_exit_code_4(tmp_path, capsys):
+    from petseg.cli import main
+
+    for name, (folder, field_name) in bad_model_dirs(tmp_path).items():
+        assert main(["check-model", str(folder)]) == 4, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"petseg: error: {folder / CARD_NAME}: "), err[:300]
+        assert field_name in err, name
+        assert len(err.splitlines()) == 1, name
+        assert "Traceback" not in err
+        assert "internal error" not in err
+
+
+def test_container_check_reports_a_bad_card_as_a_failure(tmp_path, capsys):
+    from petseg.container_check import main
+
+    for name, (folder, field_name) in bad_model_dirs(tmp_path).items():
+        assert main(["model", str(folder)]) == 1, name
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith(f"FAIL {folder}: {folder / CARD_NAME}: "), name
+        assert captured.err.count(str(folder / CARD_NAME)) == 1, captured.err  # named once
+        assert field_name in captured.err, name
+        assert len(captured.err.splitlines()) == 1, name
+    model = one_file_two_folds(tmp_path / "linked", "link")
+    assert main(["model", str(model)]) == 1
+    assert "folds[0] and folds[1] hold the same weights" in capsys.readouterr().err
+
+
+def test_check_model_command_refuses_deep_nesting_without_a_traceback(tmp_path):
+    """The real command line, in a fresh interpreter (whose stack depth differs from pytest's)."""
+    import subprocess
+    import sys
+
+    (tmp_path / CARD_NAME).write_text("[" * 100000)
+    result = subprocess.run(
+        [sys.executable, "-m", "petseg", "check-model", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 4
+    assert result.stderr == (
+        f"petseg: error: {tmp_path / CARD_NAME}: not a model card: its JSON is nested too deeply to read\n"
+    )
+
+
+def test_a_card_linked_from_outside_the_model_folder_is_refused(tiny_model_dir, tmp_path):
+    """The model folder follows the input folder's rule: links in it stay in it (the folder may be one)."""
+    import shutil
+
+    from petseg.card import load_card
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "model.json").rename(tmp_path / "card elsewhere.json")
+    (model / "model.json").symlink_to(tmp_path / "card elsewhere.json")
+    with pytest.raises(ModelError, match="a symbolic link leads outside the model folder"):
+        load_card(model)
+    linked = tmp_path / "linked model"
+    linked.symlink_to(tiny_model_dir, target_is_directory=True)
+    assert load_card(linked).name

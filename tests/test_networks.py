@@ -73,6 +73,18 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
         load_fold(card, tmp_path, "x.safetensors", None)
 
 
+def test_weights_stored_as_integers_are_refused_not_cast(tmp_path):
+    """int8 tensors of the right names and shapes would be cast to float by load_state_dict, silently."""
+    from safetensors.torch import load_file, save_file
+
+    card = create_untrained_model(tmp_path, folds=1)
+    state = load_file(str(tmp_path / "fold0.safetensors"))
+    quantised = {k: v.to(torch.int8) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(quantised, str(tmp_path / "int8.safetensors"))
+    with pytest.raises(ModelError, match=r"is stored as int8; the network holds float32 there"):
+        load_fold(card, tmp_path, "int8.safetensors", None)
+
+
 class _Exploit:
     def __reduce__(self):
         return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))

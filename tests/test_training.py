@@ -294,6 +294,15 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
     assert load_card(tmp_path / "coarse-model").preprocessing.spacing_mm == (4.0, 4.0, 3.0)
     with pytest.raises(TrainingError, match="not a training run"):
         export([tmp_path / "model"], tmp_path / "x")
+    # A fold without a validation score (NaN: no validation case) is null in the card, which still loads.
+    unscored = tmp_path / "unscored"
+    shutil.copytree(runs[1], unscored)
+    best = json.loads((unscored / "best.json").read_text())
+    (unscored / "best.json").write_text(json.dumps({**best, "val_score": float("nan")}))
+    exported = export([runs[0], unscored], tmp_path / "unscored-model")
+    assert exported.provenance["validation_score"]["fold1"] is None
+    assert exported.provenance["validation_score_mean"] == exported.provenance["validation_score"]["fold0"]
+    assert load_card(tmp_path / "unscored-model").provenance["validation_score"]["fold1"] is None
 
     assert (card.ensemble.threshold, card.ensemble.grow_to_suvmax_fraction) == (0.5, None)  # by default
     tuned = export(runs, tmp_path / "tuned", threshold=0.7, grow_to_suvmax_fraction=0.4, grow_within_mm=5.0)

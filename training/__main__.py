@@ -96,7 +96,8 @@ def _export(args: argparse.Namespace) -> int:
     card = export(args.runs, args.out, **{option: getattr(args, option) for option in options})
     mean = card.provenance["validation_score_mean"]
     folds = len(card.folds)
-    print(f"exported {folds} fold(s) of {card.architecture.name} to {args.out} (mean validation {mean:.4f})")
+    shown = "none" if mean is None else f"{mean:.4f}"
+    print(f"exported {folds} fold(s) of {card.architecture.name} to {args.out} (mean validation {shown})")
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 from dataclasses import replace
@@ -32,6 +33,7 @@ from petseg.card import (
     save_card,
 )
 from petseg.errors import ModelError
+from petseg.io import json_safe
 from petseg.networks import build_network, file_sha256, save_state
 from petseg.phantoms.generate import manifest_arguments
 from petseg.splits import tracer_of
@@ -209,8 +211,9 @@ def export(
                 "flip_probability": setting(first, "flip_probability"),
                 "augment": config.get("augment"),
             },
-            "validation_score": {_fold_name(r): s for r, s in zip(runs, scores, strict=True)},
-            "validation_score_mean": sum(scores) / len(scores),
+            # null where a fold had no validation score (NaN): a card holds finite numbers only
+            "validation_score": {_fold_name(r): json_safe(s) for r, s in zip(runs, scores, strict=True)},
+            "validation_score_mean": _finite_mean(scores),
             "checkpoint": checkpoint,
             "checkpoint_epochs": {_fold_name(r): r["chosen"]["epoch"] for r in runs},
             "commit": first.get("commit"),
@@ -274,3 +277,9 @@ def _fit_tracer_classifier(data: Path, settings: PreprocessSettings) -> TracerCl
         classifier.cross_validated_accuracy,
     )
     return classifier
+
+
+def _finite_mean(values: list[float]) -> float | None:
+    """The mean of the finite values; None where there is none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
