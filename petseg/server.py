@@ -42,6 +42,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from petseg.cli import add_container_arguments
+from petseg.cli import _positive_seconds, add_container_arguments
 from petseg.errors import InputError, PetsegError
 
 if TYPE_CHECKING:  # torch and MONAI load with the ensemble, after the port answers
@@ -65,6 +66,7 @@ log = logging.getLogger("petseg")
 DEFAULT_HOST = "0.0.0.0"  # every interface: the platform connects from outside the container
 DEFAULT_PORT = 4743  # fixed by the platform
 RETRY_AFTER_S = 5
+DEFAULT_REQUEST_TIMEOUT_S = 1800.0  # above autoPET IV's 15 minutes a case, with room for a slow GPU
 
 Runner = Callable[[Path, Path, "Predictor", "StageTimer"], Path]
 
@@ -144,7 +146,12 @@ class InvokeService:
     on_load_failure: Callable[[], None] = lambda: None
     predictor: Predictor | None = None
     load_error: BaseException | None = None
+    # A request still running after this many seconds is answered 500 and abandoned; until it ends,
+    # /health and /invoke answer 503 (a thread cannot be killed: its case may hold the input for ever).
+    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _state: threading.Lock = field(default_factory=threading.Lock)
+    _stuck: tuple[int, float] | None = None  # (request number, its start on time.monotonic) while abandoned
     _previous: list[Path] = field(default_factory=list)
     _count: itertools.count = field(default_factory=lambda: itertools.count(1))
 
@@ -164,6 +171,16 @@ class InvokeService:
         return thread
 
     def health(self) -> Reply:
+        stuck = self._stuck
+        if stuck is not None:
+            number, started = stuck
+            return Reply(
+                503,
+                {
+                    "detail": f"request {number} has run for {time.monotonic() - started:.0f} s, over the "
+                    f"limit of {self.request_timeout_s:g} s, and still holds the pipeline"
+                },
+            )
         if self.predictor is not None:
             return Reply(200, {"status": "ready"})
         if self.load_error is not None:
@@ -171,13 +188,63 @@ class InvokeService:
         return Reply(503, {"detail": "loading the model"})
 
     def invoke(self) -> Reply:
-        """Segment the case in the input folder; one request at a time."""
-        if self.predictor is None:
+        """Segment the case in the input folder; one request at a time, each within the time limit."""
+        if self.predictor is None or self._stuck is not None:
             return self.health()
         with self._lock:
-            return self._invoke(next(self._count))
+            if self._stuck is not None:
+                return self.health()
+            number = next(self._count)
+            if self.request_timeout_s is None:
+                return self._invoke(number)
+            return self._invoke_within_limit(number, self.request_timeout_s)
 
-    def _invoke(self, number: int) -> Reply:
+    def _invoke_within_limit(self, number: int, limit_s: float) -> Reply:
+        """The request in a worker thread: answered when it ends, or abandoned once over `limit_s`.
+
+        An abandoned request's thread runs on; when it ends, whatever it wrote is removed (its client
+        was told it failed) and the server serves again.
+        """
+        outcome: dict[str, Any] = {}
+        started = time.monotonic()
+
+        def settle() -> bool:  # under self._state, once the case is written: abandoned, or finished now
+            if outcome.get("abandoned"):
+                return True
+            outcome["finished"] = True
+            return False
+
+        def work() -> None:
+            reply = self._invoke(number, settle)
+            with self._state:
+                outcome["reply"] = reply
+                if outcome.get("abandoned"):
+                    self._stuck = None
+                    log.warning(
+                        "invoke %d: ended %.0f s after it started, after it was abandoned: serving again",
+                        number,
+                        time.monotonic() - started,
+                    )
+
+        worker = threading.Thread(target=work, name=f"petseg-invoke-{number}", daemon=True)
+        worker.start()
+        worker.join(limit_s)
+        with self._state:
+            finished = "reply" in outcome or outcome.get("finished", False)
+            if not finished:
+                outcome["abandoned"] = True
+                self._stuck = (number, started)
+        if finished:  # done just in time: its reply is a moment away
+            worker.join()
+            return outcome["reply"]
+        message = (
+            f"the case did not finish within {limit_s:g} s (--request-timeout); the request is abandoned "
+            "and /health answers 503 until it ends"
+        )
+        log.error("invoke %d: %s", number, message)
+        return Reply(500, {"detail": message})
+
+    def _invoke(self, number: int, settle: Callable[[], bool] = lambda: False) -> Reply:
         from petseg.console import StageTimer
         from petseg.io import DATA_CENTRIC_JSON, is_image_file
 
@@ -212,6 +279,11 @@ class InvokeService:
                 if removed:
                     log.info("invoke %d: removed %d partial output path(s)", number, len(removed))
                 _release_memory(self.predictor)
+        with self._state:
+            if settle():  # abandoned: its client was already told it failed, so what it wrote must go
+                removed = remove_new_entries(output_dir, before, folder_existed)
+                log.warning("invoke %d: abandoned; removed its %d output path(s)", number, len(removed))
+                return Reply(500, {"detail": "abandoned after the time limit"})
         self._previous = [mask_path, output_dir / DATA_CENTRIC_JSON]
         others = sorted(p.name for p in mask_path.parent.iterdir() if p != mask_path and is_image_file(p))
         if others:
@@ -266,6 +338,14 @@ def server_parser(default_model: Path) -> argparse.ArgumentParser:
     add_container_arguments(parser, default_model)
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--request-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"a case still running after this long is answered 500, and /health answers 503 until it "
+        f"ends (default {DEFAULT_REQUEST_TIMEOUT_S:g})",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -279,6 +359,7 @@ def _serve(args: argparse.Namespace) -> int:
     service = InvokeService(
         input_dir=args.input,
         output_dir=args.output,
+        request_timeout_s=args.request_timeout,
         loader=lambda: _load_predictor(
             args.model, args.device, StageTimer(), args.precision, args.compile, args.tracer
         ),

@@ -390,3 +390,141 @@ def test_requests_run_one_at_a_time(tmp_path: Path) -> None:
         thread.join(30)
     assert [reply.status for reply in replies] == [201, 201, 201]
     assert most[0] == 1
+
+
+def test_a_request_over_the_time_limit_is_abandoned_and_health_says_so_until_it_ends(tmp_path: Path) -> None:
+    """A case that hangs (its input a FIFO, say) must not hold the server with /health still answering 200:
+    the request is answered 500 at the limit, the server answers 503 while the case runs on, and what the
+    abandoned case wrote when it finally ended is removed."""
+    release = threading.Event()
+
+    def hanging(input_dir: Path, output_dir: Path, predictor, timer) -> Path:
+        assert release.wait(30)
+        return writing_runner("late")(input_dir, output_dir, predictor, timer)
+
+    service = ready_service(tmp_path, hanging)
+    service.request_timeout_s = 0.3
+    started = time.monotonic()
+    reply = service.invoke()
+    assert reply.status == 500
+    assert "did not finish within 0.3 s" in reply.body["detail"]
+    assert time.monotonic() - started < 10
+    health = service.health()
+    assert health.status == 503
+    assert "request 1 has run for" in health.body["detail"]
+    assert service.invoke().status == 503  # nothing else runs while the abandoned case holds the pipeline
+    release.set()
+    deadline = time.monotonic() + 30
+    while service.health().status != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.health() == Reply(200, {"status": "ready"})
+    assert all_files(tmp_path / "output") == []  # the abandoned case's late outputs were removed
+    service.runner = writing_runner("next")
+    assert service.invoke().status == 201
+    assert [p.name for p in all_files(tmp_path / "output")] == ["data-centric-model.json", "next.mha"]
+
+
+def test_a_request_within_the_time_limit_is_answered_as_usual(tmp_path: Path) -> None:
+    service = ready_service(tmp_path, writing_runner("quick"))
+    service.request_timeout_s = 30
+    assert service.invoke().status == 201
+    assert service.health().status == 200
+
+
+def test_request_timeout_is_an_option_of_app_py() -> None:
+    assert server_parser(Path("m")).parse_args(["--request-timeout", "90"]).request_timeout == 90
+    with pytest.raises(SystemExit):
+        server_parser(Path("m")).parse_args(["--request-timeout", "0"])
+
+
+def test_a_fifo_as_input_is_refused_in_invoke_mode_without_hanging(tmp_path: Path) -> None:
+    """The real pipeline on a PET whose header names a FIFO for its voxel data: 422 at once, no hang."""
+    from petseg.pipeline import run_grand_challenge
+
+    def runner(input_dir: Path, output_dir: Path, predictor, timer) -> Path:
+        return run_grand_challenge(input_dir, output_dir, predictor, timer)
+
+    pet_dir, ct_dir = tmp_path / "input" / PET_FOLDER, tmp_path / "input" / CT_FOLDER
+    pet_dir.mkdir(parents=True)
+    ct_dir.mkdir(parents=True)
+    sitk.WriteImage(sitk.Image([4, 4, 4], sitk.sitkFloat32), str(ct_dir / "ct.mha"))
+    os.mkfifo(pet_dir / "voxels.raw")
+    (pet_dir / "pet.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_FLOAT\n"
+        "ElementDataFile = voxels.raw\n"
+    )
+    service = ready_service(tmp_path, runner)
+    service.request_timeout_s = 60
+    started = time.monotonic()
+    reply = service.invoke()
+    assert reply.status == 422, reply
+    assert "voxels.raw" in reply.body["detail"]
+    assert "not a regular file" in reply.body["detail"]
+    assert time.monotonic() - started < 30
+    assert service.health().status == 200
+
+
+def test_an_input_that_vanishes_mid_request_is_answered_422(tmp_path: Path, monkeypatch) -> None:
+    """The platform (or a user) removes the PET while the request reads it: the input's fault, not 500."""
+    import petseg.io as pio
+    from petseg.pipeline import run_grand_challenge
+
+    case = make_case(seed=3, index=0, tracer="fdg", size="tiny", lesion_free=True)
+    write_gc_input(tmp_path / "input", case.ct, case.pet, "ct", "pet")
+    real = pio._check_data_source
+
+    def vanish(path: Path, role: str) -> None:
+        if role == "PET":
+            path.unlink()
+        real(path, role)
+
+    monkeypatch.setattr(pio, "_check_data_source", vanish)
+    service = ready_service(tmp_path, lambda i, o, p, t: run_grand_challenge(i, o, p, t))
+    reply = service.invoke()
+    assert reply.status == 422, reply
+    assert "pet.mha: cannot read PET image: No such file" in reply.body["detail"]
+
+
+def _header_pointing_at(data_file: str):
+    def build(pet_dir: Path) -> None:
+        (pet_dir / "pet.mha").write_text(
+            "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_FLOAT\n"
+            f"ElementDataFile = {data_file}\n"
+        )
+
+    return build
+
+
+def _non_utf8_name(pet_dir: Path) -> None:
+    sitk.WriteImage(sitk.Image([4, 4, 4], sitk.sitkFloat32), str(pet_dir / "pet.mha"))
+    os.rename(pet_dir / "pet.mha", os.path.join(os.fsencode(pet_dir), b"pet-\xff.mha"))
+
+
+HOSTILE_PETS = {
+    "/etc/passwd": (_header_pointing_at("/etc/passwd"), "only a file in the image's own folder"),
+    "/dev/zero": (_header_pointing_at("/dev/zero"), "only a file in the image's own folder"),
+    "LIST": (_header_pointing_at("LIST"), "several files"),
+    "not UTF-8": (_non_utf8_name, "not valid UTF-8"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_PETS)
+def test_hostile_headers_and_names_are_422_in_invoke_mode_and_the_server_stays_up(
+    tmp_path: Path, name: str
+) -> None:
+    from petseg.pipeline import run_grand_challenge
+
+    build, message = HOSTILE_PETS[name]
+    pet_dir, ct_dir = tmp_path / "input" / PET_FOLDER, tmp_path / "input" / CT_FOLDER
+    pet_dir.mkdir(parents=True)
+    ct_dir.mkdir(parents=True)
+    sitk.WriteImage(sitk.Image([4, 4, 4], sitk.sitkFloat32), str(ct_dir / "ct.mha"))
+    build(pet_dir)
+    service = ready_service(tmp_path, lambda i, o, p, t: run_grand_challenge(i, o, p, t))
+    reply = service.invoke()
+    assert reply.status == 422, reply
+    assert message in reply.body["detail"]
+    assert "\n" not in reply.body["detail"]
+    json.dumps(reply.body, ensure_ascii=False).encode("utf-8")  # the reply can be sent as UTF-8
+    assert service.health().status == 200
+    assert not (tmp_path / "output").exists()
