@@ -46,8 +46,19 @@ def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     SIGTERM unwinds like Ctrl-C: staging folders are removed and a half-written output pair is taken
     back, so a stopped container leaves a complete output or none.
     """
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _report_failures(run, args)
+    finally:
+        # A SIGTERM after this point (the caches' cleanup, the interpreter's exit) gets the handler that was
+        # there before, by default the plain exit 143: outside this function no one would catch Terminated.
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _report_failures(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return run(args)
     except PetsegError as error:
@@ -343,8 +354,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     from petseg.cases import discover_cases
     from petseg.console import StageTimer
-    from petseg.io import DATA_CENTRIC_JSON, write_json
-    from petseg.pipeline import run_to_file
+    from petseg.io import DATA_CENTRIC_JSON
+    from petseg.pipeline import run_to_file, run_to_folder
     from petseg.probability import probability_path
 
     cases = discover_cases(args.input)
@@ -355,19 +366,18 @@ def _predict(args: argparse.Namespace) -> int:
     skipped = 0
     for case in tqdm(cases, desc="cases", unit="case", disable=args.quiet or len(cases) < 2):
         destination = case.output_path(args.output)
-        if destination.exists() and not args.overwrite:
+        # A Grand-Challenge output counts as done only as the pair: a mask without its JSON is redone.
+        done = [destination] + ([args.output / case.name / DATA_CENTRIC_JSON] if case.layout == "gc" else [])
+        if all(p.exists() for p in done) and not args.overwrite:
             skipped += 1
             continue
         try:
-            run_to_file(
-                case.files,
-                destination,
-                predictor,
-                StageTimer(prefix=f"{case.name}: "),
-                probability_to=probability_path(destination) if args.save_probabilities else None,
-            )
-            if case.layout == "gc":
-                write_json(False, args.output / case.name / DATA_CENTRIC_JSON)
+            probability_to = probability_path(destination) if args.save_probabilities else None
+            timer = StageTimer(prefix=f"{case.name}: ")
+            if case.layout == "gc":  # both files or neither, as process.py writes them
+                run_to_folder(case.files, args.output / case.name, predictor, timer, probability_to)
+            else:
+                run_to_file(case.files, destination, predictor, timer, probability_to)
             if args.preview:
                 _write_case_preview(case, destination, args.output / "preview" / f"{case.name}.png")
         except PetsegError as error:

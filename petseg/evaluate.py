@@ -197,7 +197,13 @@ def _csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
 def _cell(value: Any) -> Any:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.10g}"
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        # A case named "=HYPERLINK(...)" would be a formula in a spreadsheet: a leading ' keeps it text.
+        return "'" + value
     return value
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def describe(values: Sequence[float]) -> dict[str, float | int | None]:

@@ -16,10 +16,14 @@ import logging
 import math
 import os
 import shutil
+import signal
+import socket
+import stat
 import struct
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -58,11 +62,13 @@ _PIXEL_BYTES = {
 _MAX_DEFLATE_RATIO = 1032
 _METAIMAGE_HEADER_LIMIT = 1 << 20
 _MAX_METAIMAGE_DIMENSION = 5  # ITK's limit for image IO
+_DIRECTION_TOLERANCE = 1e-4  # |D^T D - I|: headers store rotations rounded to about six digits
 # What ITK's MetaImage reader prints (without raising) when the voxel data it returns are incomplete.
 _NATIVE_READ_FAILURES = ("Uncompress failed", "not read completely")
 _native_stderr_lock = threading.Lock()
 # PET in SUV rarely exceeds ~100 outside the bladder; activity concentrations in Bq/ml are thousands.
 _BQML_PERCENTILE = 99.0
+MIN_CT_COVERAGE = 0.05  # share of the PET's field of view the CT must cover
 _BQML_THRESHOLD = 100.0
 
 
@@ -96,7 +102,10 @@ def find_image(folder: Path) -> Path:
     """The one image file in an interface folder; zero or several is an error."""
     if not folder.is_dir():
         raise InputError(f"{folder}: input folder not found")
-    images = sorted(p for p in folder.iterdir() if is_image_file(p))
+    try:
+        images = sorted(p for p in folder.iterdir() if is_image_file(p))
+    except OSError as error:  # it vanished, or cannot be listed
+        raise InputError(f"{folder}: cannot list the input folder: {error.strerror or error}") from None
     if not images:
         raise InputError(f"{folder}: no image file ({', '.join(IMAGE_SUFFIXES)}) in the folder")
     if len(images) > 1:
@@ -106,8 +115,26 @@ def find_image(folder: Path) -> Path:
 
 
 def find_case(input_dir: Path) -> CaseFiles:
-    """The CT and PET of a Grand-Challenge input folder (`images/ct/`, `images/pet/`)."""
-    return CaseFiles(ct=find_image(input_dir / CT_FOLDER), pet=find_image(input_dir / PET_FOLDER))
+    """The CT and PET of a Grand-Challenge input folder (`images/ct/`, `images/pet/`).
+
+    Symbolic links inside the folder are followed only where they stay inside it (the folder itself may
+    be a link, as the platform links /input to each job's folder): the same rule as for the model folder.
+    """
+    files = CaseFiles(ct=find_image(input_dir / CT_FOLDER), pet=find_image(input_dir / PET_FOLDER))
+    for path in (files.ct, files.pet):
+        check_link_inside(path, input_dir, "input")
+    return files
+
+
+def check_link_inside(path: Path, root: Path, what: str) -> None:
+    """`path` must resolve (links followed) to a place inside `root` (resolved too): an `InputError`
+    naming it otherwise."""
+    try:
+        target, base = Path(path).resolve(), Path(root).resolve()
+    except (OSError, RuntimeError) as error:  # a loop of links
+        raise InputError(f"{path}: cannot follow the symbolic link: {error}") from None
+    if base not in target.parents:
+        raise InputError(f"{path}: a symbolic link leads outside the {what} folder {root} (to {target})")
 
 
 def _check_not_pointer(path: Path) -> None:
@@ -136,19 +163,26 @@ def read_image(path: Path, role: str) -> sitk.Image:
     `role` ("CT", "PET", "label") only names the image in messages.
     """
     path = Path(path)
-    if not path.is_file():
+    check_readable_name(path, role)
+    if not path.exists():
         raise InputError(f"{path}: {role} file not found")
-    _check_not_pointer(path)
+    if not is_regular_file(path):
+        raise InputError(f"{path}: {role} image is not a regular file (a folder, FIFO or device)")
     failure = None
     with _native_stderr() as noise:
         try:
+            _check_not_pointer(path)
+            _check_data_source(path, role)
             _check_metaimage_dimension(path, role)
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
+            reader.SetImageIO(_image_io(path))
             reader.ReadImageInformation()
             image = _read_alongside(reader, _check_header(reader, path, role))
         except RuntimeError as error:
             failure = _first_itk_line(str(error))
+        except OSError as error:  # e.g. the file vanished, or lost its permissions, while being read
+            failure = f"{error.strerror or error}"
     if failure is not None:
         detail = f" ({noise[0][:200]})" if noise else ""
         raise InputError(f"{path}: cannot read {role} image: {failure}{detail}")
@@ -161,6 +195,98 @@ def read_image(path: Path, role: str) -> sitk.Image:
         image = sitk.Cast(image, sitk.sitkFloat32)
         _check_finite(image, path, role)
     return image
+
+
+def _image_io(path: Path) -> str:
+    """ITK's reader for the file's suffix, in any letter case: ITK itself matches suffixes case-sensitively,
+    so an `.MHA` that petseg counts as an image would otherwise be unreadable."""
+    name = path.name.lower()
+    if name.endswith((".mha", ".mhd")):
+        return "MetaImageIO"
+    if name.endswith((".nii", ".nii.gz")):
+        return "NiftiImageIO"
+    if name.endswith(".nrrd"):
+        return "NrrdImageIO"
+    return ""  # ITK chooses
+
+
+def is_regular_file(path: Path) -> bool:
+    """A regular file, after following symbolic links: never a FIFO or a device, whose read may block
+    for ever or never end."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def check_readable_name(path: Path, role: str) -> None:
+    """A path that is not valid UTF-8 reaches ITK as a string it cannot encode, and ITK aborts the whole
+    process (SIGABRT) without a message: such a name is refused before ITK sees it."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"{str(path)!a}: the {role} image's path is not valid UTF-8; rename the file or folder"
+        ) from None
+
+
+def _check_data_source(path: Path, role: str) -> None:
+    """An image's voxel data come from the file itself, or from one regular file in the same folder.
+
+    MetaImage (`ElementDataFile`) and NRRD (`data file:`) headers may name other files: anywhere on the
+    disk, many of them (LIST, or a pattern), a device or a FIFO. An uploaded header could so make the
+    algorithm read any file in the container, or block for ever. Anything but the file itself or one
+    regular file beside it is refused here, before ITK opens anything.
+    """
+    data_file = _metaimage_data_file(path) if path.name.lower().endswith((".mha", ".mhd")) else None
+    if path.name.lower().endswith(".nrrd"):
+        data_file = _nrrd_data_file(path)
+    if data_file is not None and data_file.upper() != "LOCAL":
+        data_file_beside(path, data_file, role)
+
+
+def data_file_beside(path: Path, data_file: str, role: str) -> Path:
+    """The regular file in `path`'s own folder that its header names for the voxel data (links followed
+    only where they stay in that folder); anything else is an `InputError` naming the image."""
+    where = f"{path}: {role} image header points its voxel data at {data_file!a}"
+    words = data_file.split()
+    if data_file.upper().startswith("LIST") or "%" in data_file or len(words) != 1:
+        raise InputError(f"{where}: several files (a list or a pattern); only one file beside it is read")
+    if "/" in data_file or "\\" in data_file or data_file in (".", "..") or "\x00" in data_file:
+        raise InputError(f"{where}: only a file in the image's own folder is read")
+    folder = path.parent.resolve()
+    try:
+        target = (path.parent / data_file).resolve()
+    except (OSError, RuntimeError) as error:  # a symbolic link loop
+        raise InputError(f"{where}: {error}") from None
+    if target.parent != folder:
+        raise InputError(f"{where}, which leads outside the image's folder (to {str(target)!a})")
+    if not target.exists():
+        raise InputError(f"{where}: file not found")
+    if not is_regular_file(target):
+        raise InputError(f"{where}: not a regular file (a folder, FIFO or device)")
+    return target
+
+
+def _metaimage_data_file(path: Path) -> str | None:
+    header = _metaimage_header(path)
+    return None if header is None else header[0]["elementdatafile"]
+
+
+def _nrrd_data_file(path: Path) -> str | None:
+    """The `data file` field of an NRRD header, if any (None: the data follow the header in the file)."""
+    with path.open("rb") as handle:
+        head = handle.read(_METAIMAGE_HEADER_LIMIT)
+    if not head.startswith(b"NRRD"):
+        return None
+    for raw in head.split(b"\n")[1:]:
+        line = raw.rstrip(b"\r").decode("latin-1")
+        if not line:
+            return None  # the blank line that ends the header
+        key, colon, value = line.partition(":")
+        if colon and not value.startswith("=") and key.strip().lower() in ("data file", "datafile"):
+            return value.strip()
+    return None
 
 
 @contextlib.contextmanager
@@ -240,6 +366,13 @@ def _check_header(reader: sitk.ImageFileReader, path: Path, role: str) -> Callab
     direction = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)
     if not np.isfinite(direction).all() or abs(np.linalg.det(direction)) < 1e-6:
         raise InputError(f"{path}: {role} image has a singular direction matrix {reader.GetDirection()}")
+    # Scanners write rotations (orthonormal columns); a shear or a scale in the direction matrix would be
+    # resampled as if it were a rotation, with every voxel in the wrong place.
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=_DIRECTION_TOLERANCE):
+        raise InputError(
+            f"{path}: {role} image has a direction matrix that is not a rotation (sheared or scaled): "
+            f"{tuple(round(float(v), 6) for v in direction.ravel())}"
+        )
     return _check_voxel_data_size(path, role, math.prod(size) * _PIXEL_BYTES[reader.GetPixelID()])
 
 
@@ -368,6 +501,11 @@ def _check_metaimage_dimension(path: Path, role: str) -> None:
             f"{path}: {role} image header has NDims = {ndims[:20]!r}; expected a whole number from 1 to "
             f"{_MAX_METAIMAGE_DIMENSION}"
         )
+    # ITK reads the first NDims numbers of DimSize and ignores the rest: a header that disagrees with
+    # itself is refused rather than read one way or the other.
+    sizes = header[0].get("dimsize", "").split()
+    if "dimsize" in header[0] and len(sizes) != int(ndims):
+        raise InputError(f"{path}: {role} image header has {len(sizes)} DimSize numbers for NDims = {ndims}")
 
 
 def _metaimage_layout(path: Path) -> tuple[Path, int, int, bool, int | None] | None:
@@ -381,21 +519,21 @@ def _metaimage_layout(path: Path) -> tuple[Path, int, int, bool, int | None] | N
         return None
     fields, offset = header
     data_file = fields["elementdatafile"]
-    if (
-        "headersize" in fields
-        or fields.get("binarydata", "true").lower() != "true"
-        or data_file.upper().startswith("LIST")
-        or "%" in data_file
-    ):
+    if fields.get("binarydata", "true").lower() != "true":
         return None
     if data_file.upper() == "LOCAL":
         data_path = path
-    else:
-        data_path, offset = path.parent / data_file, 0
-        if not data_path.is_file():
-            return None  # ITK names the missing file
-    available = data_path.stat().st_size - offset
+    else:  # checked by _check_data_source before: one regular file beside the header
+        data_path, offset = data_file_beside(path, data_file, "the"), 0
     compressed = fields.get("compresseddata", "false").lower() == "true"
+    if "headersize" in fields:
+        # Bytes that MetaIO skips before the data (-1: the data end the file). Measured conservatively:
+        # the file must hold the skipped bytes and the data after them.
+        skip = fields["headersize"]
+        if compressed or not skip.lstrip("-").isdigit() or int(skip) < -1:
+            raise InputError(f"{path}: image header has HeaderSize = {skip[:20]!r}, which is not read here")
+        offset = max(offset, int(skip))
+    available = data_path.stat().st_size - offset
     declared = fields.get("compresseddatasize", "")
     return data_path, offset, available, compressed, int(declared) if declared.isdigit() else None
 
@@ -524,7 +662,14 @@ def check_overlap(ct: sitk.Image, pet: sitk.Image, ct_path: Path, pet_path: Path
             f"(CT spans {np.round(ct_lo, 1).tolist()}..{np.round(ct_hi, 1).tolist()} mm, "
             f"PET {np.round(pet_lo, 1).tolist()}..{np.round(pet_hi, 1).tolist()} mm)"
         )
-    # A 500 mm CT inside an 815 mm PET field of view covers ~38%: normal. Far less means a cropped CT.
+    # A 500 mm CT inside an 815 mm PET field of view covers ~38%: normal. Far less means a cropped CT;
+    # below MIN_CT_COVERAGE (a sliver, a single voxel) the network would see air where the body is.
+    if fraction < MIN_CT_COVERAGE:
+        raise InputError(
+            f"{ct_path}: CT covers only {100 * fraction:.2g}% of the PET {pet_path.name}'s field of view, "
+            f"less than the {100 * MIN_CT_COVERAGE:g}% needed to segment it: a CT of another scan, or a "
+            "wrong origin?"
+        )
     if fraction < 0.1:
         log.warning("%s: CT covers only %.0f%% of the PET field of view", ct_path, 100 * fraction)
 
@@ -538,19 +683,128 @@ def read_case(files: CaseFiles) -> tuple[sitk.Image, sitk.Image]:
     return ct, pet
 
 
+STAGING_PREFIX = ".petseg-partial-"
+# A staging folder left by a killed run: one of this host's processes that no longer runs, or one older
+# than this (another host's, or a process id used again since).
+_STALE_STAGING_S = 3600.0
+
+
 @contextlib.contextmanager
 def _staging(destination: Path) -> Iterator[Path]:
-    """A hidden folder beside `destination` (same filesystem, so the final rename is atomic)."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".petseg-partial-{uuid.uuid4().hex[:12]}"
+    """A hidden folder beside `destination` (same filesystem, so the final rename is atomic).
+
+    Folders that this call creates for the destination are removed again if nothing ends up in them, and
+    staging folders that killed runs left there are removed first.
+    """
+    created = _make_folders(destination.parent)
+    _remove_stale_staging(destination.parent)
+    staging = destination.parent / f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
         staging.mkdir()
     except OSError as error:
+        _remove_empty(created)
         raise OutputError(f"{destination.parent}: cannot write here: {error.strerror or error}") from None
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
+
+
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """`folder` and missing parents, created; the ones created, deepest first."""
+    missing = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot write here: {error.strerror or error}") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (something was written there), or gone
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Remove what killed runs left: `.petseg-partial-<host>-<pid>-*` of a process of this host that no
+    longer runs, and any such folder older than an hour. A live writer's staging folder is never touched."""
+    try:
+        entries = [p for p in folder.iterdir() if p.name.startswith(STAGING_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        host, _, rest = entry.name[len(STAGING_PREFIX) :].partition("-")
+        pid = rest.partition("-")[0]
+        try:
+            old = time.time() - entry.lstat().st_mtime > _STALE_STAGING_S
+        except OSError:
+            continue
+        dead = host == _HOST and pid.isdigit() and not _process_runs(int(pid))
+        if old or dead:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+            log.info("removed %s, left by a run that was stopped", entry)
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block has ended, then act as they would have.
+
+    For a commit of several renames that must not be split: a signal that arrives in between would
+    otherwise leave one output without the other. Python runs signal handlers in the main thread only,
+    so elsewhere (the invoke server's worker threads) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, lambda number, _frame: pending.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)  # handled now by the handler that was in place before
+
+
+def _check_inside(path: Path, root: Path) -> None:
+    """An output path must stay inside the output folder after following symbolic links (a link there
+    could send the mask anywhere the process may write)."""
+    try:
+        resolved, base = path.resolve(), root.resolve()
+    except (OSError, RuntimeError) as error:
+        raise OutputError(f"{path}: cannot resolve the output path: {error}") from None
+    if resolved != base and base not in resolved.parents:
+        raise OutputError(f"{path}: a symbolic link leads outside the output folder {root} (to {resolved})")
 
 
 def write_image(image: sitk.Image, path: Path, compress: bool = True) -> Path:
@@ -607,11 +861,39 @@ def write_json(data: Any, path: Path) -> Path:
 
 
 def write_outputs(mask: sitk.Image, output_dir: Path, name: str) -> Path:
-    """Write the Grand-Challenge outputs of one case: both files, or (on failure) neither."""
-    mask_path = write_image(mask, Path(output_dir) / MASK_FOLDER / f"{name}.mha", compress=True)
+    """Write the Grand-Challenge outputs of one case: both files, or neither.
+
+    Both are written complete into hidden staging folders first. The two renames that publish them then
+    run with SIGINT and SIGTERM deferred, so no signal can fall between them, and if the second fails the
+    first is taken back. Links under `output_dir` that lead outside it are refused.
+    """
+    output_dir = Path(output_dir)
+    mask_path = output_dir / MASK_FOLDER / f"{name}.mha"
+    json_path = output_dir / DATA_CENTRIC_JSON
+    for path in (mask_path.parent, json_path):
+        _check_inside(path, output_dir)
     try:
-        write_json(False, Path(output_dir) / DATA_CENTRIC_JSON)
-    except BaseException:
-        mask_path.unlink(missing_ok=True)
-        raise
+        with _staging(mask_path) as mask_stage, _staging(json_path) as json_stage:
+            staged_mask, staged_json = mask_stage / mask_path.name, json_stage / json_path.name
+            _stage_mask(mask, staged_mask)
+            _stage_json(False, staged_json)
+            with signals_deferred():
+                os.replace(staged_mask, mask_path)
+                try:
+                    os.replace(staged_json, json_path)
+                except BaseException:
+                    mask_path.unlink(missing_ok=True)
+                    raise
+    except RuntimeError as error:
+        raise OutputError(f"{mask_path}: cannot write image: {_first_itk_line(str(error))}") from None
+    except OSError as error:
+        raise OutputError(f"{output_dir}: cannot write the outputs: {error.strerror or error}") from None
     return mask_path
+
+
+def _stage_mask(mask: sitk.Image, path: Path) -> None:
+    sitk.WriteImage(mask, str(path), True)
+
+
+def _stage_json(data: Any, path: Path) -> None:
+    path.write_text(json.dumps(data) + "\n")

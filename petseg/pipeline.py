@@ -56,7 +56,7 @@ def segment_case(
         "CT %s at %s mm; PET %s at %s mm", ct.GetSize(), ct.GetSpacing(), pet.GetSize(), pet.GetSpacing()
     )
     with timer.stage("preprocess"):
-        case = preprocess(ct, pet, predictor.card.preprocessing)
+        case = preprocess(ct, pet, predictor.card.preprocessing, source=str(files.pet))
         # One ensemble per tracer: run the case's (None for cards with one ensemble for every case).
         tracer = predictor.choose_tracer(case.image) if predictor.card.tracers else None
     settings = predictor.card.ensemble
@@ -156,3 +156,21 @@ def run_to_file(
         if probability_to is not None and result.probability is not None:
             write_probability(result.probability, result.mask, probability_to)
         return write_image(result.mask, destination, compress=True)
+
+
+def run_to_folder(
+    files: CaseFiles,
+    output_dir: Path,
+    predictor: Predictor,
+    timer: StageTimer,
+    probability_to: Path | None = None,
+) -> Path:
+    """Segment one case into a Grand-Challenge output folder: the mask and its JSON, both or neither.
+
+    With `probability_to`, the lesion probability is written first, so a complete pair implies it.
+    """
+    result = segment_case(files, predictor, timer, keep_probability=probability_to is not None)
+    with timer.stage("write"):
+        if probability_to is not None and result.probability is not None:
+            write_probability(result.probability, result.mask, probability_to)
+        return write_outputs(result.mask, output_dir, files.pet_uuid)

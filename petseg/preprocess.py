@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 # RAS in the LPS physical frame of ITK: index axes increase towards Right, Anterior, Superior.
 RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+# The largest autoPET scan (400 x 400 x 661 voxels of 2.04 x 2.04 x 3 mm) fills 408 x 408 x 992 voxels of
+# 2 mm even without its body box: 165 M. A network grid far beyond that comes from a wrong header (a
+# spacing in metres, say), not from a body, and would only end in the allocator.
+MAX_NETWORK_VOXELS = 300_000_000
+MAX_NETWORK_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -206,13 +211,29 @@ def _to_network_array(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
 
 
+def check_network_grid(grid: Grid, extent_mm: np.ndarray, source: str) -> None:
+    """Refuse a network grid no body needs, before anything of its size is allocated."""
+    voxels = math.prod(grid.size)
+    if voxels > MAX_NETWORK_VOXELS or max(grid.size) > MAX_NETWORK_SIDE:
+        raise InputError(
+            f"{source}: the body box spans {' x '.join(f'{e:.0f}' for e in extent_mm)} mm, a network grid "
+            f"of {' x '.join(map(str, grid.size))} voxels ({voxels / 1e6:.0f} M) at "
+            f"{' x '.join(f'{s:g}' for s in grid.spacing)} mm, more than any body needs (at most "
+            f"{MAX_NETWORK_SIDE} a side and {MAX_NETWORK_VOXELS / 1e6:.0f} M in all); check the voxel spacing"
+        )
+
+
 def preprocess(
     ct: sitk.Image,
     pet: sitk.Image,
     settings: PreprocessSettings,
     label: sitk.Image | None = None,
+    source: str = "PET",
 ) -> PreprocessedCase:
-    """Prepare one case for the network (see the module docstring for the steps)."""
+    """Prepare one case for the network (see the module docstring for the steps).
+
+    `source` names the PET in the error raised for a grid no body needs (its file, where known).
+    """
     pet = sitk.Cast(pet, sitk.sitkFloat32) if pet.GetPixelID() != sitk.sitkFloat32 else pet
     pet_grid = Grid.of(pet)
     if label is not None and not Grid.of(label).matches(pet_grid):
@@ -220,6 +241,7 @@ def preprocess(
     ct = ct_on_pet_grid(ct, pet, settings.ct_fill_hu)
     box = body_box(ct, settings.body_threshold_hu, settings.body_margin_mm)
     grid = network_grid(pet_grid, box, settings.spacing_mm)
+    check_network_grid(grid, np.asarray(box.size) * np.asarray(pet_grid.spacing), source)
 
     image = np.empty((2, *grid.size), dtype=np.float32)
     ct_net = grid.resample(ct, sitk.sitkLinear, settings.ct_fill_hu, sitk.sitkFloat32)

@@ -81,6 +81,7 @@ def test_existing_outputs_are_kept_and_a_bad_case_does_not_stop_the_others(
     kept = out / names[0] / MASK_FOLDER / first_pet.name
     kept.parent.mkdir(parents=True)
     kept.write_bytes(b"an earlier result")
+    (out / names[0] / "data-centric-model.json").write_text("false\n")  # a whole pair: done before
 
     code = main(["predict", "--input", str(work), "--output", str(out), "--model", str(tiny_model_dir), "-q"])
     err = capsys.readouterr().err
@@ -179,3 +180,36 @@ def test_demo_on_fresh_phantoms_with_a_model_lacking_weights(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "UNTRAINED resunet-tiny ensemble" in captured.out
     assert "fold weights not found" in captured.err
+
+
+def test_predict_writes_a_grand_challenge_pair_whole_and_redoes_a_half_one(
+    tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    """The JSON failing to write takes the mask back (no mask without its JSON), and a mask found without
+    its JSON on a rerun is not taken for a finished case."""
+    import petseg.io as pio
+
+    work = tmp_path / "cases"
+    generate(work, cases=1, seed=23, tracer="fdg", size="tiny", layout="gc", progress=False)
+    (name,) = case_names(work)
+    out = tmp_path / "out"
+    argv = ["predict", "--input", str(work), "--output", str(out), "--model", str(tiny_model_dir), "-q"]
+
+    def full_disk(data, path):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pio, "_stage_json", full_disk)
+        assert main(argv) == 5
+    assert "No space left on device" in capsys.readouterr().err
+    assert all_files(out) == []
+
+    assert main(argv) == 0
+    pet = next((work / name / "input" / "images" / "pet").iterdir())
+    mask, answer = out / name / MASK_FOLDER / pet.name, out / name / "data-centric-model.json"
+    assert sorted(all_files(out)) == sorted([mask, answer])
+    answer.unlink()  # a pair cut in half by an earlier petseg, or by hand
+    mask.write_bytes(b"half of a pair")
+    assert main(argv) == 0
+    assert mask.read_bytes() != b"half of a pair"
+    assert json.loads(answer.read_text()) is False

@@ -209,3 +209,23 @@ def test_summary_holds_the_stratified_evaluation(tmp_path):
     assert stratified["all"]["mtv_thresholds"][0]["count"] == 3
     # sorted by case: "case b" found exactly; case_a: 12 of 18 + 18 voxels shared, its second lesion missed
     assert [float(row["dice"]) for row in read_csv(out / "lesions.csv")] == pytest.approx([1.0, 2 / 3, 0.0])
+
+
+def test_case_names_that_a_spreadsheet_would_run_as_formulas_are_escaped(tmp_path):
+    """A case file named `=HYPERLINK(...)` must reach cases.csv as text, not as a formula."""
+    from petseg.evaluate import _csv
+
+    rows = [
+        {"case": '=HYPERLINK("http://x")', "dice": -0.5},
+        {"case": "+1", "dice": 0.25},
+        {"case": "@SUM(A1)", "dice": float("nan")},
+        {"case": "fdg_0a1b  case", "dice": 1.0},
+    ]
+    written = list(csv.DictReader(_csv(rows, ["case", "dice"]).splitlines()))
+    assert [row["case"] for row in written] == [
+        '\'=HYPERLINK("http://x")',
+        "'+1",
+        "'@SUM(A1)",
+        "fdg_0a1b  case",
+    ]
+    assert [row["dice"] for row in written] == ["-0.5", "0.25", "", "1"]  # numbers stay numbers

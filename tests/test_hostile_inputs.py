@@ -503,6 +503,175 @@ EVALUATE_CASES: dict[str, tuple[Builder, Refused | Accepted]] = {
     "output_is_a_file": (_eval_output_is_a_file, OUTPUT_PROBLEM),
 }
 
+# ------------------------------------------------- headers that point their voxel data at other files
+
+# Where a MetaImage's ElementDataFile (or an NRRD's `data file:`) may point: the rule is the file itself, or
+# one regular file beside it, and nothing else.
+OUTSIDE = "only a file in the image's own folder is read"
+POINTERS: dict[str, tuple[str, str]] = {
+    "absolute": ("/etc/passwd", OUTSIDE),
+    "parent": ("../../../../../../etc/passwd", OUTSIDE),
+    "device": ("/dev/zero", OUTSIDE),
+    "environ": ("/proc/self/environ", OUTSIDE),
+    "list": ("LIST", "several files (a list or a pattern)"),
+    "pattern": ("slice%03d.raw 1 96 1", "several files (a list or a pattern)"),
+    "missing": ("nowhere.raw", "file not found"),
+}
+
+
+def pointing_header(image: sitk.Image, data_file: str) -> str:
+    """A MetaImage header describing `image` (as uint8) whose voxel data are in `data_file`."""
+    size = " ".join(map(str, image.GetSize()))
+    spacing = " ".join(map(str, image.GetSpacing()))
+    origin = " ".join(map(str, image.GetOrigin()))
+    direction = " ".join(map(str, image.GetDirection()))
+    return (
+        f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+        f"TransformMatrix = {direction}\nOffset = {origin}\nElementSpacing = {spacing}\nDimSize = {size}\n"
+        f"ElementType = MET_UCHAR\nElementDataFile = {data_file}\n"
+    )
+
+
+def _pointer(name: str) -> Builder:
+    def build(run: Run, phantom) -> Path:
+        target = run.pet if run.entry != "evaluate" else run.prediction
+        if run.entry == "evaluate":
+            evaluate_input(run, phantom)
+        else:
+            image_input(run, phantom)
+        target.write_text(pointing_header(phantom.pet, POINTERS[name][0]))
+        return target
+
+    return build
+
+
+def _linked_data_file(link_to: str | None) -> Builder:
+    """A data file beside the header that is a symbolic link (to `link_to`) or, for None, a FIFO."""
+
+    def build(run: Run, phantom) -> Path:
+        target = run.pet if run.entry != "evaluate" else run.prediction
+        if run.entry == "evaluate":
+            evaluate_input(run, phantom)
+        else:
+            image_input(run, phantom)
+        data = target.parent / "voxels.raw"
+        if link_to is None:
+            os.mkfifo(data)
+        else:
+            data.symlink_to(link_to)
+        target.write_text(pointing_header(phantom.pet, data.name))
+        return target
+
+    return build
+
+
+def _data_file_beside(run: Run, phantom) -> Path:
+    """A header (named .mha) with its voxel data in a regular file beside it: read as usual."""
+    image_input(run, phantom)
+    detached = run.pet_dir / "detached.mhd"
+    write(phantom.pet, detached, compress=False)
+    detached.rename(run.pet)
+    return run.pet
+
+
+def _nrrd_pointing_at(data_file: str) -> Builder:
+    def build(run: Run, phantom) -> Path:
+        image_input(run, phantom)
+        run.pet.unlink()
+        nrrd = run.pet_dir / "5eed0000-pet.nrrd"
+        size = " ".join(map(str, phantom.pet.GetSize()))
+        nrrd.write_text(
+            f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {size}\nencoding: raw\ndata file: {data_file}\n\n"
+        )
+        return nrrd
+
+    return build
+
+
+def _non_utf8_name(run: Run, phantom) -> Path:
+    """A PET whose file name is not valid UTF-8: ITK would abort the process (SIGABRT) on it."""
+    image_input(run, phantom)
+    os.rename(run.pet, os.path.join(os.fsencode(run.pet_dir), b"5eed\xff-pet.mha"))
+    return run.pet_dir
+
+
+def _absurd_spacing(image: sitk.Image) -> sitk.Image:
+    """8 x 8 x 8 voxels of 5 m: a header whose spacing is in the wrong unit, not a body."""
+    small = tiny(image, (8, 8, 8))
+    small.SetSpacing((5000.0, 5000.0, 5000.0))
+    small.SetOrigin((0.0, 0.0, 0.0))
+    return small
+
+
+def _extra_dimsize(path: Path) -> None:
+    """`DimSize` with a fourth number for a 3D image: ITK would read the first three."""
+    image = sitk.ReadImage(str(path))
+    write(image, path, compress=False)
+    size = " ".join(map(str, image.GetSize())).encode()
+    path.write_bytes(path.read_bytes().replace(b"DimSize = " + size, b"DimSize = " + size + b" 7", 1))
+
+
+def _sheared(image: sitk.Image) -> sitk.Image:
+    sheared = sitk.Image(image)
+    sheared.SetDirection((1.0, 0.3, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    return sheared
+
+
+def _upper_case_suffix(run: Run, phantom) -> Path:
+    """A CT named `.MHA`: counted as an image, and read (ITK alone matches suffixes case-sensitively)."""
+    image_input(run, phantom)
+    run.ct.rename(run.ct.with_name("c0ffee00-ct.MHA"))
+    return run.ct
+
+
+def _sliver_of_overlap(ct: sitk.Image) -> sitk.Image:
+    """The CT moved until it shares one slice's thickness with the PET: air where the body is."""
+    moved_ct = sitk.Image(ct)
+    z_extent = ct.GetSize()[2] * ct.GetSpacing()[2]
+    origin = list(ct.GetOrigin())
+    origin[2] += z_extent - ct.GetSpacing()[2]
+    moved_ct.SetOrigin(origin)
+    return moved_ct
+
+
+IMAGE_CASES.update(
+    {
+        **{
+            f"data_file_{name}": (_pointer(name), Refused(3, message))
+            for name, (_, message) in POINTERS.items()
+        },
+        "data_file_link_outside": (
+            _linked_data_file("/etc/passwd"),
+            Refused(3, "leads outside the image's folder"),
+        ),
+        "data_file_link_device": (
+            _linked_data_file("/dev/zero"),
+            Refused(3, "leads outside the image's folder"),
+        ),
+        "data_file_fifo": (_linked_data_file(None), Refused(3, "not a regular file")),
+        "data_file_beside": (_data_file_beside, Accepted()),
+        "nrrd_data_file_absolute": (_nrrd_pointing_at("/etc/passwd"), Refused(3, OUTSIDE)),
+        "nrrd_data_file_list": (_nrrd_pointing_at("LIST"), Refused(3, "several files")),
+        "non_utf8_name": (_non_utf8_name, Refused(3, "path is not valid UTF-8")),
+        "absurd_spacing": (
+            _image_case(pet=_absurd_spacing, ct=_absurd_spacing),
+            Refused(3, "more than any body needs"),
+        ),
+        "dimsize_beyond_ndims": (_file_case(_extra_dimsize), Refused(3, "4 DimSize numbers for NDims = 3")),
+        "sheared_direction": (_image_case(pet=_sheared), Refused(3, "not a rotation (sheared or scaled)")),
+        "upper_case_suffix": (_upper_case_suffix, Accepted()),
+        "sliver_of_overlap": (_image_case(ct=_sliver_of_overlap, culprit="ct"), Refused(3, "CT covers only")),
+    }
+)
+EVALUATE_CASES.update(
+    {
+        "data_file_absolute": (_pointer("absolute"), Refused(3, OUTSIDE)),
+        "data_file_device": (_pointer("device"), Refused(3, OUTSIDE)),
+        "data_file_fifo": (_linked_data_file(None), Refused(3, "not a regular file")),
+    }
+)
+
+
 CASES = {"process": IMAGE_CASES, "predict": IMAGE_CASES, "evaluate": EVALUATE_CASES}
 
 
@@ -582,6 +751,10 @@ def test_hostile_input(tmp_path, model, phantom, capfd, entry, name):
 
 
 SUBPROCESS_CASES = [
+    ("process", "non_utf8_name"),  # ITK aborted the process (SIGABRT) on such a name
+    ("process", "data_file_fifo"),
+    ("process", "data_file_device"),
+    ("process", "absurd_spacing"),
     ("process", "lying_header"),
     ("process", "truncated"),
     ("process", "read_only_output"),
@@ -756,6 +929,24 @@ anything = st.one_of(
 )
 
 
+# Where a fuzzed header's ElementDataFile may point besides LOCAL: none of them may be read.
+DATA_FILE_POINTERS = [
+    "LIST",
+    "LIST 2D",
+    "x.raw",
+    "%d.raw",
+    "slice%03d.raw 1 3 1",
+    "/dev/zero",
+    "/dev/urandom",
+    "/etc/passwd",
+    "/proc/self/environ",
+    "../fuzz/fifo.raw",
+    "fifo.raw",
+    "zero-link.raw",
+    "passwd-link.raw",
+]
+
+
 @st.composite
 def metaimage_files(draw) -> tuple[bytes, np.ndarray | None, bool]:
     """(file bytes, the voxels it must read as, whether it must be refused).
@@ -819,18 +1010,14 @@ def metaimage_files(draw) -> tuple[bytes, np.ndarray | None, bool]:
     short = draw(st.integers(0, 3)) == 0
     if short:
         payload = payload[: draw(st.integers(0, max(len(payload) - 1, 0)))]
-    data_file = (
-        "LOCAL"
-        if well_formed
-        else draw(st.sampled_from(["LOCAL", "LOCAL", "LOCAL", "LIST", "x.raw", "%d.raw"]))
-    )
+    data_file = "LOCAL" if well_formed else draw(st.sampled_from(["LOCAL"] * 6 + DATA_FILE_POINTERS))
     keys = list(fields)
     if not well_formed:
         keys = draw(st.permutations(keys))
     header = "".join(f"{key} = {fields[key]}\n" for key in keys)
     text = f"{header}ElementType = {element}\nElementDataFile = {data_file}\n".encode("utf-8", "replace")
-    if not well_formed:
-        return text + payload, None, False
+    if not well_formed:  # voxel data anywhere but in the file itself: never read
+        return text + payload, None, data_file != "LOCAL"
     with np.errstate(over="ignore", invalid="ignore"):
         as_read = values.astype(np.float32)  # what petseg reads: beyond float32's range is infinite
     if short or not np.isfinite(as_read).all():  # too few voxels, or NaN or infinite ones
@@ -847,7 +1034,7 @@ def test_fuzzed_metaimage_headers_are_read_or_refused_in_one_line(reader, fuzz_d
     result = reader(path)
     assert_valid_or_refused(result, path)
     if must_refuse:
-        assert isinstance(result, InputError), "a file with fewer voxels than its header describes was read"
+        assert isinstance(result, InputError), "read voxel data that are short, or not in the file itself"
     elif expected is not None:
         assert isinstance(result, sitk.Image), result
         np.testing.assert_array_equal(sitk.GetArrayFromImage(result), expected)
@@ -855,7 +1042,13 @@ def test_fuzzed_metaimage_headers_are_read_or_refused_in_one_line(reader, fuzz_d
 
 @pytest.fixture(scope="module")
 def fuzz_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("fuzz")
+    """The fuzzed file's folder, holding what its header may point at: a FIFO, and links to a device and
+    to a file outside it."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    os.mkfifo(folder / "fifo.raw")
+    (folder / "zero-link.raw").symlink_to("/dev/zero")
+    (folder / "passwd-link.raw").symlink_to("/etc/passwd")
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -897,6 +1090,22 @@ def test_truncated_and_corrupted_files_are_read_or_refused_in_one_line(reader, f
     assert_valid_or_refused(result, path)
     if name == "a.mha" and position >= content.index(b"ElementDataFile = LOCAL\n") + 24:
         assert isinstance(result, InputError), f"compressed voxel data changed at byte {position} were read"
+
+
+@pytest.mark.parametrize("data_file", ["/dev/zero", "zero-link.raw"])
+def test_a_200_byte_header_naming_a_device_allocates_nothing(reader, fuzz_dir, data_file):
+    """It once made the process allocate 3.5 GB (640^3 doubles) before any check; now it is refused from
+    the header alone, and the reader process stays small (checked by the test after this one)."""
+    path = fuzz_dir / "device.mha"
+    path.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 640 640 640\nElementType = MET_DOUBLE\n"
+        f"ElementDataFile = {data_file}\n"
+    )
+    assert len(path.read_bytes()) < 200
+    result = reader(path)
+    assert isinstance(result, InputError), result
+    assert str(result).startswith(f"{path}: PET image header points its voxel data at ")
+    assert reader.peak_rss_kb() < 1_000_000
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")

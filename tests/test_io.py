@@ -1,8 +1,14 @@
 import gzip
 import json
 import logging
+import os
 import re
+import signal
 import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,14 +178,118 @@ def test_outputs_are_both_written_or_neither(tmp_path, monkeypatch):
     path = write_outputs(mask, tmp_path / "ok", "pet-uuid")
     assert path == tmp_path / "ok" / "images" / "automated-petct-lesion-segmentation" / "pet-uuid.mha"
     assert json.loads((tmp_path / "ok" / "data-centric-model.json").read_text()) is False
+    assert all_files(tmp_path / "ok") == sorted([path, tmp_path / "ok" / "data-centric-model.json"])
 
-    def failing_json(data, path):
-        raise OutputError(f"{path}: cannot write: No space left on device")
 
-    monkeypatch.setattr(pio, "write_json", failing_json)
-    with pytest.raises(OutputError, match="No space left"):
-        write_outputs(mask, tmp_path / "bad", "pet-uuid")
-    assert all_files(tmp_path / "bad") == []
+def _fail(error: BaseException):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+def _replace_failing_on(call: int, error: BaseException, calls: list):
+    real = os.replace
+
+    def replace(source, destination):
+        calls.append(destination)
+        if len(calls) == call:
+            raise error
+        real(source, destination)
+
+    return replace
+
+
+# Each point of write_outputs at which something can go wrong, and what is raised there.
+WRITE_FAULTS = {
+    "mask staging: disk full": ("_stage_mask", RuntimeError("disk full"), OutputError),
+    "mask staging: Ctrl-C": ("_stage_mask", KeyboardInterrupt(), KeyboardInterrupt),
+    "json staging: disk full": ("_stage_json", OSError(28, "No space left on device"), OutputError),
+    "json staging: terminated": ("_stage_json", SystemExit(143), SystemExit),
+    "first rename": (1, OSError(5, "Input/output error"), OutputError),
+    "second rename": (2, OSError(5, "Input/output error"), OutputError),
+    "second rename: Ctrl-C": (2, KeyboardInterrupt(), KeyboardInterrupt),
+}
+
+
+@pytest.mark.parametrize("fault", WRITE_FAULTS)
+def test_a_fault_at_any_point_of_the_write_leaves_neither_output(tmp_path, monkeypatch, fault):
+    """Raised at each point of the write in turn: nothing stays behind, not even the folders it made."""
+    where, error, raised = WRITE_FAULTS[fault]
+    calls: list = []
+    if isinstance(where, str):
+        monkeypatch.setattr(pio, where, _fail(error))
+    else:
+        monkeypatch.setattr(pio.os, "replace", _replace_failing_on(where, error, calls))
+    output = tmp_path / "output"
+    output.mkdir()
+    with pytest.raises(raised):
+        write_outputs(sitk.Cast(volume(value=1), sitk.sitkUInt8), output, "pet-uuid")
+    assert list(output.iterdir()) == []
+
+
+def test_a_signal_between_the_two_renames_waits_until_both_are_done(tmp_path, monkeypatch):
+    """SIGTERM arriving right after the mask's rename is handled once the JSON is in place as well."""
+
+    class Stop(BaseException):
+        pass
+
+    def handler(signum, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    real = os.replace
+    calls = []
+
+    def replace(source, destination):
+        real(source, destination)
+        calls.append(destination)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGTERM)  # the worst moment: one output published, one not
+
+    monkeypatch.setattr(pio.os, "replace", replace)
+    try:
+        with pytest.raises(Stop):
+            write_outputs(sitk.Cast(volume(value=1), sitk.sitkUInt8), tmp_path, "pet-uuid")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(calls) == 2
+    names = [p.name for p in all_files(tmp_path)]
+    assert sorted(names) == ["data-centric-model.json", "pet-uuid.mha"]
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_stale_staging_folders_of_stopped_runs_are_removed(tmp_path):
+    """A killed run's `.petseg-partial-*` folder (its process gone, or over an hour old) goes on the next
+    write; a running process's stays."""
+    folder = tmp_path / "images" / "automated-petct-lesion-segmentation"
+    folder.mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    stale = folder / f"{pio.STAGING_PREFIX}{pio._HOST}-{int(dead.stdout)}-0123456789ab"
+    old = tmp_path / f"{pio.STAGING_PREFIX}otherhost-1-0123456789ab"
+    live = folder / f"{pio.STAGING_PREFIX}{pio._HOST}-{os.getppid()}-0123456789ab"
+    for entry in (stale, old, live):
+        entry.mkdir()
+        (entry / "half.mha").write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    write_outputs(sitk.Cast(volume(value=1), sitk.sitkUInt8), tmp_path, "pet-uuid")
+    assert not stale.exists()
+    assert not old.exists()
+    assert live.exists()
+
+
+def test_an_output_link_leading_outside_the_output_folder_is_refused(tmp_path):
+    """OUT/images as a symbolic link to a folder elsewhere: refused (exit 5), nothing written there."""
+    output, elsewhere = tmp_path / "output", tmp_path / "elsewhere"
+    output.mkdir()
+    elsewhere.mkdir()
+    (output / "images").symlink_to(elsewhere)
+    with pytest.raises(OutputError, match="symbolic link leads outside the output folder"):
+        write_outputs(sitk.Cast(volume(value=1), sitk.sitkUInt8), output, "pet-uuid")
+    assert list(elsewhere.iterdir()) == []
+    assert [p.name for p in output.iterdir()] == ["images"]
 
 
 def test_unwritable_output_is_an_output_error(tmp_path):
@@ -346,3 +456,63 @@ def test_reading_works_without_a_writable_temporary_folder(tmp_path, monkeypatch
     sitk.WriteImage(sitk.GetImageFromArray(np.ones((5, 5), np.float32)), str(tmp_path / "flat.mha"))
     with pytest.raises(InputError, match="PET image is 2D"):
         read_image(tmp_path / "flat.mha", "PET")
+
+
+# ---------------------------------------------------------------- symbolic links, vanishing inputs
+
+
+def _case_folder(root, pet_target=None):
+    for kind in ("ct", "pet"):
+        (root / "images" / kind).mkdir(parents=True)
+    write_image(volume(), root / "images" / "ct" / "ct.mha")
+    if pet_target is None:
+        write_image(volume(), root / "images" / "pet" / "pet.mha")
+    else:
+        (root / "images" / "pet" / "pet.mha").symlink_to(pet_target)
+    return root
+
+
+def test_links_in_the_input_folder_are_followed_only_inside_it(tmp_path):
+    """The policy shared with the model folder: the folder may be a link; links in it stay in it."""
+    elsewhere = tmp_path / "elsewhere.mha"
+    write_image(volume(), elsewhere)
+    outside = _case_folder(tmp_path / "outside", pet_target=elsewhere)
+    with pytest.raises(InputError, match="a symbolic link leads outside the input folder"):
+        find_case(outside)
+
+    inside = _case_folder(tmp_path / "inside")
+    (inside / "images" / "pet" / "pet.mha").rename(inside / "store.mha")
+    (inside / "images" / "pet" / "pet.mha").symlink_to(inside / "store.mha")
+    assert find_case(inside).pet == inside / "images" / "pet" / "pet.mha"
+
+    linked_root = tmp_path / "input"  # as the platform links /input to each job's folder
+    linked_root.symlink_to(inside, target_is_directory=True)
+    assert find_case(linked_root).pet == linked_root / "images" / "pet" / "pet.mha"
+
+
+def test_an_image_that_vanishes_while_it_is_read_is_an_input_error(tmp_path, monkeypatch):
+    path = write_image(volume(), tmp_path / "pet.mha")
+    real = pio._check_data_source
+
+    def vanish_first(p, role):
+        p.unlink()
+        return real(p, role)
+
+    monkeypatch.setattr(pio, "_check_data_source", vanish_first)
+    with pytest.raises(InputError, match=r"pet\.mha: cannot read PET image: No such file"):
+        read_image(path, "PET")
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_before_itk_sees_it(tmp_path):
+    """ITK aborts the process (SIGABRT) on such a name; the error names it in ASCII."""
+    raw = os.path.join(os.fsencode(tmp_path), b"pet-\xff.mha")
+    write_image(volume(), tmp_path / "good.mha")
+    os.rename(tmp_path / "good.mha", raw)
+    with pytest.raises(InputError, match=r"pet-\\udcff\.mha.*path is not valid UTF-8"):
+        read_image(Path(os.fsdecode(raw)), "PET")
+
+
+def test_upper_case_suffixes_are_read(tmp_path):
+    path = write_image(volume(), tmp_path / "pet.mha")
+    path.rename(tmp_path / "PET.MHA")
+    assert read_image(tmp_path / "PET.MHA", "PET").GetSize() == volume().GetSize()

@@ -307,3 +307,36 @@ def test_process_py_needs_no_network_and_writes_only_its_output(tmp_path, tiny_m
     assert sorted(p.name for p in all_files(output)) == ["5eed0000-pet.mha", "data-centric-model.json"]
     assert all_files(home) == []
     assert all_files(work) == []
+
+
+LATE_SIGTERM = """\
+import os, signal, sys, tempfile
+from petseg import cli
+
+real = tempfile.TemporaryDirectory.cleanup
+
+
+def cleanup(self):  # the private caches' cleanup, after the outputs are complete: SIGTERM arrives now
+    os.kill(os.getpid(), signal.SIGTERM)
+    real(self)
+
+
+tempfile.TemporaryDirectory.cleanup = cleanup
+sys.exit(cli.process_main(sys.argv[1:]))
+"""
+
+
+def test_a_sigterm_after_the_outputs_are_written_exits_143_without_a_traceback(tmp_path, tiny_model_dir):
+    """The handler that turns SIGTERM into an exception ends with the run it guards: afterwards the signal
+    ends the process as it would by default, and the complete outputs stay."""
+    input_dir, _ = phantom_input(tmp_path / "input")
+    output = tmp_path / "output"
+    result = subprocess.run(
+        [sys.executable, "-c", LATE_SIGTERM, "--input", str(input_dir), "--output", str(output),
+         "--model", str(tiny_model_dir), "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == -signal.SIGTERM, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "internal error" not in result.stderr
+    assert sorted(p.name for p in all_files(output)) == ["5eed0000-pet.mha", "data-centric-model.json"]
