@@ -59,7 +59,7 @@ buildkit="$(docker_buildkit)"
 echo "==> petseg $VERSION, image $IMAGE, docker client $(docker version --format '{{.Client.Version}}')," \
     "$( ((buildkit)) && echo BuildKit || echo "legacy builder (no buildx plugin)")"
 echo "==> checking model/ (copied into the image)"
-if ! "$PYTHON" -m petseg.container_check model model; then
+if ! "$PYTHON" -m tools.container_check model model; then
     echo "    note: model/ is incomplete (see above): jobs will need the model tarball of ./export.sh," \
         "which the platform unpacks to /opt/ml/model"
 fi

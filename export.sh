@@ -66,7 +66,7 @@ mkdir -p "$out_dir"
 if ((do_model)); then
     # Checked before anything is written: a model upload without weights would fail every job.
     echo "==> checking the model folder $model_dir"
-    "$PYTHON" -m petseg.container_check model "$model_dir" \
+    "$PYTHON" -m tools.container_check model "$model_dir" \
         || die "$model_dir is not a complete model folder (above); train/export the folds, or use --image-only"
 fi
 

@@ -12,7 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # run from a checkout or the container without installing
 
-from petseg.cli import process_main  # noqa: E402
+from petseg.app.process import process_main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(process_main(sys.argv[1:], script_dir=HERE))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the algorithm on every sample case and check each output with `python -m petseg.container_check`:
+# Run the algorithm on every sample case and check each output with `python -m tools.container_check`:
 # one uint8 {0,1} .mha named after the PET in images/automated-petct-lesion-segmentation/, on the PET's
 # grid, Dice >= 0.99 against <case>/expected/<pet-uuid>.mha, and data-centric-model.json.
 #
@@ -121,7 +121,7 @@ if [[ "$mode" == local ]]; then
 fi
 if [[ -n "$model_dir" ]]; then
     echo "==> checking the model folder $model_dir"
-    "$PYTHON" -m petseg.container_check model "$model_dir" || die "$model_dir: not a usable model folder (above)"
+    "$PYTHON" -m tools.container_check model "$model_dir" || die "$model_dir: not a usable model folder (above)"
 fi
 
 gpu_args=()
@@ -198,7 +198,7 @@ for case_dir in "${cases[@]}"; do
         continue
     fi
     echo "==> [$index/${#cases[@]}] $name: checking $output"
-    if ! "$PYTHON" -m petseg.container_check case "$case_dir" "$output"; then
+    if ! "$PYTHON" -m tools.container_check case "$case_dir" "$output"; then
         failed+=("$name")
     fi
 done

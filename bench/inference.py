@@ -6,8 +6,8 @@ folder whose card fixes the settings both sides use (window, overlap, constant b
 mean of the folds' logits, nearest back-mapping, `--folds` folds). Then it runs, alternating the order on
 every repetition, each in a fresh Python process (as a container runs a case):
 
-- `petseg`: the container's path, `petseg.pipeline.run_grand_challenge` (one sliding-window pass running
-  every fold on each window);
+- `petseg`: the container's path, `petseg.inference.pipeline.run_grand_challenge` (one sliding-window
+  pass running every fold on each window);
 - `seed`: `bench.seed_style`, the entry's own MONAI pipeline (its crop and 2 mm grid, one pass per fold,
   Invertd, NIfTI round trip);
 - `matched`: the same MONAI pipeline on petseg's crop and grid, whose mask must equal petseg's;
@@ -47,7 +47,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from bench.seed_style import STAGES, SeedSettings
-from petseg.precision import PRECISIONS
+from petseg.inference.precision import PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCES = ("seed", "matched")
@@ -119,7 +119,7 @@ def write_case(name: str, folder: Path) -> Path:
     own finer grid, so that both pipelines' CT resampling is exercised too.
     """
     from petseg.io import CT_FOLDER, PET_FOLDER, write_image
-    from petseg.phantoms import make_case
+    from petseg.synthetic import make_case
 
     if name == "tiny":
         phantom = make_case(3, 0, tracer="fdg", size="tiny", ct_own_grid=True, lesion_free=False)
@@ -191,11 +191,11 @@ def prepare_model(args: argparse.Namespace, input_dir: Path, folder: Path) -> tu
     """The model folder both sides load: the benchmark's ensemble settings and the first `--folds` folds."""
     import torch
 
-    from petseg.card import EnsembleSettings, load_card, save_card
+    from petseg.inference.preprocess import preprocess
     from petseg.io import find_case, read_case
-    from petseg.networks import input_divisor, load_fold, save_weights
-    from petseg.preprocess import preprocess
-    from petseg.untrained import create_untrained_model
+    from petseg.model.card import EnsembleSettings, load_card, save_card
+    from petseg.model.networks import input_divisor, load_fold, save_weights
+    from petseg.model.untrained import create_untrained_model
 
     ensemble = EnsembleSettings(
         roi_size=(args.window,) * 3,
@@ -239,7 +239,7 @@ def prepare_model(args: argparse.Namespace, input_dir: Path, folder: Path) -> tu
 
 def seed_settings(model_dir: Path, geometry: str, gzip: bool) -> SeedSettings:
     """The reference's settings from the benchmark's card: equal window, overlap, blending and spacing."""
-    from petseg.card import load_card
+    from petseg.model.card import load_card
 
     card = load_card(model_dir)
     pre, ens = card.preprocessing, card.ensemble
@@ -267,7 +267,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     """One run: load the model, segment the case, write the mask; the stage times and the mask's path."""
     import torch
 
-    from petseg.console import StageTimer
+    from petseg.inference.timing import StageTimer
 
     model_dir, input_dir, output = Path(spec["model"]), Path(spec["input"]), Path(spec["output"])
     cuda = torch.cuda.is_available() and spec["device"] != "cpu"
@@ -277,8 +277,8 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     shape = None  # petseg's network grid is computed by the parent, outside the measured run
     started = time.perf_counter()
     if spec["pipeline"] in ("petseg", "compiled"):
-        from petseg.pipeline import run_grand_challenge
-        from petseg.predict import Predictor
+        from petseg.inference.pipeline import run_grand_challenge
+        from petseg.inference.predict import Predictor
 
         predictor = Predictor.load(
             model_dir, spec["device"], precision=spec["precision"], compile=spec["pipeline"] == "compiled"
@@ -289,8 +289,8 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         device = predictor.compute.describe() + (", compiled" if predictor.compiled else "")
     else:
         from bench.seed_style import load_networks, segment_seed_style
+        from petseg.inference.predict import select_device
         from petseg.io import find_case
-        from petseg.predict import select_device
 
         compute = select_device(spec["device"], precision="fp32")
         networks = load_networks(model_dir, None, compute.device)
@@ -367,7 +367,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def compare_masks(petseg_path: Path, other_path: Path) -> dict[str, Any]:
     """Dice and voxel counts of two masks, which must lie on the same (PET) grid."""
-    from petseg.preprocess import Grid
+    from petseg.geometry import Grid
 
     a, image_a = read_mask(petseg_path)
     b, image_b = read_mask(other_path)
@@ -428,8 +428,9 @@ def _machine() -> dict[str, Any]:
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Everything `run` prints, as one JSON-serialisable report."""
+    from petseg.geometry import Grid
+    from petseg.inference.preprocess import body_box, ct_on_pet_grid, network_grid
     from petseg.io import find_case, read_case
-    from petseg.preprocess import Grid, body_box, ct_on_pet_grid, network_grid
 
     started = time.perf_counter()
     input_dir = write_case(args.case, work / "case")

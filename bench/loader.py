@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from petseg.card import Architecture, PreprocessSettings
-from petseg.networks import build_network
-from petseg.predict import training_device
+from petseg.inference.predict import training_device
+from petseg.model.networks import build_network
+from petseg.model.settings import Architecture, PreprocessSettings
 from training.data import PatchDataset, PreprocessedCache, discover_dataset, train_transforms
 from training.losses import build_loss
 from training.trainer import training_step
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data
         if data is None:
-            from petseg.phantoms import generate
+            from petseg.synthetic import generate
 
             data = Path(scratch) / "phantoms"
             generate(

@@ -4,8 +4,8 @@ Builds a case on the FDG grid of autoPET (400 x 400 x 326 voxels, 2.04 x 2.04 x 
 lesions; the prediction finds most of them (shifted and resized), misses some and adds false positives; the
 PET is noisy background with hot lesions. Then times, in the same run:
 
-- `petseg.metrics.evaluate_case`: Dice, FPV, FNV, SUVmax-rule detection, lesion-wise Dice and the lesion
-  statistics (MTV, SUVmax, SUVmean, TMTV, Dmax), from one labelling of each mask;
+- `petseg.evaluation.metrics.evaluate_case`: Dice, FPV, FNV, SUVmax-rule detection, lesion-wise Dice and
+  the lesion statistics (MTV, SUVmax, SUVmean, TMTV, Dmax), from one labelling of each mask;
 - the definitions computed the way the official autoPET script does, one full-volume scan per component
   (`labels == k`), for the same numbers.
 
@@ -22,8 +22,8 @@ import time
 import numpy as np
 import scipy.ndimage
 
-from petseg.metrics import evaluate_case
-from petseg.metrics.components import label
+from petseg.evaluation.metrics import evaluate_case
+from petseg.evaluation.metrics.components import label
 
 SHAPE_ZYX = (326, 400, 400)
 SPACING_ZYX = (3.0, 2.03642, 2.03642)

@@ -10,8 +10,8 @@ averaged the folds' logits, Activationsd took their sigmoid, Invertd took them b
 and SimpleITK converted to .mha.
 
 `segment_seed_style` does the same, with the safetensors fold weights that petseg loads (built by
-`petseg.networks.load_fold` from the model card), so that `python -m bench inference` can time both on one
-case and compare their masks. Its `geometry` decides where the network looks:
+`petseg.model.networks.load_fold` from the model card), so that `python -m bench inference` can time both
+on one case and compare their masks. Its `geometry` decides where the network looks:
 
 - "seed": the entry's own crop (CT above -1024 HU) and its Spacingd grid (anchored at the crop's first
   voxel). The windows then fall elsewhere than petseg's, so the masks can only be compared loosely.
@@ -55,10 +55,11 @@ from monai.transforms import (
     Spacingd,
 )
 
-from petseg.card import load_card
-from petseg.console import StageTimer
-from petseg.networks import load_fold
-from petseg.preprocess import Grid, body_box, network_grid
+from petseg.geometry import Grid
+from petseg.inference.preprocess import body_box, network_grid
+from petseg.inference.timing import StageTimer
+from petseg.model.card import load_card
+from petseg.model.networks import load_fold
 
 KEYS = ("CT", "PT")
 GEOMETRIES = ("seed", "matched")

@@ -68,9 +68,9 @@ def _variants(network: Any, device: Any, reduced: Any, compile_too: bool) -> dic
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from petseg.card import Architecture
-    from petseg.networks import build_network
-    from petseg.predict import cpu_has_native_bf16
+    from petseg.inference.predict import cpu_has_native_bf16
+    from petseg.model.networks import build_network
+    from petseg.model.settings import Architecture
 
     device = torch.device(args.device)
     if device.type == "cuda":

@@ -1,3 +1,3 @@
-from petseg.cli import main
+from petseg.app.cli import main
 
 raise SystemExit(main())

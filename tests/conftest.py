@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from petseg.io import CT_FOLDER, PET_FOLDER, write_image
-from petseg.untrained import create_untrained_model
+from petseg.model.untrained import create_untrained_model
 
 REPO = Path(__file__).resolve().parents[1]
 # The autoPET III recipe as a card without weights: what `python -m training` trains for real data.

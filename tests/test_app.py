@@ -21,11 +21,11 @@ import pytest
 import SimpleITK as sitk
 from conftest import REPO, all_files, assert_binary_mask_on_grid, write_gc_input
 
+from petseg.app.server import DEFAULT_PORT, InvokeService, Reply, error_reply, server_parser
 from petseg.errors import InputError, ModelError, OutputError
 from petseg.io import CT_FOLDER, MASK_FOLDER, PET_FOLDER, write_outputs
-from petseg.phantoms import make_case
-from petseg.server import DEFAULT_PORT, InvokeService, Reply, error_reply, server_parser
-from petseg.untrained import create_untrained_model
+from petseg.model.untrained import create_untrained_model
+from petseg.synthetic import make_case
 
 STARTUP_TIMEOUT_S = 240  # torch and MONAI import slowly on a busy 2-core machine
 REQUEST_TIMEOUT_S = 300
@@ -439,7 +439,7 @@ def test_request_timeout_is_an_option_of_app_py() -> None:
 
 def test_a_fifo_as_input_is_refused_in_invoke_mode_without_hanging(tmp_path: Path) -> None:
     """The real pipeline on a PET whose header names a FIFO for its voxel data: 422 at once, no hang."""
-    from petseg.pipeline import run_grand_challenge
+    from petseg.inference.pipeline import run_grand_challenge
 
     def runner(input_dir: Path, output_dir: Path, predictor, timer) -> Path:
         return run_grand_challenge(input_dir, output_dir, predictor, timer)
@@ -466,8 +466,8 @@ def test_a_fifo_as_input_is_refused_in_invoke_mode_without_hanging(tmp_path: Pat
 
 def test_an_input_that_vanishes_mid_request_is_answered_422(tmp_path: Path, monkeypatch) -> None:
     """The platform (or a user) removes the PET while the request reads it: the input's fault, not 500."""
-    import petseg.io as pio
-    from petseg.pipeline import run_grand_challenge
+    import petseg.io.files as pio
+    from petseg.inference.pipeline import run_grand_challenge
 
     case = make_case(seed=3, index=0, tracer="fdg", size="tiny", lesion_free=True)
     write_gc_input(tmp_path / "input", case.ct, case.pet, "ct", "pet")
@@ -512,7 +512,7 @@ HOSTILE_PETS = {
 def test_hostile_headers_and_names_are_422_in_invoke_mode_and_the_server_stays_up(
     tmp_path: Path, name: str
 ) -> None:
-    from petseg.pipeline import run_grand_challenge
+    from petseg.inference.pipeline import run_grand_challenge
 
     build, message = HOSTILE_PETS[name]
     pet_dir, ct_dir = tmp_path / "input" / PET_FOLDER, tmp_path / "input" / CT_FOLDER

@@ -27,9 +27,9 @@ def _run(**options: object) -> dict:
 
 
 def test_every_variant_runs_and_agrees_with_fp32(monkeypatch):
-    import petseg.predict
+    import petseg.inference.predict
 
-    monkeypatch.setattr(petseg.predict, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(petseg.inference.predict, "cpu_has_native_bf16", lambda: True)
     report = _run()
     rows = report["variants"]
     assert list(rows) == ["fp32", "fp32-cl", "bf16-cl"]
@@ -43,9 +43,9 @@ def test_every_variant_runs_and_agrees_with_fp32(monkeypatch):
 
 
 def test_without_native_bf16_only_fp32_variants_run(monkeypatch):
-    import petseg.predict
+    import petseg.inference.predict
 
-    monkeypatch.setattr(petseg.predict, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(petseg.inference.predict, "cpu_has_native_bf16", lambda: False)
     report = _run(repeats=1)
     assert list(report["variants"]) == ["fp32", "fp32-cl"]
     assert report["reduced_precision"] is None

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from test_evaluate import evaluate_argv, image, make_cases
 
-from petseg.calibration import Calibration, entropy_and_confidence
-from petseg.cli import main
-from petseg.probability import write_probability
+from petseg.app.cli import main
+from petseg.evaluation.calibration import Calibration, entropy_and_confidence
+from petseg.io.probability import write_probability
 
 
 def binary_entropy(p: float) -> float:

@@ -6,8 +6,16 @@ from pathlib import Path
 import pytest
 from conftest import RECIPE_CARD
 
-from petseg.card import CARD_NAME, _Reader, load_card, parse_card, parse_ensemble, read_card_json, save_card
 from petseg.errors import ModelError
+from petseg.model.card import (
+    CARD_NAME,
+    _Reader,
+    load_card,
+    parse_card,
+    parse_ensemble,
+    read_card_json,
+    save_card,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +159,7 @@ def test_missing_and_malformed_card_files(tmp_path):
 
 def escaping_model(tmp_path, how: str):
     """A two-fold model folder whose second fold's weights lie outside it, in one of several ways."""
-    from petseg.untrained import create_untrained_model
+    from petseg.model.untrained import create_untrained_model
 
     model, outside = tmp_path / "model", tmp_path / "outside"
     create_untrained_model(model, folds=2)
@@ -186,12 +194,12 @@ def test_fold_weights_outside_the_model_folder_are_refused_before_any_weights_ar
 ):
     """`..`, an absolute path, a NUL byte, a symbolic link to a file or a folder outside, a link loop:
     one line naming the card and the fold, and not one safetensors file opened (fold 0 is fine)."""
-    import petseg.networks
-    from petseg.predict import Predictor
+    import petseg.model.networks
+    from petseg.inference.predict import Predictor
 
     model = escaping_model(tmp_path, how)
     opened = []
-    monkeypatch.setattr(petseg.networks, "load_file", lambda path, *a, **k: opened.append(path))
+    monkeypatch.setattr(petseg.model.networks, "load_file", lambda path, *a, **k: opened.append(path))
     with pytest.raises(ModelError) as raised:
         Predictor.load(model, device="cpu")
     message = str(raised.value)
@@ -204,8 +212,8 @@ def test_fold_weights_outside_the_model_folder_are_refused_before_any_weights_ar
 def test_process_py_refuses_a_model_whose_weights_link_outside(tmp_path, capsys, how):
     from conftest import write_gc_input
 
-    from petseg.cli import process_main
-    from petseg.phantoms import make_case
+    from petseg.app.process import process_main
+    from petseg.synthetic import make_case
 
     model = escaping_model(tmp_path, how)
     phantom = make_case(seed=3, index=0, tracer="fdg", size="tiny", grid="fdg-400")
@@ -221,8 +229,8 @@ def test_process_py_refuses_a_model_whose_weights_link_outside(tmp_path, capsys,
 
 def test_links_that_stay_inside_the_model_folder_are_fine(tmp_path):
     """A fold stored once and linked from a second name (inside the folder) still loads."""
-    from petseg.predict import Predictor
-    from petseg.untrained import create_untrained_model
+    from petseg.inference.predict import Predictor
+    from petseg.model.untrained import create_untrained_model
 
     create_untrained_model(tmp_path, folds=2)
     (tmp_path / "weights").mkdir()
@@ -234,9 +242,9 @@ def test_links_that_stay_inside_the_model_folder_are_fine(tmp_path):
 @pytest.mark.parametrize(("path", "value"), [("ensemble.overlap", 2.0), ("folds.1.sha256", 5), ("zzz", 1)])
 def test_an_invalid_card_is_refused_before_any_weights_are_read(tmp_path, monkeypatch, path, value):
     """The whole card, its last fields included, is checked before the first fold's weights are opened."""
-    import petseg.networks
-    from petseg.predict import Predictor
-    from petseg.untrained import create_untrained_model
+    import petseg.model.networks
+    from petseg.inference.predict import Predictor
+    from petseg.model.untrained import create_untrained_model
 
     create_untrained_model(tmp_path, folds=2)
     data = json.loads((tmp_path / CARD_NAME).read_text())
@@ -247,7 +255,7 @@ def test_an_invalid_card_is_refused_before_any_weights_are_read(tmp_path, monkey
     target[keys[-1]] = value
     (tmp_path / CARD_NAME).write_text(json.dumps(data))
     opened = []
-    monkeypatch.setattr(petseg.networks, "load_file", lambda file, *a, **k: opened.append(file))
+    monkeypatch.setattr(petseg.model.networks, "load_file", lambda file, *a, **k: opened.append(file))
     with pytest.raises(ModelError, match=re.escape(str(tmp_path / CARD_NAME))):
         Predictor.load(tmp_path, device="cpu")
     assert opened == []
@@ -518,7 +526,7 @@ def test_a_psma_fold_naming_an_fdg_fold_file_is_refused():
 
 def one_file_two_folds(tmp_path: Path, how: str) -> Path:
     """A two-fold model folder whose second fold leads to the first fold's file (no sha256 to tell)."""
-    from petseg.untrained import create_untrained_model
+    from petseg.model.untrained import create_untrained_model
 
     model = tmp_path / "model"
     create_untrained_model(model, folds=2)
@@ -578,7 +586,7 @@ def bad_model_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_check_model_reports_a_bad_card_with_exit_code_4(tmp_path, capsys):
-    from petseg.cli import main
+    from petseg.app.cli import main
 
     for name, (folder, field_name) in bad_model_dirs(tmp_path).items():
         assert main(["check-model", str(folder)]) == 4, name
@@ -591,7 +599,7 @@ def test_check_model_reports_a_bad_card_with_exit_code_4(tmp_path, capsys):
 
 
 def test_container_check_reports_a_bad_card_as_a_failure(tmp_path, capsys):
-    from petseg.container_check import main
+    from tools.container_check import main
 
     for name, (folder, field_name) in bad_model_dirs(tmp_path).items():
         assert main(["model", str(folder)]) == 1, name
@@ -629,7 +637,7 @@ def test_a_card_linked_from_outside_the_model_folder_is_refused(tiny_model_dir, 
     """The model folder follows the input folder's rule: links in it stay in it (the folder may be one)."""
     import shutil
 
-    from petseg.card import load_card
+    from petseg.model.card import load_card
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import RECIPE_CARD, all_files
 
-from petseg.cli import main
+from petseg.app.cli import main
 from petseg.io import MASK_FOLDER
-from petseg.phantoms import generate
+from petseg.synthetic import generate
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +123,8 @@ def test_random_model_and_check_model(tmp_path, capsys):
     assert "NO (untrained)" in out
     assert "2 (fold0.safetensors, fold1.safetensors)" in out
     # The stored network's count, although the loaded folds have their batch norms folded away.
-    from petseg.card import Architecture
-    from petseg.networks import build_network, count_parameters
+    from petseg.model.networks import build_network, count_parameters
+    from petseg.model.settings import Architecture
 
     stored = count_parameters(build_network(Architecture("resunet-tiny")))
     assert f"({stored:,} parameters per fold)" in out
@@ -187,7 +187,7 @@ def test_predict_writes_a_grand_challenge_pair_whole_and_redoes_a_half_one(
 ):
     """The JSON failing to write takes the mask back (no mask without its JSON), and a mask found without
     its JSON on a rerun is not taken for a finished case."""
-    import petseg.io as pio
+    import petseg.io.files as pio
 
     work = tmp_path / "cases"
     generate(work, cases=1, seed=23, tracer="fdg", size="tiny", layout="gc", progress=False)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from petseg.comparison import challenge_ranking, wilcoxon_tests
-from petseg.stratified import stratify
+from petseg.evaluation.comparison import challenge_ranking, wilcoxon_tests
+from petseg.evaluation.stratified import stratify
 
 NAN = math.nan
 

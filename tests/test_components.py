@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from petseg.card import PreprocessSettings, load_card, parse_card
-from petseg.components import (
+from petseg.errors import ModelError
+from petseg.model.card import PreprocessSettings, load_card, parse_card
+from petseg.model.components import (
     FEATURES,
     ComponentFilter,
     ComponentModel,
     component_features,
     fit_component_filter,
 )
-from petseg.errors import ModelError
-from petseg.logistic import LogisticWeights
+from petseg.model.logistic import LogisticWeights
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = PreprocessSettings()
@@ -167,7 +167,7 @@ def test_the_pipeline_applies_the_cards_filter_before_thresholding(tmp_path, cap
     removes everything leaves an empty mask."""
     import SimpleITK as sitk
 
-    from petseg.cli import process_main
+    from petseg.app.process import process_main
 
     sample = REPO / "test" / "fdg_e8cad43d56_03-09-2001" / "input"
     masks = {}
@@ -199,7 +199,7 @@ def test_the_pipeline_applies_the_cards_filter_before_thresholding(tmp_path, cap
 def shipped_model_on_a_dataset(tmp_path_factory):
     """12 tiny phantoms with their folds, and a copy of the shipped model whose card names them as its
     training data (so each of its folds predicts its own validation cases)."""
-    from petseg.phantoms import generate
+    from petseg.synthetic import generate
     from training.data import discover_dataset, load_folds
     from training.trainer import dataset_fingerprint
 
@@ -220,7 +220,7 @@ def shipped_model_on_a_dataset(tmp_path_factory):
 def test_fit_components_learns_from_out_of_fold_predictions_and_writes_the_card(
     shipped_model_on_a_dataset, tmp_path, capsys
 ):
-    from petseg.cli import process_main
+    from petseg.app.process import process_main
     from training.__main__ import main
     from training.components import out_of_fold_components
 

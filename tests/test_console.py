@@ -1,6 +1,6 @@
 import logging
 
-from petseg.console import StageTimer
+from petseg.inference.timing import StageTimer
 
 
 def test_stage_timer_logs_one_line_per_stage_and_quiet_keeps_it_at_debug(caplog):

@@ -39,8 +39,8 @@ import SimpleITK as sitk
 from conftest import REPO
 
 from petseg import __version__
-from petseg.container_check import check_case
 from petseg.io import DATA_CENTRIC_JSON, MASK_FOLDER
+from tools.container_check import check_case
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -207,7 +207,7 @@ def images(engine) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def largest_case(tmp_path_factory) -> Path:
     """The input folder of a 400 x 400 x 661 FDG phantom with lesions (PET and CT on one grid)."""
-    from petseg.phantoms import make_case
+    from petseg.synthetic import make_case
 
     phantom = make_case(
         0, 0, tracer="fdg", size="full", grid="fdg-400", z_slices=LARGEST_GRID[2], ct_own_grid=False,

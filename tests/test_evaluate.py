@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from petseg.cli import main
-from petseg.metrics import case_scores, evaluate_case
+from petseg.app.cli import main
+from petseg.evaluation.metrics import case_scores, evaluate_case
 
 SPACING_XYZ = (2.0, 2.0, 3.0)
 
@@ -213,7 +213,7 @@ def test_summary_holds_the_stratified_evaluation(tmp_path):
 
 def test_case_names_that_a_spreadsheet_would_run_as_formulas_are_escaped(tmp_path):
     """A case file named `=HYPERLINK(...)` must reach cases.csv as text, not as a formula."""
-    from petseg.evaluate import _csv
+    from petseg.evaluation.evaluate import _csv
 
     rows = [
         {"case": '=HYPERLINK("http://x")', "dice": -0.5},

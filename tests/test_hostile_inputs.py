@@ -37,12 +37,13 @@ from conftest import REPO, all_files, assert_binary_mask_on_grid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from petseg.card import EnsembleSettings
-from petseg.cli import main, process_main
+from petseg.app.cli import main
+from petseg.app.process import process_main
 from petseg.errors import InputError
 from petseg.io import CT_FOLDER, DATA_CENTRIC_JSON, MASK_FOLDER, PET_FOLDER, read_image
-from petseg.phantoms import make_case
-from petseg.untrained import create_untrained_model
+from petseg.model.settings import EnsembleSettings
+from petseg.model.untrained import create_untrained_model
+from petseg.synthetic import make_case
 
 ENTRY_POINTS = ("process", "predict", "evaluate")
 CASE_NAME = "case  01"  # as real autoPET case ids: spaces, double ones included

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import all_files
 
-import petseg.io as pio
+import petseg.io.files as pio
 from petseg.errors import InputError, OutputError
 from petseg.io import (
     CaseFiles,

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from petseg.metrics import (
+from petseg.evaluation.metrics import (
     case_scores,
     dice,
     dmax_mm,

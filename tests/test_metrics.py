@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from petseg.metrics import case_scores
+from petseg.evaluation.metrics import case_scores
 
 
 def official(prediction: np.ndarray, truth: np.ndarray, voxel_ml: float):

@@ -3,9 +3,9 @@ import pickle
 import pytest
 import torch
 
-from petseg.card import Architecture, load_card
 from petseg.errors import ModelError
-from petseg.networks import (
+from petseg.model.card import Architecture, load_card
+from petseg.model.networks import (
     build_network,
     count_parameters,
     fuse_batch_norms,
@@ -13,7 +13,7 @@ from petseg.networks import (
     load_fold,
     save_weights,
 )
-from petseg.untrained import create_untrained_model
+from petseg.model.untrained import create_untrained_model
 
 
 def test_resunet_is_exactly_the_seed_network():

@@ -14,12 +14,12 @@ from scipy import ndimage
 
 from petseg.errors import InputError, OutputError
 from petseg.io import find_case, image_stem
-from petseg.phantoms import GRIDS, LAYOUTS, SIZES, TRACERS, Phantom, generate, make_case
-from petseg.phantoms.generate import plan_cases
-from petseg.phantoms.grids import FAMILIES, Grid
-from petseg.phantoms.layouts import ct_on_pet_grid
-from petseg.phantoms.organs import downsample_factors
-from petseg.splits import leaking_patients, patient_id, read_splits
+from petseg.io.splits import leaking_patients, patient_id, read_splits
+from petseg.synthetic import GRIDS, LAYOUTS, SIZES, TRACERS, Phantom, generate, make_case
+from petseg.synthetic.generate import plan_cases
+from petseg.synthetic.grids import FAMILIES, Grid
+from petseg.synthetic.layouts import ct_on_pet_grid
+from petseg.synthetic.organs import downsample_factors
 
 AUTOPET_DIRECTION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from petseg.card import load_card
-from petseg.console import StageTimer
+from petseg.inference.pipeline import segment
+from petseg.inference.preprocess import preprocess
+from petseg.inference.timing import StageTimer
 from petseg.io import CaseFiles, write_image
-from petseg.phantoms import make_case
-from petseg.pipeline import segment
-from petseg.preprocess import preprocess
+from petseg.model.card import load_card
+from petseg.synthetic import make_case
 
 
 class OraclePredictor:
@@ -20,9 +20,12 @@ class OraclePredictor:
         self.truth = truth_on_network_grid
         self.seen_shape = None
 
-    def __call__(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
+    def __call__(self, image: np.ndarray, tracer: str | None = None, progress: bool = False) -> np.ndarray:
         self.seen_shape = image.shape
         return self.truth.astype(np.float32)
+
+    def choose_tracer(self, image: np.ndarray, given: str | None = None) -> str | None:
+        return None  # one ensemble for every case
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,13 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from petseg.card import load_card, save_card
-from petseg.console import StageTimer
+from petseg.inference.pipeline import segment, segment_case
+from petseg.inference.postprocess import grow_to_uptake_contour
+from petseg.inference.predict import Predictor
+from petseg.inference.timing import StageTimer
 from petseg.io import CaseFiles, write_image
-from petseg.phantoms import make_case
-from petseg.pipeline import segment, segment_case
-from petseg.postprocess import grow_to_uptake_contour
-from petseg.predict import Predictor
+from petseg.model.card import load_card, save_card
+from petseg.synthetic import make_case
 
 FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 

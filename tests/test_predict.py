@@ -5,11 +5,11 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-import petseg.predict as predict_module
-from petseg.card import Architecture
+import petseg.inference.predict as predict_module
 from petseg.errors import ModelError
-from petseg.networks import build_network
-from petseg.predict import FoldEnsemble, Predictor, select_device
+from petseg.inference.predict import FoldEnsemble, Predictor, select_device
+from petseg.model.networks import build_network
+from petseg.model.settings import Architecture
 
 
 def folds(n=3, seed=0):
@@ -180,7 +180,7 @@ def test_gpu_out_of_memory_falls_back_to_single_windows_then_host_stitching(
     monkeypatch.setattr(predict_module, "_sliding_window_pass", flaky_pass)
     monkeypatch.setattr(predict_module.torch.cuda, "is_available", lambda: False)
     batched = type(settings)(**{**settings.__dict__, "sw_batch_size": 4})
-    caplog.set_level(logging.WARNING, logger="petseg.predict")
+    caplog.set_level(logging.WARNING, logger="petseg.inference.predict")
     if expected_exit is not None:
         with pytest.raises(expected_exit, match="even stitching on the host"):
             predict_module.sliding_window_probability(image, predictor.ensemble, batched, gpu)
@@ -197,8 +197,8 @@ def test_predictor_folds_the_batch_norms_of_the_shipped_model_without_changing_i
     the probability of the networks as stored (fp32, one MONAI pass per fold, mean of softmaxes)."""
     from pathlib import Path
 
-    from petseg.card import load_card
-    from petseg.networks import load_fold
+    from petseg.model.card import load_card
+    from petseg.model.networks import load_fold
 
     model_dir = Path(__file__).resolve().parents[1] / "model"
     card = load_card(model_dir)
@@ -231,8 +231,6 @@ def test_predictor_folds_the_batch_norms_of_the_shipped_model_without_changing_i
     # Softmax then blend, per fold, equals blend of the fold mean: both are linear in the window scores.
     # A card split by tracer averages the folds of the tracer it runs.
     for tracer in card.tracers or (None,):
-        if tracer is not None:
-            predictor.use_tracer(tracer)
         members = [p for p, fold in zip(per_fold, card.folds, strict=True) if fold.tracer == tracer]
         expected = torch.stack(members).mean(0).numpy()
-        np.testing.assert_allclose(predictor(image), expected, atol=1e-4)
+        np.testing.assert_allclose(predictor(image, tracer=tracer), expected, atol=1e-4)

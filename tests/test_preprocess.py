@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from petseg.card import PreprocessSettings
 from petseg.errors import InputError
-from petseg.phantoms import GRIDS, make_case
-from petseg.preprocess import RAS_DIRECTION, Grid, preprocess
+from petseg.geometry import RAS_DIRECTION, Grid
+from petseg.inference.preprocess import preprocess
+from petseg.model.settings import PreprocessSettings
+from petseg.synthetic import GRIDS, make_case
 
 SETTINGS = PreprocessSettings()
 

@@ -1,8 +1,15 @@
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.phantoms import make_case
-from petseg.preview import BOTH_RGB, MASK_OPACITY, MIN_HEIGHT_PX, PREDICTION_RGB, TRUTH_RGB, write_preview
+from petseg.evaluation.preview import (
+    BOTH_RGB,
+    MASK_OPACITY,
+    MIN_HEIGHT_PX,
+    PREDICTION_RGB,
+    TRUTH_RGB,
+    write_preview,
+)
+from petseg.synthetic import make_case
 
 
 def tint(colour) -> np.ndarray:

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from petseg.cli import main
-from petseg.console import StageTimer
+from petseg.app.cli import main
 from petseg.errors import InputError
+from petseg.inference.pipeline import segment, segment_case
+from petseg.inference.predict import Predictor
+from petseg.inference.timing import StageTimer
 from petseg.io import CaseFiles, write_image
-from petseg.phantoms import generate, make_case
-from petseg.pipeline import segment, segment_case
-from petseg.predict import Predictor
-from petseg.probability import probability_path, read_probability, write_probability
+from petseg.io.probability import probability_path, read_probability, write_probability
+from petseg.synthetic import generate, make_case
 
 
 def test_probability_path_sits_beside_the_mask(tmp_path):

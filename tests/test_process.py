@@ -13,10 +13,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import RECIPE_CARD, REPO, all_files, run_process, write_gc_input
 
-import petseg.cli as cli
-from petseg.cli import process_main
+import petseg.app.runtime as runtime
+from petseg.app.process import process_main
 from petseg.io import MASK_FOLDER
-from petseg.phantoms import make_case
+from petseg.synthetic import make_case
 
 
 def tracer_of(grid: str) -> str:
@@ -217,16 +217,16 @@ def test_bqml_pet_is_warned_about_but_segmented(tmp_path, tiny_model_dir, capsys
 
 
 def test_model_folder_defaults_to_opt_ml_model_when_present(tmp_path, monkeypatch, tiny_model_dir):
-    monkeypatch.setattr(cli, "CONTAINER_MODEL_DIR", tmp_path / "absent")
-    assert cli.default_model_dir(REPO) == REPO / "model"
-    monkeypatch.setattr(cli, "CONTAINER_MODEL_DIR", tiny_model_dir)
-    assert cli.default_model_dir(REPO) == tiny_model_dir
+    monkeypatch.setattr(runtime, "CONTAINER_MODEL_DIR", tmp_path / "absent")
+    assert runtime.default_model_dir(REPO) == REPO / "model"
+    monkeypatch.setattr(runtime, "CONTAINER_MODEL_DIR", tiny_model_dir)
+    assert runtime.default_model_dir(REPO) == tiny_model_dir
 
 
 def test_sigterm_during_inference_exits_cleanly_without_output(tmp_path):
     """docker stop mid-case: exit 143, one line, nothing in /output (not even a staging folder)."""
-    from petseg.card import EnsembleSettings
-    from petseg.untrained import create_untrained_model
+    from petseg.model.settings import EnsembleSettings
+    from petseg.model.untrained import create_untrained_model
 
     model = tmp_path / "slow model"  # small windows, heavy overlap: the pass takes minutes
     create_untrained_model(model, folds=2, ensemble=EnsembleSettings(roi_size=(32, 32, 32), overlap=0.9))
@@ -311,7 +311,7 @@ def test_process_py_needs_no_network_and_writes_only_its_output(tmp_path, tiny_m
 
 LATE_SIGTERM = """\
 import os, signal, sys, tempfile
-from petseg import cli
+from petseg.app import process
 
 real = tempfile.TemporaryDirectory.cleanup
 
@@ -322,7 +322,7 @@ def cleanup(self):  # the private caches' cleanup, after the outputs are complet
 
 
 tempfile.TemporaryDirectory.cleanup = cleanup
-sys.exit(cli.process_main(sys.argv[1:]))
+sys.exit(process.process_main(sys.argv[1:]))
 """
 
 

@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 from test_evaluate import evaluate_argv, make_cases
 
-from petseg.cli import main
-from petseg.preview import FALSE_POSITIVE_RGB, FOUND_RGB, MATCHED_RGB, MISSED_RGB, outline_panel
+from petseg.app.cli import main
+from petseg.evaluation.preview import FALSE_POSITIVE_RGB, FOUND_RGB, MATCHED_RGB, MISSED_RGB, outline_panel
 
 IMAGE = re.compile(r'<img class="(\w+)" alt="([^"]*)" src="data:image/png;base64,([^"]+)">')
 

@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 from conftest import REPO
 
-from petseg.phantoms.samples import write_samples
+from petseg.synthetic.samples import write_samples
 
 
 def test_committed_samples_are_reproduced_by_the_generator(tmp_path):
@@ -39,8 +39,8 @@ def test_samples_cover_lesions_own_grid_ct_and_a_negative_case():
 
 
 def test_expected_masks_are_the_models_masks_on_the_pet_grid(tmp_path, tiny_model_dir):
-    from petseg.container_check import check_case
-    from petseg.phantoms.samples import write_expected
+    from petseg.synthetic.samples import write_expected
+    from tools.container_check import check_case
 
     rows = write_samples(tmp_path)
     stale = tmp_path / rows[0]["case_id"] / "expected" / "old-uuid.mha"

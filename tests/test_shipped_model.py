@@ -17,7 +17,7 @@ SHIPPED_MEAN_DICE_FLOOR = 0.7
 
 
 def test_the_shipped_card_has_the_demo_recipes_inference_settings():
-    from petseg.card import load_card
+    from petseg.model.card import load_card
     from training.demo import DemoRecipe
 
     card = load_card(MODEL_DIR)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from petseg.errors import InputError
-from petseg.splits import grouped_folds, leaking_patients, patient_id, read_splits, write_splits
+from petseg.io.splits import grouped_folds, leaking_patients, patient_id, read_splits, write_splits
 
 
 def _case_ids(n_patients: int, studies: list[int]) -> list[str]:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from petseg.card import PreprocessSettings, load_card, parse_card
 from petseg.errors import ModelError
-from petseg.phantoms import generate, make_case
-from petseg.preprocess import preprocess
-from petseg.splits import tracer_of
-from petseg.tracer import SUV_EDGES, TracerClassifier, fit_tracer_classifier, uptake_features
+from petseg.inference.preprocess import preprocess
+from petseg.io.splits import tracer_of
+from petseg.model.card import PreprocessSettings, load_card, parse_card
+from petseg.model.tracer import SUV_EDGES, TracerClassifier, fit_tracer_classifier, uptake_features
+from petseg.synthetic import generate, make_case
 from training.export import export
 from training.trainer import TrainConfig, TrainingError, train
 
@@ -191,8 +191,8 @@ def _config(dataset, out, tracer, **changes) -> TrainConfig:
 
 
 def test_per_tracer_folds_train_export_and_segment_with_their_own_ensemble(dataset, tmp_path, capsys):
-    from petseg.cli import process_main
-    from petseg.predict import Predictor
+    from petseg.app.process import process_main
+    from petseg.inference.predict import Predictor
 
     runs = {tracer: tmp_path / f"{tracer}-fold0" for tracer in ("fdg", "psma")}
     for tracer, run in runs.items():

@@ -15,9 +15,9 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 import training.trainer as trainer_module
-from petseg.card import Architecture
-from petseg.networks import build_network
-from petseg.phantoms import generate
+from petseg.model.networks import build_network
+from petseg.model.settings import Architecture
+from petseg.synthetic import generate
 from training.export import export
 from training.trainer import TrainConfig, TrainingError, load_checkpoint, train
 
@@ -231,9 +231,9 @@ def test_two_process_ddp_ranks_agree_on_the_validation_score(dataset, tmp_path):
 
 
 def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset, tmp_path, capsys):
-    from petseg.card import load_card
-    from petseg.cli import process_main
-    from petseg.predict import Predictor
+    from petseg.app.process import process_main
+    from petseg.inference.predict import Predictor
+    from petseg.model.card import load_card
 
     runs = []
     for fold in (0, 1):
@@ -333,7 +333,7 @@ QUICK_DEMO = {
 
 
 def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
-    from petseg.card import load_card
+    from petseg.model.card import load_card
     from training.demo import DemoRecipe, dice_on_fresh_phantoms, run_training_demo
 
     recipe = DemoRecipe(
@@ -376,7 +376,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
 
 
 def test_training_demo_trains_one_ensemble_per_tracer(tmp_path, caplog):
-    from petseg.card import load_card
+    from petseg.model.card import load_card
     from training.demo import DemoRecipe, dice_on_fresh_phantoms, run_training_demo
 
     # Fold 0 validates on both tracers; the recipe's component filter is fitted after export.
@@ -444,7 +444,7 @@ def test_training_demo_refuses_a_bad_grid_before_generating_anything(tmp_path):
 def test_training_demo_refuses_phantoms_made_by_another_recipe(tmp_path):
     import json
 
-    from petseg.phantoms import generate
+    from petseg.synthetic import generate
     from training.demo import DemoRecipe, _check_phantoms, run_training_demo
 
     data = tmp_path / "work" / "phantoms"
@@ -524,7 +524,7 @@ def test_export_command_passes_the_inference_settings(tmp_path, capsys):
 
 
 def test_network_overrides_reach_the_card_and_must_agree_across_folds(dataset, tmp_path, capsys, monkeypatch):
-    from petseg.predict import Predictor
+    from petseg.inference.predict import Predictor
     from training.__main__ import main
 
     narrow = {"channels": [4, 8, 16, 32]}

@@ -16,13 +16,13 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import RandAffined
 
-import petseg.preprocess
+import petseg.inference.preprocess
 import training.data
-from petseg.card import PreprocessSettings
 from petseg.errors import InputError, OutputError
 from petseg.io import read_image, write_image
-from petseg.phantoms import generate
-from petseg.splits import grouped_folds, leaking_patients, read_splits
+from petseg.io.splits import grouped_folds, leaking_patients, read_splits
+from petseg.model.settings import PreprocessSettings
+from petseg.synthetic import generate
 from training.data import (
     CaseRecord,
     PatchDataset,
@@ -74,10 +74,10 @@ def lesion_free_record(phantoms: tuple[Path, list[dict]], records: list[CaseReco
     return next(record for record in records if record.case_id in free)
 
 
-def direct(record: CaseRecord, settings: PreprocessSettings) -> petseg.preprocess.PreprocessedCase:
+def direct(record: CaseRecord, settings: PreprocessSettings) -> petseg.inference.preprocess.PreprocessedCase:
     """The inference path, called directly on the record's files."""
     ct, pet = read_image(record.ct, "CT"), read_image(record.pet, "PET")
-    return petseg.preprocess.preprocess(ct, pet, settings, label=read_image(record.label, "label"))
+    return petseg.inference.preprocess.preprocess(ct, pet, settings, label=read_image(record.label, "label"))
 
 
 def touch_dataset(root: Path, images: list[str], labels: list[str]) -> Path:
@@ -244,7 +244,7 @@ def test_cache_hit_reads_disk_without_preprocessing(
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("preprocess called on a cache hit")
 
-    monkeypatch.setattr(petseg.preprocess, "preprocess", fail)
+    monkeypatch.setattr(petseg.inference.preprocess, "preprocess", fail)
     after = cache.get(records[0])
     np.testing.assert_array_equal(after["image"], before["image"])
     np.testing.assert_array_equal(after["label"], before["label"])

@@ -11,15 +11,14 @@ import pytest
 import SimpleITK as sitk
 from conftest import all_files, assert_binary_mask_on_grid, run_process, write_gc_input
 
-from petseg.cli import process_main
-from petseg.console import StageTimer
+from petseg.app.process import process_main
+from petseg.inference.pipeline import segment_case
+from petseg.inference.predict import Predictor
+from petseg.inference.preprocess import preprocess
+from petseg.inference.timing import StageTimer
+from petseg.inference.tta import MIRROR_AXES, MirrorTTA, TimeBudget
 from petseg.io import MASK_FOLDER, CaseFiles, write_image
-from petseg.phantoms import make_case
-from petseg.pipeline import segment_case
-from petseg.postprocess import probability_on_pet_grid
-from petseg.predict import Predictor
-from petseg.preprocess import preprocess
-from petseg.tta import MIRROR_AXES, MirrorTTA, TimeBudget
+from petseg.synthetic import make_case
 
 
 class FakeClock:
@@ -55,9 +54,12 @@ class RecordingPredictor:
         self.card = predictor.card
         self.outputs: list[np.ndarray] = []
 
-    def __call__(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
-        self.outputs.append(self.predictor(image, progress))
+    def __call__(self, image: np.ndarray, tracer: str | None = None, progress: bool = False) -> np.ndarray:
+        self.outputs.append(self.predictor(image, tracer=tracer, progress=progress))
         return self.outputs[-1]
+
+    def choose_tracer(self, image: np.ndarray, given: str | None = None) -> str | None:
+        return self.predictor.choose_tracer(image, given)
 
 
 def plan(budget_s: float = 300.0, clock: FakeClock | None = None, start: float = 0.0) -> MirrorTTA:
@@ -238,7 +240,7 @@ def test_the_pipeline_measures_preparation_and_averages_real_passes(tmp_path, ti
     flipped_back = [np.flip(p, axes) for p, axes in zip(mirrored, MIRROR_AXES, strict=True)]
     mean = np.mean(np.stack([first, *flipped_back]).astype(np.float64), axis=0).astype(np.float32)
     back_map = preprocess(phantom.ct, phantom.pet, recording.card.preprocessing).back_map
-    expected = probability_on_pet_grid(mean, back_map, settings.back_interpolation)
+    expected = back_map.to_pet_grid(mean, settings.back_interpolation)
     assert result.probability is not None
     assert plain.probability is not None
     np.testing.assert_allclose(result.probability, expected, atol=1e-6)

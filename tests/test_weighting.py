@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from petseg.phantoms import generate
+from petseg.synthetic import generate
 from training.__main__ import main
 from training.weighting import DIFFICULTY_BINS, WeightingStats, difficulty_and_weight
 

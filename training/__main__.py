@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from petseg.cli import _guarded
-from petseg.console import setup_logging
+from petseg.app.console import setup_logging
+from petseg.app.runtime import guarded
 
 
 def _loss_options(args: argparse.Namespace) -> dict[str, float | bool]:
@@ -196,8 +196,8 @@ def _add_patch_options(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from petseg.card import EnsembleSettings, PreprocessSettings
-    from petseg.networks import PRESETS
+    from petseg.model.networks import PRESETS
+    from petseg.model.settings import EnsembleSettings, PreprocessSettings
     from training.components import DEFAULT_MINIMUM_PROBABILITY
     from training.demo import DemoRecipe
     from training.export import CHECKPOINTS
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    return _guarded(args.run, args)
+    return guarded(args.run, args)
 
 
 if __name__ == "__main__":

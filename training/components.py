@@ -1,4 +1,4 @@
-"""Fit a model folder's component filter (`petseg.components`) from out-of-fold predictions.
+"""Fit a model folder's component filter (`petseg.model.components`) from out-of-fold predictions.
 
 Each fold predicts the validation cases of its own split, which it never trained on, so the filter learns
 the mistakes the networks make on unseen cases: every connected component of the probability above the
@@ -16,18 +16,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from petseg.card import ModelCard, load_card, parse_ensemble, save_card
-from petseg.components import (
+from petseg.errors import ModelError
+from petseg.inference.predict import FoldEnsemble, Predictor, select_device
+from petseg.io.splits import read_splits, tracer_of
+from petseg.model.card import ModelCard, load_card, parse_ensemble, save_card
+from petseg.model.components import (
     ALL_TRACERS,
     ComponentFilter,
     check_minimum_probability,
     component_features,
     fit_component_filter,
 )
-from petseg.errors import ModelError
-from petseg.networks import load_fold
-from petseg.predict import FoldEnsemble, Predictor, select_device
-from petseg.splits import read_splits, tracer_of
+from petseg.model.networks import load_fold
 from training.data import CACHE_FOLDER, SPLITS_FILE, PreprocessedCache, discover_dataset
 from training.trainer import TrainingError, dataset_fingerprint, git_commit
 

@@ -1,9 +1,9 @@
 """Training data: the nnU-Net dataset on disk, its folds, a preprocessed cache, and patch sampling.
 
-Every training case goes through `petseg.io.read_case` and `petseg.preprocess.preprocess`, the very functions
-inference calls, so the network is trained on exactly the grid and intensities it will see in the container.
-Preprocessing a whole-body case takes seconds; `PreprocessedCache` does it once per case and settings and
-keeps the result on disk, so an epoch costs only a file read and the random patch augmentation.
+Every training case goes through `petseg.io.read_case` and `petseg.inference.preprocess.preprocess`, the very
+functions inference calls, so the network is trained on exactly the grid and intensities it will see in the
+container. Preprocessing a whole-body case takes seconds; `PreprocessedCache` does it once per case and
+settings and keeps the result on disk, so an epoch costs only a file read and the random patch augmentation.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor
 from tqdm import tqdm
 
-import petseg.preprocess
-from petseg.card import PreprocessSettings
+import petseg.inference.preprocess
 from petseg.errors import InputError, OutputError
 from petseg.io import CaseFiles, read_case, read_image, write_atomically
-from petseg.splits import Folds, grouped_folds, read_splits, write_splits
+from petseg.io.splits import Folds, grouped_folds, read_splits, write_splits
+from petseg.model.settings import PreprocessSettings
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _read_and_preprocess(record: CaseRecord, settings: PreprocessSettings) -> tu
     """Exactly the inference path (`read_case` + `preprocess`), plus the label."""
     ct, pet = read_case(CaseFiles(ct=record.ct, pet=record.pet))
     label = read_image(record.label, "label")
-    case = petseg.preprocess.preprocess(ct, pet, settings, label=label)
+    case = petseg.inference.preprocess.preprocess(ct, pet, settings, label=label)
     return case.image, case.label
 
 
@@ -184,10 +184,10 @@ class PreprocessedCache:
     float32 instead, with a warning. The label is stored as uint8. `get` returns float32 either way, and the
     same values on a cache hit as on the miss that filled it.
 
-    The key holds a hash of the settings and of the code of `petseg.preprocess` (either changing gives a new
-    directory) and of the source files' path, size and modification time (a re-exported case gives a new
-    entry, and its old entry is deleted). Entries are written under a temporary name and renamed, so a reader,
-    a concurrent writer or an interrupted run never sees half a file.
+    The key holds a hash of the settings and of the code of `petseg.inference.preprocess` (either changing
+    gives a new directory) and of the source files' path, size and modification time (a re-exported case gives
+    a new entry, and its old entry is deleted). Entries are written under a temporary name and renamed, so a
+    reader, a concurrent writer or an interrupted run never sees half a file.
     """
 
     def __init__(self, cache_dir: Path, settings: PreprocessSettings) -> None:
@@ -294,7 +294,7 @@ def safe_name(case_id: str) -> str:
 
 def _preprocess_code_hash() -> str:
     """A cache made by other preprocessing code is other data, even under the same settings."""
-    return hashlib.sha256(Path(petseg.preprocess.__file__).read_bytes()).hexdigest()[:8]
+    return hashlib.sha256(Path(petseg.inference.preprocess.__file__).read_bytes()).hexdigest()[:8]
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -324,7 +324,7 @@ def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
 
 ELASTIC_SIGMA = (5.0, 8.0)
 ELASTIC_MAGNITUDE = (100.0, 200.0)
-PET_CHANNEL = 1  # petseg.card.CHANNELS: [CT, PET]
+PET_CHANNEL = 1  # petseg.model.card.CHANNELS: [CT, PET]
 HOT_MIN_VOXELS = 16  # hot specks of PET noise are not organs
 
 

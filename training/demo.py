@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from petseg.card import ModelCard, PreprocessSettings
-from petseg.phantoms.generate import FDG_SHARE
+from petseg.model.card import ModelCard, PreprocessSettings
+from petseg.synthetic.generate import FDG_SHARE
 from training.export import export
 from training.trainer import CHECKPOINT, TrainConfig, TrainingError, TrainResult, network_spacing, train
 
@@ -89,7 +89,7 @@ def run_training_demo(
     work_dir: Path, model_dir: Path, recipe: DemoRecipe, progress: bool = True
 ) -> ModelCard:
     """Generate the phantoms, train every fold, export them; returns the written card."""
-    from petseg.phantoms import generate
+    from petseg.synthetic import generate
 
     if recipe.parallel < 1:
         raise TrainingError(f"parallel must be 1 or more, got {recipe.parallel}")
@@ -176,7 +176,7 @@ def _fit_component_filter(
 ) -> ModelCard:
     """The recipe's component filter, or, where the folds' predictions cannot teach one (a short run that
     marks nothing, or nothing but lesions), the card without it and a warning that says why."""
-    from petseg.card import load_card
+    from petseg.model.card import load_card
     from training.components import fit_components
 
     try:
@@ -204,7 +204,7 @@ def _check_phantoms(data: Path, recipe: DemoRecipe) -> None:
     Otherwise a changed `--cases` or `--fdg-share` would silently train on the old dataset, and the card
     would record the old one. A manifest without `fdg_share` predates the option: it used the default.
     """
-    from petseg.phantoms.generate import MANIFEST, manifest_arguments
+    from petseg.synthetic.generate import MANIFEST, manifest_arguments
 
     made = manifest_arguments(data)
     if made is None:
@@ -275,20 +275,21 @@ def dice_on_fresh_phantoms(
 ) -> list[float]:
     """Per-case Dice of the model in `model_dir` on phantoms generated now, scored on the PET grid.
 
-    Whole cases go through `petseg.pipeline.segment`, the container's own path. The phantoms have the size
-    the model was trained on (its card's `provenance.phantoms`), and `seed` must not be the training seed.
+    Whole cases go through `petseg.inference.pipeline.segment`, the container's own path. The phantoms have
+    the size the model was trained on (its card's `provenance.phantoms`), and `seed` must not be the training
+    seed.
     """
     import tempfile
 
     import SimpleITK as sitk
 
-    from petseg.card import load_card
-    from petseg.console import StageTimer
+    from petseg.evaluation.metrics import dice
+    from petseg.inference.pipeline import segment
+    from petseg.inference.predict import Predictor
+    from petseg.inference.timing import StageTimer
     from petseg.io import CaseFiles, write_image
-    from petseg.metrics import dice
-    from petseg.phantoms import make_case
-    from petseg.pipeline import segment
-    from petseg.predict import Predictor
+    from petseg.model.card import load_card
+    from petseg.synthetic import make_case
 
     card = load_card(Path(model_dir))
     trained_on = card.provenance.get("phantoms") or {}

@@ -23,7 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from petseg.card import (
+from petseg.errors import ModelError
+from petseg.io import json_safe
+from petseg.io.splits import tracer_of
+from petseg.model.card import (
     Architecture,
     EnsembleSettings,
     Fold,
@@ -32,13 +35,10 @@ from petseg.card import (
     parse_ensemble,
     save_card,
 )
-from petseg.errors import ModelError
-from petseg.io import json_safe
-from petseg.networks import build_network, file_sha256, save_state
-from petseg.phantoms.generate import manifest_arguments
-from petseg.splits import tracer_of
-from petseg.tracer import CLASSES as TRACERS
-from petseg.tracer import TracerClassifier, fit_tracer_classifier, uptake_features
+from petseg.model.networks import build_network, file_sha256, save_state
+from petseg.model.tracer import CLASSES as TRACERS
+from petseg.model.tracer import TracerClassifier, fit_tracer_classifier, uptake_features
+from petseg.synthetic.generate import manifest_arguments
 from training.components import check_minimum, fit_components
 from training.data import CACHE_FOLDER, PreprocessedCache, discover_dataset
 from training.trainer import (
@@ -115,7 +115,7 @@ def export(
     `out_dir/model.json`.
 
     `threshold` and `grow_to_suvmax_fraction` (growth of predicted lesions to their uptake contour,
-    `petseg.postprocess.grow_to_uptake_contour`) are inference settings the runs cannot know. With
+    `petseg.inference.postprocess.grow_to_uptake_contour`) are inference settings the runs cannot know. With
     `component_filter`, the exported folds then fit a component filter at that minimum probability
     (`training.components`) on their runs' dataset.
     """

@@ -31,12 +31,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from petseg.card import Architecture, EnsembleSettings, PreprocessSettings
 from petseg.errors import PetsegError
-from petseg.metrics import case_scores
-from petseg.networks import build_network, input_divisor, save_state
-from petseg.predict import ComputeDevice, FoldEnsemble, sliding_window_probability, training_device
-from petseg.splits import TRACERS, tracer_of
+from petseg.evaluation.metrics import case_scores
+from petseg.inference.predict import ComputeDevice, FoldEnsemble, sliding_window_probability, training_device
+from petseg.io.splits import TRACERS, tracer_of
+from petseg.model.networks import build_network, input_divisor, save_state
+from petseg.model.settings import Architecture, EnsembleSettings, PreprocessSettings
 from training.data import (
     CACHE_FOLDER,
     CaseRecord,

@@ -24,10 +24,10 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from petseg.card import ModelCard, load_card
-from petseg.networks import load_fold
-from petseg.predict import select_device
-from petseg.splits import tracer_of
+from petseg.inference.predict import select_device
+from petseg.io.splits import tracer_of
+from petseg.model.card import ModelCard, load_card
+from petseg.model.networks import load_fold
 
 log = logging.getLogger("petseg.training")
 
@@ -121,8 +121,8 @@ def analyse_weighting(
     """Run the analysis over the dataset's cases; write weighting.json and weighting.png into `out_dir`."""
     from tqdm import tqdm
 
+    from petseg.evaluation.plots import weighting_png, write_png
     from petseg.io import json_safe, write_json
-    from petseg.plots import weighting_png, write_png
     from training.data import _read_and_preprocess, discover_dataset
     from training.losses import build_loss
 

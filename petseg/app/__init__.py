@@ -1,0 +1,1 @@
+"""The entry points: the `petseg` command line, process.py's and app.py's runtime, the invoke server."""

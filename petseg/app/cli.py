@@ -1,0 +1,330 @@
+"""The `petseg` command line.
+
+It is thin: they parse arguments, set up logging and call the library. User errors (`PetsegError`)
+end as one line on stderr and a non-zero exit code; nothing else is printed as a traceback unless
+PETSEG_DEBUG=1 is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from petseg import __version__
+from petseg.app.runtime import add_compute_arguments, default_model_dir, guarded, load_predictor
+from petseg.errors import InputError, PetsegError
+
+if TYPE_CHECKING:  # heavy imports (torch) stay out of `petseg --help`
+    from petseg.io.cases import Case
+
+log = logging.getLogger("petseg")
+
+# ---------------------------------------------------------------- petseg <command>
+
+
+def _phantoms(args: argparse.Namespace) -> int:
+    from petseg.synthetic import generate
+
+    try:
+        generate(
+            args.out,
+            cases=args.cases,
+            seed=args.seed,
+            tracer=args.tracer,
+            size=args.size,
+            layout=args.layout,
+            organs_dir=args.organs,
+            progress=not args.quiet,
+            fdg_share=args.fdg_share,
+        )
+    except ValueError as error:
+        raise PetsegError(str(error)) from None
+    return 0
+
+
+def _samples(args: argparse.Namespace) -> int:
+    from petseg.synthetic.samples import write_expected, write_samples
+
+    rows = write_samples(args.out)
+    log.info("wrote %d sample case(s) to %s: %s", len(rows), args.out, ", ".join(r["case_id"] for r in rows))
+    if args.expected:
+        paths = write_expected(args.out, args.model, args.device)
+        log.info("wrote %d expected mask(s) of the model in %s", len(paths), args.model)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from petseg.evaluation.evaluate import evaluate_folder, format_summary, match_cases, read_meta
+
+    cases = match_cases(
+        args.gt,
+        args.pred,
+        args.pet,
+        missing_as_empty=args.missing_as_empty,
+        probability_dir=args.probabilities,
+    )
+    meta = read_meta(args.meta, [case.name for case in cases]) if args.meta is not None else None
+    name = args.pred.resolve().name
+    compare = {}
+    for folder in args.compare:
+        other = folder.resolve().name
+        if other == name or other in compare:
+            raise InputError(f"{folder}: two prediction folders are named {other!r}; rename one")
+        compare[other] = match_cases(args.gt, folder, args.pet, missing_as_empty=args.missing_as_empty)
+    summary = evaluate_folder(
+        cases,
+        args.out,
+        meta,
+        workers=args.workers,
+        progress=not args.quiet,
+        compare=compare,
+        name=name,
+        report_cases=None if args.no_report else args.report_cases,
+    )
+    print(format_summary(summary))
+    extra = ", calibration.png" if args.probabilities is not None else ""
+    extra += "" if args.no_report else ", report.html"
+    print(f"wrote {args.out / 'cases.csv'}, lesions.csv, summary.json{extra}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from petseg.inference.pipeline import run_to_file, run_to_folder
+    from petseg.inference.timing import StageTimer
+    from petseg.io import DATA_CENTRIC_JSON
+    from petseg.io.cases import discover_cases
+    from petseg.io.probability import probability_path
+
+    cases = discover_cases(args.input)
+    log.info("%d case(s) in %s", len(cases), args.input)
+    timer = StageTimer()
+    predictor = load_predictor(args.model, args.device, timer, args.precision, args.compile)
+    tracer = None if args.tracer == "auto" else args.tracer
+    failed: dict[str, int] = {}  # case -> exit code of its error
+    skipped = 0
+    for case in tqdm(cases, desc="cases", unit="case", disable=args.quiet or len(cases) < 2):
+        destination = case.output_path(args.output)
+        # A Grand-Challenge output counts as done only as the pair: a mask without its JSON is redone.
+        done = [destination] + ([args.output / case.name / DATA_CENTRIC_JSON] if case.layout == "gc" else [])
+        if all(p.exists() for p in done) and not args.overwrite:
+            skipped += 1
+            continue
+        try:
+            probability_to = probability_path(destination) if args.save_probabilities else None
+            timer = StageTimer(prefix=f"{case.name}: ")
+            if case.layout == "gc":  # both files or neither, as process.py writes them
+                run_to_folder(case.files, args.output / case.name, predictor, timer, probability_to, tracer)
+            else:
+                run_to_file(case.files, destination, predictor, timer, probability_to, tracer)
+            if args.preview:
+                _write_case_preview(case, destination, args.output / "preview" / f"{case.name}.png")
+        except PetsegError as error:
+            log.error("%s: %s", case.name, error)
+            failed[case.name] = error.exit_code
+    if skipped:
+        log.info("skipped %d case(s) whose output exists (use --overwrite to redo them)", skipped)
+    done = len(cases) - len(failed) - skipped
+    log.info("segmented %d case(s) into %s", done, args.output)
+    if failed:
+        print(
+            f"petseg: error: {len(failed)} of {len(cases)} case(s) failed: {', '.join(failed)}",
+            file=sys.stderr,
+        )
+        # the most serious kind among the failures: an output that cannot be written (5) over bad input (3)
+        return max(failed.values())
+    return 0
+
+
+def _write_case_preview(case: Case, mask_path: Path, destination: Path) -> None:
+    import SimpleITK as sitk
+
+    from petseg.evaluation.preview import write_preview
+    from petseg.io import read_image
+
+    write_preview(read_image(case.files.pet, "PET"), sitk.ReadImage(str(mask_path)), None, destination)
+
+
+def _random_model(args: argparse.Namespace) -> int:
+    from petseg.model.untrained import create_untrained_model
+
+    card = create_untrained_model(args.out, architecture=args.arch, folds=args.folds, seed=args.seed)
+    log.info(
+        "wrote an UNTRAINED %s ensemble of %d folds to %s", card.architecture.name, len(card.folds), args.out
+    )
+    return 0
+
+
+def _check_model(args: argparse.Namespace) -> int:
+    from petseg.inference.predict import Predictor
+    from petseg.model.networks import build_network, count_parameters
+
+    predictor = Predictor.load(args.model, device="cpu")
+    card = predictor.card
+    # The loaded folds have their batch norms folded away: count the network as trained and stored.
+    parameters = count_parameters(build_network(card.architecture, card.ensemble.roi_size))
+    print(f"{args.model}: {card.name}")
+    print(f"  architecture  {card.architecture.name} ({parameters:,} parameters per fold)")
+    print(f"  folds         {len(card.folds)} ({', '.join(f.weights for f in card.folds)})")
+    window = "x".join(map(str, card.ensemble.roi_size))
+    print(f"  window        {window}, overlap {card.ensemble.overlap}, {card.ensemble.blend_mode} blending")
+    print(f"  averaging     mean of {card.ensemble.average}, threshold {card.ensemble.threshold}")
+    print(f"  trained       {'yes' if card.trained else 'NO (untrained)'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from petseg.app.demo import SAMPLE_CASES, SHIPPED_MODEL, run_demo
+
+    return run_demo(
+        args.out,
+        model_dir=args.model or SHIPPED_MODEL,
+        cases_dir=args.cases or SAMPLE_CASES,
+        phantoms=args.phantoms,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from petseg.synthetic import LAYOUTS, SIZES, TRACERS
+    from petseg.synthetic.generate import FDG_SHARE
+
+    parser = argparse.ArgumentParser(prog="petseg", description="Whole-body PET/CT lesion segmentation.")
+    parser.add_argument("--version", action="version", version=f"petseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="run the shipped model on the sample cases, as the container does"
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for all demo files")
+    demo.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model/)")
+    demo.add_argument(
+        "--cases", type=Path, default=None, help="case folder (default: the sample cases, test/)"
+    )
+    demo.add_argument("--phantoms", type=int, default=0, help="instead, generate N fresh tiny phantom cases")
+    demo.add_argument("--seed", type=int, default=0, help="seed of --phantoms")
+    demo.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    demo.set_defaults(run=_demo)
+
+    phantoms = commands.add_parser("phantoms", help="generate synthetic whole-body PET/CT cases")
+    phantoms.add_argument("--out", type=Path, required=True)
+    phantoms.add_argument("--cases", type=int, default=10)
+    phantoms.add_argument("--seed", type=int, default=0)
+    phantoms.add_argument("--tracer", choices=TRACERS, default="mixed")
+    phantoms.add_argument(
+        "--fdg-share",
+        type=float,
+        default=FDG_SHARE,
+        help=f"with --tracer mixed, the share of patients given FDG (default {FDG_SHARE:g}), the rest PSMA",
+    )
+    phantoms.add_argument("--size", choices=SIZES, default="tiny")
+    phantoms.add_argument("--layout", choices=LAYOUTS, default="gc")
+    phantoms.add_argument("--organs", type=Path, default=None, help="folder of organ label maps (NIfTI)")
+    phantoms.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    phantoms.set_defaults(run=_phantoms)
+
+    samples = commands.add_parser("samples", help="write the two sample cases of test/ (for test.sh)")
+    samples.add_argument("--out", type=Path, default=Path("test"))
+    samples.add_argument(
+        "--expected",
+        action="store_true",
+        help="also write <case>/expected/<pet-uuid>.mha: the masks --model produces, which test.sh checks",
+    )
+    samples.add_argument(
+        "--model", type=Path, default=None, help="model of --expected (default: as process.py, model/)"
+    )
+    samples.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    samples.set_defaults(run=_samples)
+
+    predict = commands.add_parser("predict", help="segment every case in a folder (gc or nnU-Net layout)")
+    predict.add_argument("--input", type=Path, required=True)
+    predict.add_argument("--output", type=Path, required=True)
+    predict.add_argument("--model", type=Path, default=None, help="model folder (default: as process.py)")
+    add_compute_arguments(predict)
+    predict.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    predict.add_argument(
+        "--preview", action="store_true", help="also write OUTPUT/preview/<case>.png (PET MIP)"
+    )
+    predict.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write the lesion probability beside each mask: <mask name>_probability.npz "
+        "(float16, PET grid, uncompressed; for `petseg evaluate --probabilities`)",
+    )
+    predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score predictions against ground truths (autoPET, lesions)"
+    )
+    evaluate.add_argument("--gt", type=Path, required=True, help="ground-truth masks (.mha or .nii.gz)")
+    evaluate.add_argument("--pred", type=Path, required=True, help="predicted masks, same file names")
+    evaluate.add_argument("--pet", type=Path, default=None, help="PET images: lesion-level metrics")
+    evaluate.add_argument("--meta", type=Path, default=None, help="CSV with case, tracer, centre: subsets")
+    evaluate.add_argument(
+        "--probabilities",
+        type=Path,
+        default=None,
+        help="folder of <case>_probability.npz (petseg predict --save-probabilities): voxel calibration, "
+        "entropy and confidence of correct and incorrect voxels, calibration.png",
+    )
+    evaluate.add_argument(
+        "--report-cases",
+        type=_non_negative_int,
+        default=60,
+        help="cases shown in report.html, worst Dice first (default 60)",
+    )
+    evaluate.add_argument("--no-report", action="store_true", help="do not write report.html")
+    evaluate.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=(),
+        help="other prediction folders: ranking, Wilcoxon tests",
+    )
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument(
+        "--missing-as-empty", action="store_true", help="score a missing prediction as an empty mask"
+    )
+    evaluate.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run=_evaluate)
+
+    random_model = commands.add_parser("random-model", help="write an untrained ensemble (demos, tests)")
+    random_model.add_argument("--out", type=Path, required=True)
+    random_model.add_argument("--arch", default="resunet-tiny")
+    random_model.add_argument("--folds", type=int, default=5)
+    random_model.add_argument("--seed", type=int, default=0)
+    random_model.set_defaults(run=_random_model)
+
+    check = commands.add_parser("check-model", help="validate a model folder: card, weights, checksums")
+    check.add_argument("model", type=Path, nargs="?", default=None)
+    check.set_defaults(run=_check_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from petseg.app.console import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if getattr(args, "model", "unset") is None:
+        args.model = default_model_dir()
+    return guarded(args.run, args)

@@ -1,0 +1,196 @@
+"""What every entry point shares at run time: loading the ensemble, turning failures into one line and an
+exit code, SIGTERM as an exception while a run is guarded, private caches, and the container's arguments.
+
+`process.py` (`petseg.app.process`), `app.py` (`petseg.app.server`), the `petseg` command line and
+`python -m training` all run through `guarded`, so a failure looks the same from each of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from petseg.errors import PetsegError
+
+if TYPE_CHECKING:  # torch is imported with the ensemble, not with the argument parsers
+    from petseg.inference.predict import Predictor
+    from petseg.inference.timing import StageTimer
+
+log = logging.getLogger("petseg")
+
+CONTAINER_MODEL_DIR = Path("/opt/ml/model")
+REPO_MODEL_DIR = Path(__file__).resolve().parents[2] / "model"
+
+
+class Terminated(BaseException):
+    """SIGTERM (docker stop, a platform time-out) raised as an exception, so that cleanup runs."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; turn every failure into one line and an exit code.
+
+    SIGTERM unwinds like Ctrl-C: staging folders are removed and a half-written output pair is taken
+    back, so a stopped container leaves a complete output or none.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _report_failures(run, args)
+    finally:
+        # A SIGTERM after this point (the caches' cleanup, the interpreter's exit) gets the handler that was
+        # there before, by default the plain exit 143: outside this function no one would catch Terminated.
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _report_failures(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return run(args)
+    except PetsegError as error:
+        print(f"petseg: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("petseg: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("petseg: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    except MemoryError:
+        print("petseg: error: out of memory", file=sys.stderr)
+        return 137
+    except Exception as error:
+        if os.environ.get("PETSEG_DEBUG"):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(
+            f"petseg: internal error: {type(error).__name__}: {message} (PETSEG_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def default_model_dir(script_dir: Path | None = None) -> Path:
+    """`/opt/ml/model` when the platform provides a model there, else `model/` beside the code."""
+    candidates = [CONTAINER_MODEL_DIR]
+    if script_dir is not None:
+        candidates.append(Path(script_dir) / "model")
+    candidates.append(REPO_MODEL_DIR)
+    for candidate in candidates:
+        if (candidate / "model.json").is_file():
+            return candidate
+    return candidates[1] if script_dir is not None else REPO_MODEL_DIR
+
+
+def load_predictor(
+    model_dir: Path,
+    device: str,
+    timer: StageTimer,
+    precision: str = "auto",
+    compile: bool = False,
+) -> Predictor:
+    from petseg.inference.predict import Predictor
+
+    with timer.stage("load model"):
+        predictor = Predictor.load(model_dir, device, precision=precision, compile=compile)
+    card = predictor.card
+    log.info(
+        "model %s: %s, %d fold(s)%s, window %s, overlap %s, on %s",
+        card.name,
+        card.architecture.name,
+        len(card.folds),
+        f" ({' and '.join(card.tracers)} ensembles)" if card.tracers else "",
+        "x".join(map(str, card.ensemble.roi_size)),
+        card.ensemble.overlap,
+        predictor.compute.describe() + (", compiled" if predictor.compiled else ""),
+    )
+    if not card.trained:
+        log.warning("UNTRAINED model (%s): its masks are meaningless", model_dir)
+    elif card.provenance.get("synthetic"):
+        log.warning(
+            "model %s was trained on SYNTHETIC phantoms only: a demonstration, not for real scans", card.name
+        )
+    return predictor
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of --time-budget: a finite number of seconds above zero."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return seconds
+
+
+def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --precision and --compile: where and how the networks run."""
+    from petseg.inference.precision import PRECISIONS
+
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (default): autocast where it pays (fp16 on GPUs below compute capability 8, bf16 from "
+        "8 on and on CPUs with native bf16); fp32: none, for bit-exact comparisons",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the networks through torch.compile (compiles on the first window; off by default: "
+        "see bench/README.md for when it pays)",
+    )
+    parser.add_argument(
+        "--tracer",
+        choices=("auto", "fdg", "psma"),
+        default="auto",
+        help="for models with one ensemble per tracer: which to run (default auto: the card's classifier "
+        "names it from the PET's uptake histogram)",
+    )
+
+
+def add_container_arguments(parser: argparse.ArgumentParser, default_model: Path) -> None:
+    """--input, --output, --model and the compute options, as process.py and app.py both take them."""
+    parser.add_argument("--input", type=Path, default=Path("/input"), help="input folder (default /input)")
+    parser.add_argument(
+        "--output", type=Path, default=Path("/output"), help="output folder (default /output)"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=default_model,
+        help=f"model folder with model.json (default {default_model})",
+    )
+    add_compute_arguments(parser)
+
+
+@contextlib.contextmanager
+def private_caches() -> Iterator[None]:
+    """Point library caches at a temporary folder, removed afterwards: the container writes only /output.
+
+    MONAI imports matplotlib whenever it is installed, and matplotlib would build its font cache in $HOME.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="petseg-cache-") as scratch:
+        previous = os.environ.get("MPLCONFIGDIR")
+        os.environ["MPLCONFIGDIR"] = previous or scratch
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("MPLCONFIGDIR", None)

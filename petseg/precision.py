@@ -1,8 +1,0 @@
-"""The `--precision` choices, apart from `petseg.predict` so that argument parsers need not import torch.
-
-"auto" lets the networks run in the device's fastest reduced precision (see `petseg.predict.select_device`);
-"fp32" keeps every operation in float32, in the default memory layout: what another fp32 pipeline computes,
-up to the float rounding of the batch norms that `petseg.predict.Predictor` folds into the convolutions.
-"""
-
-PRECISIONS = ("auto", "fp32")

@@ -1,0 +1,203 @@
+"""`generate`: a folder of phantom cases in one layout, with a manifest (`phantoms.json`).
+
+Which tracer a case gets, and whether it is a second study of an earlier case's patient, is decided per case
+from (seed, case index), so the first cases of a run are the same whatever the number of cases asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from petseg.errors import OutputError
+from petseg.io import write_json
+from petseg.synthetic import ids
+from petseg.synthetic.case import IDS, TRACERS, Phantom, check_common, make_case, rng_for, simulate
+from petseg.synthetic.layouts import LAYOUTS, finish_nnunet, write_gc, write_nnunet
+from petseg.synthetic.organs import find_maps, organ_scene
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "phantoms.json"
+FDG_SHARE = 0.6
+SECOND_STUDY_PROBABILITY = 0.2
+PLAN = 7  # purpose of the per-case generator that plans tracer and patient
+
+
+def plan_cases(
+    seed: int, cases: int, tracer: str, fdg_share: float = FDG_SHARE
+) -> list[tuple[str, str | None]]:
+    """(tracer, patient id or None for a new patient) per case; about 20% revisit an earlier patient.
+
+    With tracer "mixed", a new patient is an FDG one with probability `fdg_share`.
+    """
+    plan: list[tuple[str, str | None]] = []
+    roots: list[int] = []
+    for index in range(cases):
+        rng = rng_for(seed, index, PLAN)
+        fdg, second, pick = rng.random(), rng.random(), rng.random()
+        root = index
+        if index > 0 and second < SECOND_STUDY_PROBABILITY:
+            root = roots[int(pick * index)]
+        roots.append(root)
+        if root == index:
+            case_tracer = tracer if tracer != "mixed" else ("fdg" if fdg < fdg_share else "psma")
+            plan.append((case_tracer, None))
+        else:
+            root_tracer = plan[root][0]
+            patient = ids.new_patient_id(rng_for(seed, root, IDS), root_tracer)
+            plan.append((root_tracer, patient))
+    return plan
+
+
+def generate(
+    out_dir: Path,
+    cases: int,
+    seed: int = 0,
+    tracer: str = "mixed",
+    size: str = "tiny",
+    layout: str = "gc",
+    organs_dir: Path | None = None,
+    progress: bool = True,
+    fdg_share: float = FDG_SHARE,
+) -> list[dict]:
+    """Write `cases` phantoms to `out_dir` and return their manifest rows (also in `out_dir/phantoms.json`).
+
+    `fdg_share`: with tracer "mixed", the share of new patients that get FDG (the default is about
+    autoPET III's); the rest get PSMA.
+
+    Invalid arguments raise ValueError; an unusable organ-map folder raises InputError and an output folder
+    that holds something other than an earlier phantom run raises OutputError.
+    """
+    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
+        raise ValueError(f"cases must be a positive integer, got {cases!r}")
+    check_common(seed, 0, size)
+    if tracer not in TRACERS:
+        raise ValueError(f"tracer must be one of {', '.join(TRACERS)}, got {tracer!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if isinstance(fdg_share, bool) or not isinstance(fdg_share, (int, float)) or not 0.0 <= fdg_share <= 1.0:
+        raise ValueError(f"fdg_share must be a number from 0 to 1, got {fdg_share!r}")
+    out_dir = Path(out_dir)
+    maps = find_maps(Path(organs_dir))[:cases] if organs_dir is not None else None
+    previous = _previous_files(out_dir)
+    count = len(maps) if maps is not None else cases
+    plan = plan_cases(seed, count, tracer, fdg_share) if maps is None else []
+
+    rows: list[dict] = []
+    taken: set[str] = set()
+    for index in tqdm(range(count), desc="phantoms", unit="case", disable=not progress):
+        if maps is not None:
+            phantom = simulate(organ_scene(maps[index], seed, index, tracer, size))
+        else:
+            case_tracer, patient = plan[index]
+            phantom = make_case(seed, index, tracer=case_tracer, size=size, patient_id=patient)
+            _make_unique(phantom, taken, seed, index)
+        taken.add(phantom.case_id)
+        files = write_gc(phantom, out_dir) if layout == "gc" else write_nnunet(phantom, out_dir)
+        rows.append(_row(phantom, files))
+
+    extra: dict[str, str] = {}
+    if layout == "nnunet":
+        extra = finish_nnunet(out_dir, [row["case_id"] for row in rows], seed)
+    written = {row[key] for row in rows for key in ("ct", "pet", "label")} | set(extra.values())
+    _remove_stale(out_dir, previous - written)
+    arguments = {
+        "cases": int(cases),
+        "seed": int(seed),
+        "tracer": tracer,
+        "fdg_share": float(fdg_share),
+        "size": size,
+        "layout": layout,
+        "organs_dir": None if organs_dir is None else str(organs_dir),
+    }
+    manifest = {
+        "generator": "petseg.synthetic",
+        "arguments": arguments,
+        "extra_files": sorted(extra.values()),
+        "cases": rows,
+    }
+    write_json(manifest, out_dir / MANIFEST)
+    log.info("wrote %d phantom cases (%s layout) to %s", len(rows), layout, out_dir)
+    return rows
+
+
+def manifest_arguments(out_dir: Path) -> dict[str, Any] | None:
+    """The generator arguments a phantom folder was made with (its manifest), None if it has none."""
+    try:
+        return dict(json.loads((Path(out_dir) / MANIFEST).read_text())["arguments"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _make_unique(phantom: Phantom, taken: set[str], seed: int, index: int) -> None:
+    """A second study that drew the same date as an earlier one of its patient gets another date."""
+    attempt = 0
+    while phantom.case_id in taken:
+        attempt += 1
+        rng = np.random.default_rng([seed, index, IDS, attempt])
+        phantom.case_id = ids.case_id(
+            rng, phantom.patient_id, phantom.tracer, bool(phantom.info["body"]["contrast"])
+        )
+        phantom.info["case_id"] = phantom.case_id
+
+
+def _row(phantom: Phantom, files: dict[str, str]) -> dict:
+    info = phantom.info
+    return {
+        "case_id": phantom.case_id,
+        "patient_id": phantom.patient_id,
+        "tracer": phantom.tracer,
+        "grid": info["grid"],
+        "size": info["size"],
+        **files,
+        "ct_uuid": info["ct_uuid"],
+        "pet_uuid": info["pet_uuid"],
+        "ct_own_grid": info["ct_own_grid"],
+        "lesion_free": info["lesion_free"],
+        "lesion_count": len(info["lesions"]),
+        "lesion_volume_ml": info["lesion_volume_ml"],
+        "lesions": info["lesions"],
+        "source": info.get("organ_map", {}).get("file", "analytic"),
+    }
+
+
+def _previous_files(out_dir: Path) -> set[str]:
+    """Files of an earlier run in `out_dir` (from its manifest); refuse a folder that holds anything else."""
+    if not out_dir.exists():
+        return set()
+    if not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is not a folder")
+    manifest = out_dir / MANIFEST
+    if not manifest.is_file():
+        if any(not p.name.startswith(".") for p in out_dir.iterdir()):
+            raise OutputError(
+                f"{out_dir}: folder is not empty and holds no {MANIFEST}; choose an empty or new folder"
+            )
+        return set()
+    try:
+        data = json.loads(manifest.read_text())
+        files = {row[key] for row in data["cases"] for key in ("ct", "pet", "label")}
+        return files | set(data.get("extra_files", []))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise OutputError(f"{manifest}: cannot read the earlier run's manifest: {error}") from None
+
+
+def _remove_stale(out_dir: Path, stale: set[str]) -> None:
+    """Delete an earlier run's files that this run did not rewrite, and the folders they leave empty."""
+    root = out_dir.resolve()
+    for name in sorted(stale):
+        path = (out_dir / name).resolve()
+        if root not in path.parents or not path.is_file():
+            continue
+        path.unlink()
+        parent = path.parent
+        while parent != root and parent.is_dir() and not any(parent.iterdir()):
+            os.rmdir(parent)
+            parent = parent.parent
