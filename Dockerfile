@@ -56,9 +56,11 @@ WORKDIR /opt/app
 COPY petseg/ /opt/app/petseg/
 COPY process.py /opt/app/process.py
 COPY model/ /opt/app/model/
-# Fail the build, not the first job, if the runtime stack does not import.
-RUN python -c "import torch, monai, SimpleITK, petseg.pipeline; print('torch', torch.__version__, 'monai', monai.__version__)" \
-    && python /opt/app/process.py --help > /dev/null
+# Fail the build, not the first job, if the runtime stack does not import, or if evaluation or phantom code
+# got into the image (.dockerignore keeps them out).
+RUN python -c "import torch, monai, SimpleITK, petseg.inference.pipeline; print('torch', torch.__version__, 'monai', monai.__version__)" \
+    && python /opt/app/process.py --help > /dev/null \
+    && test ! -e /opt/app/petseg/evaluation && test ! -e /opt/app/petseg/synthetic
 
 USER 1001:1001
 

@@ -25,9 +25,10 @@ test: $(STAMP)  ## the whole test suite
 test-fast: $(STAMP)  ## the suite without tests marked slow
 	$(PY) -m pytest -q -m "not slow"
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, and the packages' layering (import-linter contracts in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

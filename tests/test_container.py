@@ -1,5 +1,5 @@
 """The container and its scripts: the Dockerfile (hadolint, structure, build context), build.sh, export.sh
-and test.sh (shellcheck, both modes), and the output checker they share (petseg.container_check).
+and test.sh (shellcheck, both modes), and the output checker they share (tools.container_check).
 
 No Docker engine is needed: the Docker mode of test.sh runs against a stand-in `docker` command that records
 its arguments and plays the container, and the local mode runs process.py on sample cases whose expected
@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import REPO
 
-from petseg.container_check import check_case, check_model, main
+from tools.container_check import check_case, check_model, main
 
 SCRIPTS = ("build.sh", "export.sh", "test.sh", "container/stand-in-base.sh", "container/ci-docker.sh")
 SOURCED = ("container/docker-client.sh", "container/platform.sh")  # read by the scripts with `source`
@@ -225,7 +225,10 @@ def test_dockerignore_keeps_everything_but_the_algorithm_out():
     patterns = _ignore_patterns()
     inside = [
         "petseg/__init__.py",
-        "petseg/phantoms/samples.py",
+        "petseg/inference/pipeline.py",
+        "petseg/model/card.py",
+        "petseg/io/files.py",
+        "petseg/app/server.py",
         "process.py",
         "app.py",
         "requirements.txt",
@@ -248,6 +251,10 @@ def test_dockerignore_keeps_everything_but_the_algorithm_out():
         "dist/petseg-0.1.0.tar.gz",
         "demo-output/output/x.mha",
         "build.sh",
+        "petseg/evaluation/evaluate.py",
+        "petseg/evaluation/metrics/case.py",
+        "petseg/synthetic/samples.py",
+        "tools/container_check.py",
     ]
     assert [p for p in inside if not in_build_context(p, patterns)] == []
     assert [p for p in outside if in_build_context(p, patterns)] == []
@@ -264,6 +271,8 @@ def test_dockerignore_keeps_everything_but_the_algorithm_out():
         allowed = ("petseg/", "model/", "process.py", "app.py", "requirements.txt")
         assert sent
         assert all(p.startswith(allowed) for p in sent), sent
+        kept_out = ("petseg/evaluation/", "petseg/synthetic/", "training/", "tools/")
+        assert not [p for p in sent if p.startswith(kept_out)]
 
 
 # ---------------------------------------------------------------- the checker on synthetic outputs
