@@ -37,14 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from petseg.errors import PetsegError
+from petseg.io import DATA_CENTRIC_JSON, MASK_FOLDER
 
-if TYPE_CHECKING:  # numpy and SimpleITK stay out of the `model` check
+if TYPE_CHECKING:
     import numpy as np
     import SimpleITK as sitk
 
-# Kept in step with petseg.io (imported lazily there: it needs numpy and SimpleITK).
-MASK_FOLDER = Path("images") / "automated-petct-lesion-segmentation"
-DATA_CENTRIC_JSON = "data-centric-model.json"
 EXPECTED_FOLDER = "expected"
 MIN_DICE = 0.99
 GEOMETRY_TOLERANCE = (

@@ -236,7 +236,7 @@ def test_dockerignore_keeps_everything_but_the_algorithm_out():
         "model/fold0.safetensors",
     ]
     outside = [
-        "tests/test_container.py",
+        "tests/container/test_container.py",
         "training/__main__.py",
         "test/case  one/input/images/pet/a.mha",
         "bench/README.md",

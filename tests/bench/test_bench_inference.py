@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARGUMENTS = ["--case", "tiny", "--arch", "resunet-tiny", "--folds", "1", "--window", "64", "--repeats", "1"]
 CASES = (((61, 38, 144), 64, 0.25), ((303, 170, 489), 128, 0.25), ((20, 9, 40), 16, 0.5))
 

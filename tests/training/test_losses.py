@@ -17,7 +17,7 @@ from monai.losses import DiceLoss, FocalLoss, GeneralizedDiceFocalLoss
 
 from training.losses import LOSSES, L1DiceFocal, build_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHAPES = [(3, 4, 5), (8, 8, 8), (1, 6, 7)]
 
 # ---------------------------------------------------------------- numpy references (float64, literal loops)

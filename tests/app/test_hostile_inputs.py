@@ -10,7 +10,7 @@ one) and checks:
   accepted, only complete outputs.
 
 The image reader is also fuzzed with hypothesis (random MetaImage headers, truncated files). The counts in
-docs/reliability.md come from `pytest tests/test_hostile_inputs.py --collect-only -q`.
+docs/reliability.md come from `pytest tests/app/test_hostile_inputs.py --collect-only -q`.
 """
 
 from __future__ import annotations

@@ -200,7 +200,7 @@ def test_predictor_folds_the_batch_norms_of_the_shipped_model_without_changing_i
     from petseg.model.card import load_card
     from petseg.model.networks import load_fold
 
-    model_dir = Path(__file__).resolve().parents[1] / "model"
+    model_dir = Path(__file__).resolve().parents[2] / "model"
     card = load_card(model_dir)
     stored = [load_fold(card, model_dir, fold.weights, fold.sha256).eval() for fold in card.folds]
     predictor = Predictor.load(model_dir, device="cpu", precision="fp32")

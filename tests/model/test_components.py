@@ -22,7 +22,7 @@ from petseg.model.components import (
 )
 from petseg.model.logistic import LogisticWeights
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SETTINGS = PreprocessSettings()
 COLUMN = {name: index for index, name in enumerate(FEATURES)}
 

@@ -22,7 +22,7 @@ from petseg.synthetic.layouts import ct_on_pet_grid
 from petseg.synthetic.organs import downsample_factors
 
 AUTOPET_DIRECTION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 ORGAN_MAPS = SHARED_DATA / "autopet3-organs"
 
 

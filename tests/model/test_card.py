@@ -17,7 +17,7 @@ from petseg.model.card import (
     save_card,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def shipped() -> dict:

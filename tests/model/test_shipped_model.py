@@ -1,5 +1,5 @@
-"""The demo ensemble shipped in model/ (its card: tests/test_card.py), on phantoms of a seed it was never
-trained on (`dice_on_fresh_phantoms` refuses the training seed)."""
+"""The demo ensemble shipped in model/ (its card: tests/model/test_card.py), on phantoms of a seed it was
+never trained on (`dice_on_fresh_phantoms` refuses the training seed)."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from training.demo import EVALUATION_CASES, dice_on_fresh_phantoms
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
+MODEL_DIR = Path(__file__).resolve().parents[2] / "model"
 
 # The goal for a demo ensemble (issue 3): a mean Dice of at least 0.7 on fresh phantoms. The shipped
 # ensembles (one per tracer) with their card's threshold 0.5, component filter and growth of each lesion to
