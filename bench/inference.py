@@ -1,4 +1,5 @@
-"""Inference of one case, stage by stage: petseg against the seed's MONAI pipeline, with the same weights.
+"""Inference of one case, stage by stage: petseg against the autoPET III entry's MONAI pipeline, with the
+same weights.
 
 Writes one phantom case in the Grand-Challenge layout (`--case`: the median FDG grid, 400 x 400 x 326 at
 2.04 x 2.04 x 3 mm; the largest autoPET grid, 400 x 400 x 661; or a tiny one for tests) and one model

@@ -77,7 +77,8 @@ TIE_SHIFT_VOXELS = 1e-5
 
 @dataclass(frozen=True)
 class SeedSettings:
-    """The knobs of the seed's inference; the defaults are the entry's own, except the window size."""
+    """The knobs of the autoPET III entry's inference; the defaults are the entry's own, except the window
+    size."""
 
     roi_size: tuple[int, int, int] = (192, 192, 192)
     overlap: float = 0.5

@@ -27,7 +27,9 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="resunet", help="network (default resunet, the seed's)")
+    parser.add_argument(
+        "--arch", default="resunet", help="network (default resunet, the autoPET III entry's)"
+    )
     parser.add_argument("--window", type=int, default=128, help="cubic window edge (default 128)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (default 5)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

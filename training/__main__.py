@@ -3,81 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from petseg.app.console import setup_logging
 from petseg.app.runtime import guarded
 
 
-def _loss_options(args: argparse.Namespace) -> dict[str, float | bool]:
+def _loss_options(args: argparse.Namespace, loss: str) -> dict[str, float | bool]:
     options: dict[str, float | bool] = {}
-    if args.loss == "l1dfl":
+    if loss == "l1dfl":
         options = {"eps": args.l1dfl_eps, "gamma": args.focal_gamma}
         if args.l1dfl_global_histogram:
             options["distributed"] = True
     if args.batch_dice:
-        if args.loss not in ("dl", "dfl"):
-            from training.trainer import TrainingError
+        if loss not in ("dl", "dfl"):
+            from training.config import TrainingError
 
-            raise TrainingError(f"--batch-dice applies to the dl and dfl losses, not {args.loss}")
+            raise TrainingError(f"--batch-dice applies to the dl and dfl losses, not {loss}")
         options["batch"] = True
     return options
 
 
-def _arch_args(text: str) -> dict[str, Any]:
-    """`--arch-args`: a JSON object of constructor overrides."""
-    from training.trainer import TrainingError
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise TrainingError(f"--arch-args is not valid JSON ({error.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise TrainingError(f"--arch-args must be a JSON object of constructor arguments, got {text!r}")
-    return value
-
-
 def _train(args: argparse.Namespace) -> int:
-    from training.trainer import TrainConfig, network_spacing, train
+    from training.config import config_from_args, read_recipe
+    from training.trainer import train
 
-    config = TrainConfig(
-        data=args.data,
-        fold=args.fold,
-        out=args.out,
-        loss=args.loss,
-        arch=args.arch,
-        arch_args=_arch_args(args.arch_args),
-        spacing_mm=network_spacing(args.spacing_mm),
-        tracer=args.tracer,
-        epochs=args.epochs,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        patch_size=args.patch_size,
-        samples_per_epoch=args.samples_per_epoch,
-        lesion_probability=args.lesion_probability,
-        hot_probability=args.hot_probability,
-        hot_suv=args.hot_suv,
-        flip_probability=args.flip_probability,
-        augment=not args.no_augment,
-        loss_options=_loss_options(args),
-        val_every=args.val_every,
-        window=args.window,
-        overlap=args.overlap,
-        sw_batch_size=args.sw_batch_size,
-        seed=args.seed,
-        num_workers=args.workers,
-        device=args.device,
-        cache_dir=args.cache,
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    loss = getattr(args, "loss", None) or read_recipe(args.recipe)["loss"]
+    config = config_from_args(args, _loss_options(args, loss))
     result = train(config)
-    print(f"best validation score {result.best_score:.4f} at epoch {result.best_epoch} ({args.out})")
+    print(f"best validation score {result.best_score:.4f} at epoch {result.best_epoch} ({config.out})")
     return 0
 
 
@@ -190,15 +146,16 @@ def _add_patch_options(
         "--flip-probability",
         type=float,
         default=flip_probability,
-        help=f"probability of a left-right mirrored patch (default {flip_probability:g}; the seed recipe "
-        "has none)",
+        help=f"probability of a left-right mirrored patch (default {flip_probability:g}; the autoPET III "
+        "entry's recipe has none)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from petseg.model.networks import PRESETS
-    from petseg.model.settings import EnsembleSettings, PreprocessSettings
+    from petseg.model.settings import EnsembleSettings
     from training.components import DEFAULT_MINIMUM_PROBABILITY
+    from training.config import add_config_arguments
     from training.demo import DemoRecipe
     from training.export import CHECKPOINTS
     from training.losses import LOSSES
@@ -208,34 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train one fold (torchrun for several GPUs)")
-    train.add_argument("--data", type=Path, required=True, help="nnU-Net-layout dataset (imagesTr, labelsTr)")
-    train.add_argument("--fold", type=int, required=True)
-    train.add_argument("--out", type=Path, required=True, help="run folder")
-    train.add_argument("--loss", choices=LOSSES, default="gdfl")
-    train.add_argument("--arch", choices=sorted(PRESETS), default="resunet")
-    train.add_argument(
-        "--arch-args",
-        default="{}",
-        help="JSON object of network constructor overrides, e.g. '{\"channels\": [12, 24, 48, 96]}'",
-    )
-    train.add_argument(
-        "--tracer",
-        choices=("fdg", "psma"),
-        default=None,
-        help="train and validate on this tracer's cases only (case ids fdg_... / psma_...); default: all",
-    )
-    train.add_argument("--epochs", type=int, default=400)
-    train.add_argument("--lr", type=float, default=2e-4)
-    train.add_argument("--weight-decay", type=float, default=1e-5)
-    train.add_argument("--batch-size", type=int, default=4, help="per GPU / process")
-    train.add_argument("--patch-size", type=int, default=128)
-    train.add_argument("--samples-per-epoch", type=int, default=None, help="default: one per training case")
-    train.add_argument("--lesion-probability", type=float, default=0.8, help="share of lesion-centred crops")
-    _add_patch_options(
-        train, hot_probability=0.0, flip_probability=0.0, spacing_mm=PreprocessSettings.spacing_mm
-    )
-    train.add_argument("--hot-suv", type=float, default=4.0, help="SUV above which uptake is hot (default 4)")
-    train.add_argument("--no-augment", action="store_true")
+    add_config_arguments(
+        train,
+        {"losses": LOSSES, "architectures": sorted(PRESETS), "tracers": ("fdg", "psma"),
+         "devices": ("auto", "cuda", "cpu")},
+    )  # fmt: skip
     train.add_argument(
         "--batch-dice",
         action="store_true",
@@ -248,18 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="under DDP, all-reduce L1DFL's difficulty histogram (default: per rank)",
     )
-    train.add_argument("--val-every", type=int, default=5, help="validate every N epochs")
-    train.add_argument("--window", type=int, default=192, help="validation sliding window (as inference)")
-    train.add_argument("--overlap", type=float, default=0.5)
-    train.add_argument("--sw-batch-size", type=int, default=1)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    train.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    train.add_argument(
-        "--cache", type=Path, default=None, help="preprocessed-case cache (default DATA/.petseg-cache)"
-    )
-    train.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=_train)
 
     export = commands.add_parser("export", help="fold runs -> model folder (safetensors + model.json)")

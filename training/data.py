@@ -567,7 +567,8 @@ def train_transforms(
        0.3-1.8 voxels, at most about 5), both with zero padding and the label always nearest-neighbour;
        gamma 0.7-1.5 on the CT channel only (p 0.3, see `RandCTGammad`); Gaussian noise with a standard
        deviation up to 0.1 on both image channels (p 0.5); with `flip_probability` > 0, a left-right
-       mirror with that probability (off by default, as in the seed recipe; a mirrored body is still
+       mirror with that probability (off by default, as in the autoPET III entry's recipe; a mirrored body is
+       still
        plausible anatomy, and a network trained on it can average a mirrored pass at inference);
     4. the label thresholded back to {0, 1}.
 

@@ -8,16 +8,18 @@ side by side (`parallel`): one fold of a tiny network keeps neither the GPU nor 
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from petseg.model.card import ModelCard, PreprocessSettings
 from petseg.synthetic.generate import FDG_SHARE
+from training.config import RECIPES
 from training.export import export
 from training.trainer import CHECKPOINT, TrainConfig, TrainingError, TrainResult, network_spacing, train
 
@@ -28,60 +30,67 @@ log = logging.getLogger("petseg.training")
 # mean of 12 cases was uncertain by about 0.08: the ensemble of e84cd26 scored 0.649 on the first 12 of
 # these cases and 0.591 on all 24.
 EVALUATION_SEED = 20261122
-EVALUATION_CASES = 24
+
+
+DEMO_RECIPE = RECIPES / "demo.json"
+
+
+def _demo_settings(path: Path = DEMO_RECIPE) -> dict[str, Any]:
+    recipe = json.loads(Path(path).read_text())
+    if recipe.get("format") != "petseg-demo-recipe" or not isinstance(recipe.get("demo"), dict):
+        raise TrainingError(f"{path}: not a demo recipe (format 'petseg-demo-recipe' with a 'demo' object)")
+    return recipe["demo"]
+
+
+_DEMO = _demo_settings()
+EVALUATION_CASES: int = _DEMO["evaluation_cases"]
+
+
+def _from_recipe(name: str) -> Any:
+    value = _DEMO[name]
+    return field(default=tuple(value) if isinstance(value, list) else value)
 
 
 @dataclass(frozen=True)
 class DemoRecipe:
-    """Small enough for a 2-core CPU: tiny phantoms, small patches, a tiny network."""
+    """Small enough for a 2-core CPU: tiny phantoms, small patches, a tiny network.
 
-    cases: int = 80
-    seed: int = 100
-    fdg_share: float = 0.5  # FDG patients among the phantoms; the rest PSMA
+    The values are the data file `training/recipes/demo.json`; docs/experiments/demo-recipe.md says how
+    each was chosen.
+    """
+
+    cases: int = _from_recipe("cases")
+    seed: int = _from_recipe("seed")
+    fdg_share: float = _from_recipe("fdg_share")  # FDG patients among the phantoms; the rest PSMA
     # One five-fold ensemble per tracer, each trained on that tracer's cases only; inference runs the one the
-    # card's tracer classifier names. A hot blob in the neck is a salivary gland in PSMA and may be a node in
-    # FDG: one network for both had to guess the tracer from its patch. Fold 0 trained on PSMA phantoms only
-    # scored a mean Dice of 0.660 on the 12 PSMA selection phantoms, against 0.495 for fold 0 of one network
-    # for both tracers (README, "Training"). Empty: one ensemble for every case.
-    tracers: tuple[str, ...] = ("fdg", "psma")
-    # Options this recipe leaves off, measured on 24 fresh phantoms of seeds 555 and 777 (mean Dice of the
-    # five-fold ensemble at the settings below): channels (12, 24, 48, 96) with the last checkpoints 0.665,
-    # the same plus hot_probability 0.2 0.640; hot_probability 0.3 + batch_dice + flip_probability 0.5
-    # with the last checkpoints 0.687, but 0.546 against 0.554 on seeds 888 and 999; this recipe 0.662
-    # (README, "Training").
-    channels: tuple[int, ...] | None = None  # resunet-tiny's own (8, 16, 32, 64)
-    # The network grid. A 4 mm grid with 64^3 patches (nearly a whole tiny body in one patch) nearly ended
-    # the false positives on paired organs but lost the lesions of under 15 voxels: three folds, last
-    # checkpoints, 0.584 on the selection phantoms at the best growth setting (README, "Training").
-    spacing_mm: tuple[float, float, float] = PreprocessSettings.spacing_mm
-    hot_probability: float = 0.0
-    flip_probability: float = 0.0
-    batch_dice: bool = False  # the dfl loss's Dice pooled over the batch (`--batch-dice` of train)
-    checkpoint: str = "last"
-    folds: int = 5
-    epochs: int = 100
-    loss: str = "dfl"
-    learning_rate: float = 5e-3
-    patch_size: int = 48
-    batch_size: int = 4
-    samples_per_epoch: int = 64
-    val_every: int = 4
-    window: int = 64
-    overlap: float = 0.25
-    workers: int = 2
-    device: str = "cpu"
-    parallel: int = 1  # folds trained at once, each in its own process with `workers` loaders
-    # The network marks the core of the blurred phantom lesions: each lesion is grown to its 40 %-of-SUVmax
-    # contour within 6 mm. Without a filter, threshold 0.7 scored best (0.662 on 24 fresh phantoms of
-    # seeds 555 and 777, against 0.621 at 0.5). After export, a component filter fitted on the folds'
-    # out-of-fold predictions removes predicted lesions it finds less likely than `component_filter`
-    # (`training.components`; None: no filter). With it, threshold 0.5 keeps the lesions the networks are
-    # unsure of: on the 48 fresh phantoms of seeds 555, 777, 888 and 999 the shipped folds scored 0.711
-    # (0.652 at 0.5 and 0.640 at 0.7 without the filter; README, "Training").
-    threshold: float = 0.5
-    grow_to_suvmax_fraction: float | None = 0.4
-    grow_within_mm: float = 6.0
-    component_filter: float | None = 0.2
+    # card's tracer classifier names. Empty: one ensemble for every case.
+    tracers: tuple[str, ...] = _from_recipe("tracers")
+    channels: tuple[int, ...] | None = _from_recipe("channels")  # None: resunet-tiny's own (8, 16, 32, 64)
+    spacing_mm: tuple[float, float, float] = _from_recipe("spacing_mm")  # the network grid
+    hot_probability: float = _from_recipe("hot_probability")
+    flip_probability: float = _from_recipe("flip_probability")
+    batch_dice: bool = _from_recipe("batch_dice")  # the dfl loss's Dice pooled over the batch
+    checkpoint: str = _from_recipe("checkpoint")
+    folds: int = _from_recipe("folds")
+    epochs: int = _from_recipe("epochs")
+    loss: str = _from_recipe("loss")
+    learning_rate: float = _from_recipe("learning_rate")
+    patch_size: int = _from_recipe("patch_size")
+    batch_size: int = _from_recipe("batch_size")
+    samples_per_epoch: int = _from_recipe("samples_per_epoch")
+    val_every: int = _from_recipe("val_every")
+    window: int = _from_recipe("window")
+    overlap: float = _from_recipe("overlap")
+    workers: int = _from_recipe("workers")
+    device: str = _from_recipe("device")
+    parallel: int = _from_recipe("parallel")  # folds trained at once, each in its own process
+    # Each predicted lesion is grown to its 40 %-of-SUVmax contour within 6 mm (the networks mark the cores
+    # of the blurred phantom lesions); after export a component filter removes predicted lesions it finds
+    # less likely than `component_filter` (None: no filter).
+    threshold: float = _from_recipe("threshold")
+    grow_to_suvmax_fraction: float | None = _from_recipe("grow_to_suvmax_fraction")
+    grow_within_mm: float = _from_recipe("grow_within_mm")
+    component_filter: float | None = _from_recipe("component_filter")
     evaluation_cases: int = EVALUATION_CASES
 
 

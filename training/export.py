@@ -40,14 +40,13 @@ from petseg.model.tracer import CLASSES as TRACERS
 from petseg.model.tracer import TracerClassifier, fit_tracer_classifier, uptake_features
 from petseg.synthetic.generate import manifest_arguments
 from training.components import check_minimum, fit_components
+from training.config import TrainConfig
 from training.data import CACHE_FOLDER, PreprocessedCache, discover_dataset
 from training.trainer import (
     BEST_WEIGHTS,
     RUN_CONFIG,
     TrainingError,
-    comparable_defaults,
     load_checkpoint,
-    network_spacing,
 )
 
 log = logging.getLogger("petseg.training")
@@ -83,13 +82,14 @@ def _read_run(run_dir: Path, checkpoint: str) -> dict[str, Any]:
         raise TrainingError(f"{run_dir}: not a training run (no {RUN_CONFIG})")
     run = json.loads(run_json.read_text())
     run["dir"] = run_dir
+    run["settings"] = TrainConfig.from_json(run["config"])  # typed; older runs: missing keys at defaults
     if checkpoint == "best":
         if not best.is_file():
             raise TrainingError(f"{run_dir}: no {BEST_WEIGHTS} yet (the run has not validated once)")
         run["chosen"] = json.loads((run_dir / "best.json").read_text())
         return run
     state = load_checkpoint(run_dir)
-    epochs, done = int(run["config"]["epochs"]), int(state["epoch"]) + 1
+    epochs, done = run["settings"].epochs, int(state["epoch"]) + 1
     if done != epochs:
         raise TrainingError(
             f"{run_dir}: stopped after epoch {done} of {epochs}; finish it with --resume, or export its best"
@@ -136,11 +136,9 @@ def export(
     if not runs:
         raise TrainingError("no runs given")
     first = runs[0]
-    defaults = comparable_defaults()
 
     def setting(run: dict[str, Any], key: str) -> Any:
-        """A setting an older run.json lacks was at its default then."""
-        return run["config"].get(key, defaults.get(key))
+        return getattr(run["settings"], key)
 
     for run in runs[1:]:
         differ = [k for k in SHARED if setting(run, k) != setting(first, k)]
@@ -151,22 +149,22 @@ def export(
                 f"{run['dir']}: settings differ from {first['dir']}: {', '.join(differ)}; not one ensemble"
             )
     tracers = _tracers_of(runs)
-    folds = sorted((run["config"].get("tracer") or "", run["config"]["fold"]) for run in runs)
+    folds = sorted((run["settings"].tracer or "", run["settings"].fold) for run in runs)
     if len(set(folds)) != len(folds):
         shown = [f"{t} {k}".strip() for t, k in folds]
         raise TrainingError(f"the runs repeat a fold: {shown}")
 
-    config = first["config"]
-    architecture = Architecture(config["arch"], dict(config.get("arch_args") or {}))
-    window = (int(config["window"]),) * 3
-    settings = PreprocessSettings(spacing_mm=network_spacing(setting(first, "spacing_mm")))
-    classifier = _fit_tracer_classifier(Path(config["data"]), settings) if tracers else None
+    config: TrainConfig = first["settings"]
+    architecture = Architecture(config.arch, dict(config.arch_args))
+    window = (config.window,) * 3
+    settings = PreprocessSettings(spacing_mm=config.spacing_mm)
+    classifier = _fit_tracer_classifier(config.data, settings) if tracers else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
-    runs = sorted(runs, key=lambda r: (r["config"].get("tracer") or "", r["config"]["fold"]))
+    runs = sorted(runs, key=lambda r: (r["settings"].tracer or "", r["settings"].fold))
     for run in runs:
-        fold, tracer = int(run["config"]["fold"]), run["config"].get("tracer")
+        fold, tracer = run["settings"].fold, run["settings"].tracer
         target = out_dir / f"{_fold_name(run)}.safetensors"
         if checkpoint == "best":
             shutil.copyfile(run["dir"] / BEST_WEIGHTS, target)
@@ -179,37 +177,37 @@ def export(
     provenance: dict[str, Any] = {
         "trained": True,
         "synthetic": synthetic,
-        "data": "synthetic phantoms (petseg phantoms)" if synthetic else str(config["data"]),
+        "data": "synthetic phantoms (petseg phantoms)" if synthetic else str(config.data),
     }
-    phantoms = manifest_arguments(Path(config["data"]))
+    phantoms = manifest_arguments(config.data)
     if phantoms is not None:
         provenance["phantoms"] = phantoms  # so an evaluation can prove it uses cases not trained on
     card = ModelCard(
-        name=name or f"petseg-{config['arch']}-{config['loss']}",
+        name=name or f"petseg-{config.arch}-{config.loss}",
         architecture=architecture,
         preprocessing=settings,
         folds=tuple(entries),
         ensemble=replace(
             inference,
             roi_size=window,
-            overlap=float(config["overlap"]),
+            overlap=config.overlap,
             # Test-time mirrors only where training mirrored: left-right patches, or none.
-            mirror_axes=((0,),) if setting(first, "flip_probability") > 0 else (),
+            mirror_axes=((0,),) if config.flip_probability > 0 else (),
         ),
         provenance={
             **provenance,
             "dataset_fingerprint": first["dataset_fingerprint"],
             "cases": first.get("cases"),
-            "loss": config["loss"],
-            "loss_options": config.get("loss_options", {}),
-            "epochs": config["epochs"],
-            "patch_size": config["patch_size"],
+            "loss": config.loss,
+            "loss_options": config.loss_options,
+            "epochs": config.epochs,
+            "patch_size": config.patch_size,
             "sampling": {
-                "lesion_probability": config.get("lesion_probability"),
-                "hot_probability": setting(first, "hot_probability"),
-                "hot_suv": config.get("hot_suv"),
-                "flip_probability": setting(first, "flip_probability"),
-                "augment": config.get("augment"),
+                "lesion_probability": config.lesion_probability,
+                "hot_probability": config.hot_probability,
+                "hot_suv": config.hot_suv,
+                "flip_probability": config.flip_probability,
+                "augment": config.augment,
             },
             # null where a fold had no validation score (NaN): a card holds finite numbers only
             "validation_score": {_fold_name(r): json_safe(s) for r, s in zip(runs, scores, strict=True)},
@@ -220,13 +218,14 @@ def export(
             "trained_on": sorted({str(run.get("device")) for run in runs if run.get("device")}),
         },
         tracer_classifier=classifier,
+        training=shared_training_settings(config),
     )
     save_card(card, out_dir)
     _remove_stale_weights(out_dir, {entry.weights for entry in entries})
     if component_filter is None:
         return card
     try:
-        return fit_components(out_dir, Path(config["data"]), component_filter, progress=False)
+        return fit_components(out_dir, config.data, component_filter, progress=False)
     except TrainingError as error:
         raise TrainingError(f"{error} ({out_dir} was written without a component filter)") from None
 
@@ -240,13 +239,13 @@ def _remove_stale_weights(out_dir: Path, kept: set[str]) -> None:
 
 
 def _fold_name(run: dict[str, Any]) -> str:
-    tracer = run["config"].get("tracer")
+    tracer = run["settings"].tracer
     return f"{tracer}-fold{run['config']['fold']}" if tracer else f"fold{run['config']['fold']}"
 
 
 def _tracers_of(runs: list[dict[str, Any]]) -> tuple[str, ...]:
     """The tracers the runs were split by: none, or every tracer (a case of any tracer needs an ensemble)."""
-    given = {run["config"].get("tracer") for run in runs}
+    given = {run["settings"].tracer for run in runs}
     if given == {None}:
         return ()
     if None in given:
@@ -283,3 +282,12 @@ def _finite_mean(values: list[float]) -> float | None:
     """The mean of the finite values; None where there is none."""
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else None
+
+
+# Settings of a run that differ from fold to fold (or name its own folders): not the ensemble's recipe.
+PER_FOLD = ("data", "out", "fold", "tracer", "seed")
+
+
+def shared_training_settings(config: TrainConfig) -> dict[str, Any]:
+    """What every fold of the ensemble was trained with: the card's `training` section."""
+    return {k: v for k, v in config.comparable().items() if k not in PER_FOLD}

@@ -1,5 +1,5 @@
-"""Training one fold: the seed's recipe (AdamW, cosine to zero, patch sampling and augmentation), with
-validation by the autoPET metrics through the very sliding window that inference uses.
+"""Training one fold: the autoPET III entry's recipe (AdamW, cosine to zero, patch sampling and augmentation),
+with validation by the autoPET metrics through the very sliding window that inference uses.
 
 Exact resumption: all randomness of an epoch (sampling order, crops, augmentation, worker seeds) is derived
 from (seed, epoch) when the epoch starts, so restoring model, optimizer, scheduler, gradient scaler and the
@@ -7,7 +7,8 @@ epoch counter continues a run as if it had never stopped.
 
 Validation score used to pick the best checkpoint: the mean over validation cases of Dice for cases with
 lesions and, for lesion-free cases, 1 when nothing is predicted and 0 otherwise, so that false positives on
-negative cases count (the seed averaged Dice over lesion cases only). Mean Dice, FPV and FNV are logged too.
+negative cases count (the autoPET III entry averaged Dice over lesion cases only). Mean Dice, FPV and FNV are
+logged too.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from petseg.errors import PetsegError
 from petseg.evaluation.metrics import case_scores
 from petseg.inference.predict import ComputeDevice, FoldEnsemble, sliding_window_probability, training_device
 from petseg.io.splits import TRACERS, tracer_of
 from petseg.model.networks import build_network, input_divisor, save_state
 from petseg.model.settings import Architecture, EnsembleSettings, PreprocessSettings
+from training.config import (
+    TrainConfig,
+    TrainingError,
+    comparable_defaults,
+    network_spacing,
+)
 from training.data import (
     CACHE_FOLDER,
     CaseRecord,
@@ -66,58 +71,6 @@ CSV_FIELDS = (
     "val_fnv_ml",
     "seconds",
 )
-# Settings that may change when a run is resumed; everything else must match the stored run.
-RESUMABLE = {"resume", "num_workers", "device", "cache_dir", "progress"}
-
-
-class TrainingError(PetsegError):
-    exit_code = 6
-
-
-@dataclass
-class TrainConfig:
-    data: Path
-    fold: int
-    out: Path
-    loss: str = "gdfl"
-    arch: str = "resunet"
-    arch_args: dict[str, Any] = field(default_factory=dict)  # constructor overrides, e.g. channels
-    # The network grid (x, y, z in mm); the exported card's `preprocessing.spacing_mm`.
-    spacing_mm: tuple[float, float, float] = PreprocessSettings.spacing_mm
-    # Train and validate on this tracer's cases only (by the autoPET case-id prefix); None: every case.
-    tracer: str | None = None
-    epochs: int = 400
-    learning_rate: float = 2e-4
-    weight_decay: float = 1e-5
-    batch_size: int = 4
-    patch_size: int = 128
-    samples_per_epoch: int | None = None
-    lesion_probability: float = 0.8
-    hot_probability: float = 0.0  # share of crops centred on hot non-lesion uptake (training.data)
-    hot_suv: float = 4.0
-    flip_probability: float = 0.0  # left-right mirrored patches (training.data)
-    augment: bool = True
-    loss_options: dict[str, float | bool] = field(default_factory=dict)
-    val_every: int = 5
-    window: int = 192
-    overlap: float = 0.5
-    sw_batch_size: int = 1
-    seed: int = 0
-    num_workers: int = 2
-    device: str = "auto"
-    cache_dir: Path | None = None
-    resume: bool = False
-    progress: bool = True
-
-    def comparable(self) -> dict[str, Any]:
-        """The settings that define the run (what resume and export compare)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RESUMABLE}
-        return json.loads(json.dumps(data, default=str))
-
-    @property
-    def ensemble(self) -> EnsembleSettings:
-        window = (self.window,) * 3
-        return EnsembleSettings(roi_size=window, overlap=self.overlap, sw_batch_size=self.sw_batch_size)
 
 
 @dataclass
@@ -216,8 +169,8 @@ def validate(
     compute: ComputeDevice,
     dist: Distributed,
 ) -> dict[str, float]:
-    """autoPET metrics of the validation cases: each rank scores every world_size-th case, then the sums
-    are all-reduced, so every rank returns the same numbers (the seed scored rank 0's shard only)."""
+    """autoPET metrics of the validation cases: each rank scores every world_size-th case, then the sums are
+    all-reduced, so every rank returns the same numbers (the autoPET III entry scored rank 0's shard only)."""
     network.eval()
     ensemble = FoldEnsemble([network])
     voxel_ml = float(np.prod(cache.settings.spacing_mm)) / 1000.0
@@ -269,27 +222,9 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
         raise TrainingError(f"--tracer must be one of {', '.join(TRACERS)}, got {config.tracer}")
 
 
-def network_spacing(values: Sequence[float]) -> tuple[float, float, float]:
-    """A network grid's spacing in mm, x y z, from one value (isotropic) or three; else a one-line error."""
-    spacing = [float(v) for v in values]
-    if len(spacing) == 1:
-        spacing *= 3
-    if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
-        shown = " ".join(f"{v:g}" for v in values)
-        raise TrainingError(f"--spacing-mm takes one positive value or three (x y z), got {shown}")
-    return (spacing[0], spacing[1], spacing[2])
-
-
 def _compute_device(config: TrainConfig, dist: Distributed) -> ComputeDevice:
     """Under DDP each rank runs on its own GPU (LOCAL_RANK)."""
     return training_device(config.device, cuda_index=dist.local_rank if dist.enabled else None)
-
-
-def comparable_defaults() -> dict[str, Any]:
-    """The defaults of the settings that have one, as `TrainConfig.comparable` writes them."""
-    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    defaults |= {f.name: f.default_factory() for f in fields(TrainConfig) if f.default_factory is not MISSING}
-    return json.loads(json.dumps({k: v for k, v in defaults.items() if k not in RESUMABLE}, default=str))
 
 
 def _trains_on(config: TrainConfig, case_id: str) -> bool:

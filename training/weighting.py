@@ -1,4 +1,4 @@
-"""How a loss weights voxels by difficulty (paper 000, section 2.5 and figure 7).
+"""How a loss weights voxels by difficulty (the L1DFL paper, section 2.5 and figure 7).
 
 For a trained ensemble, each case goes through the inference preprocessing and one sliding-window pass
 that keeps the folds' mean logits. The loss is evaluated on the whole case (one "batch" of one volume) and

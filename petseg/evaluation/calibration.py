@@ -1,4 +1,4 @@
-"""Voxel calibration of a lesion probability (paper 000, section 2.5), accumulated case by case.
+"""Voxel calibration of a lesion probability (the L1DFL paper, section 2.5), accumulated case by case.
 
 For each voxel with lesion probability p, the two-class prediction has entropy -(p ln p + (1-p) ln(1-p))
 (nats, at most ln 2) and confidence max(p, 1-p); it is correct when (p > threshold) equals the ground truth.

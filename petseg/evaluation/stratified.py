@@ -1,4 +1,4 @@
-"""Paper 000's stratified evaluation of one prediction set, from the rows of cases.csv and lesions.csv.
+"""The L1DFL paper's stratified evaluation of one prediction set, from the rows of cases.csv and lesions.csv.
 
 Three scenarios: all cases with lesions, single-lesion cases and multiple-lesion cases. In each:
 - patient level: median Dice of the cases whose TMTV reaches a threshold, for thresholds from 0 to the 85th

@@ -87,8 +87,8 @@ def select_device(
 
 
 def training_device(preference: str = "auto", cuda_index: int | None = None) -> ComputeDevice:
-    """The device for training: AMP on CUDA, as the seed trained; fp32 on the CPU, where training is for
-    demos and tests and an exact resume matters more than speed."""
+    """The device for training: AMP on CUDA, as the autoPET III entry trained; fp32 on the CPU, where training
+    is for demos and tests and an exact resume matters more than speed."""
     compute = select_device(preference, cuda_index)
     if compute.device.type == "cpu":
         return ComputeDevice(compute.device, None)
@@ -100,7 +100,7 @@ class FoldEnsemble(torch.nn.Module):
 
     average="probabilities": the mean of the folds' softmax lesion probabilities.
     average="logits": the mean of the folds' logit differences (lesion - background); its sigmoid,
-    thresholded at 0.5, is the argmax of the mean logits, which is what the seed computed.
+    thresholded at 0.5, is the argmax of the mean logits, which is what the autoPET III entry computed.
     """
 
     def __init__(self, networks: Sequence[torch.nn.Module], average: str = "probabilities") -> None:

@@ -35,7 +35,8 @@ from petseg.model.tracer import CLASSES as TRACERS
 from petseg.model.tracer import TracerClassifier
 
 CARD_FORMAT = "petseg-model-card"
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2 adds `training`, the settings the folds were trained with
+READ_VERSIONS = (1, 2)  # cards of version 1 still load
 CARD_NAME = "model.json"
 # Bounds on what a card may ask for, checked at load: beyond them a card would end in the allocator (or in
 # a float overflow) at load or at the first case instead of being refused as a bad card.
@@ -60,6 +61,9 @@ class ModelCard:
     tracer_classifier: TracerClassifier | None = None
     # Removes predicted components that are unlikely lesions (`petseg.model.components`); None: keeps all.
     component_filter: ComponentFilter | None = None
+    # The training settings every fold shared (`training.config.TrainConfig`, less what differs per fold),
+    # written by `training export`: the card alone says how its folds were made. None: not recorded.
+    training: dict[str, Any] | None = None
     path: Path | None = None
 
     @property
@@ -95,6 +99,8 @@ class ModelCard:
             data["tracer_classifier"] = self.tracer_classifier.to_json()
         if self.component_filter is not None:
             data["component_filter"] = self.component_filter.to_json()
+        if self.training is not None:
+            data["training"] = dict(self.training)
         return json.loads(json.dumps(data))  # tuples -> lists
 
 
@@ -279,13 +285,19 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
             "provenance",
             "tracer_classifier",
             "component_filter",
+            "training",
         }
     )
     if root.get("format", str) != CARD_FORMAT:
         raise root.fail("format", f"must be {CARD_FORMAT!r}")
     version = root.get("version", int)
-    if version != CARD_VERSION:
-        raise root.fail("version", f"is {version}; this petseg reads version {CARD_VERSION}")
+    if version not in READ_VERSIONS:
+        raise root.fail(
+            "version", f"is {version}; this petseg reads versions {', '.join(map(str, READ_VERSIONS))}"
+        )
+    training = root.get("training", (dict, type(None)), None)
+    if training is not None and version < 2:
+        raise root.fail("training", "needs a card of version 2")
 
     arch = _Reader(root.get("architecture", dict), "architecture", source)
     arch.unknown_keys({"name", "args"})
@@ -363,6 +375,7 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
         provenance=dict(root.get("provenance", dict, {})),
         tracer_classifier=classifier,
         component_filter=component_filter,
+        training=None if training is None else dict(training),
     )
     _check_roi_fits_network(card, source)
     return card

@@ -186,9 +186,8 @@ def fit_component_filter(
 
     Lesions and false positives weigh equally in total (the training cases' share of lesion-free scans
     would otherwise set the prior), and each component weighs with the square root of its volume: a
-    wrongly removed lesion of 100 voxels costs the Dice far more than a kept false positive of 5.
-    On the 48 fresh phantoms of seeds 555, 777, 888 and 999 the shipped folds scored a mean Dice of 0.686
-    with an unweighted filter and 0.711 with this one (README, "Training").
+    wrongly removed lesion of 100 voxels costs the Dice far more than a kept false positive of 5
+    (the weighted and unweighted fits are compared in docs/experiments/demo-recipe.md).
     """
     import numpy as np
 

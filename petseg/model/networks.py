@@ -54,7 +54,8 @@ def _resunet_tiny(**overrides: Any) -> torch.nn.Module:
 
 
 def _segresnet(**overrides: Any) -> torch.nn.Module:
-    """Paper 000: encoder blocks (1, 2, 2, 4), 16 initial filters doubling per level, GroupNorm, ReLU."""
+    """The L1DFL paper: encoder blocks (1, 2, 2, 4), 16 initial filters doubling per level, GroupNorm,
+    ReLU."""
     args: dict[str, Any] = {
         "blocks_down": (1, 2, 2, 4),
         "init_filters": 16,
@@ -65,14 +66,14 @@ def _segresnet(**overrides: Any) -> torch.nn.Module:
 
 
 def _attention_unet(**overrides: Any) -> torch.nn.Module:
-    """Paper 000: five levels of 16-256 channels, batch norm, attention gates."""
+    """The L1DFL paper: five levels of 16-256 channels, batch norm, attention gates."""
     args: dict[str, Any] = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2)}
     args.update(overrides)
     return AttentionUnet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, **args)
 
 
 def _unet(**overrides: Any) -> torch.nn.Module:
-    """Paper 000: six levels of 16-512 channels, residual units, batch norm, transposed-conv decoder."""
+    """The L1DFL paper: six levels of 16-512 channels, residual units, batch norm, transposed-conv decoder."""
     args: dict[str, Any] = {
         "channels": (16, 32, 64, 128, 256, 512),
         "strides": (2, 2, 2, 2, 2),
@@ -84,7 +85,7 @@ def _unet(**overrides: Any) -> torch.nn.Module:
 
 
 def _unetr(roi_size: tuple[int, int, int] = (128, 128, 128), **overrides: Any) -> torch.nn.Module:
-    """Paper 000: ViT encoder, hidden size 256, MLP 1024, 4 heads, convolutional patch embedding.
+    """The L1DFL paper: ViT encoder, hidden size 256, MLP 1024, 4 heads, convolutional patch embedding.
 
     A transformer's input size is fixed: it is the card's sliding-window size.
     """

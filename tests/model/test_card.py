@@ -100,7 +100,7 @@ def edit(path: str, value):
     ("path", "value", "message"),
     [
         ("format", "something-else", "format must be 'petseg-model-card'"),
-        ("version", 2, "version is 2; this petseg reads version 1"),
+        ("version", 3, "version is 3; this petseg reads versions 1, 2"),
         ("architecture", ..., "architecture is missing"),
         ("architecture.name", "vnet", "unknown architecture 'vnet'"),
         ("architecture.name", 3, "architecture.name must be a string"),
@@ -648,3 +648,21 @@ def test_a_card_linked_from_outside_the_model_folder_is_refused(tiny_model_dir, 
     linked = tmp_path / "linked model"
     linked.symlink_to(tiny_model_dir, target_is_directory=True)
     assert load_card(linked).name
+
+
+def test_version_2_cards_record_the_training_settings_and_version_1_cards_still_load(tmp_path):
+    data = shipped()
+    assert data["version"] == 1
+    old = parse_card(data)  # version 1: no training section
+    assert old.training is None
+    written = old.to_json()
+    assert written["version"] == 2
+    assert "training" not in written
+    training = {"loss": "gdfl", "epochs": 400, "patch_size": 128, "spacing_mm": [2.0, 2.0, 2.0]}
+    newer = parse_card({**written, "training": training})
+    assert newer.training == training
+    assert parse_card(newer.to_json()) == newer
+    with pytest.raises(ModelError, match="training needs a card of version 2"):
+        parse_card({**data, "training": training})
+    with pytest.raises(ModelError, match=r"training\.epochs must be a finite number"):
+        parse_card({**written, "training": {"epochs": float("nan")}})

@@ -12,7 +12,8 @@ MODEL_DIR = Path(__file__).resolve().parents[2] / "model"
 # The goal for a demo ensemble (issue 3): a mean Dice of at least 0.7 on fresh phantoms. The shipped
 # ensembles (one per tracer) with their card's threshold 0.5, component filter and growth of each lesion to
 # its 40 %-of-SUVmax contour score 0.701 on these 24 phantoms with bf16 autocast (a CPU with native bf16)
-# and 0.703 in fp32; without the filter, at threshold 0.7, they scored 0.624 (README, "Training").
+# and 0.703 in fp32; without the filter, at threshold 0.7, they scored 0.624
+# (docs/experiments/demo-recipe.md).
 SHIPPED_MEAN_DICE_FLOOR = 0.7
 
 

@@ -245,6 +245,11 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
     assert card.provenance["loss"] == "l1dfl"
     assert card.provenance["epochs"] == 1
     assert set(card.provenance["validation_score"]) == {"fold0", "fold1"}
+    # The card records what every fold was trained with (card version 2), and reads it back.
+    assert card.training is not None
+    assert (card.training["loss"], card.training["epochs"], card.training["patch_size"]) == ("l1dfl", 1, 32)
+    assert not {"fold", "out", "data", "seed", "tracer"} & set(card.training)
+    assert load_card(tmp_path / "model").training == card.training
     assert card.ensemble.roi_size == (32, 32, 32)
     predictor = Predictor.load(tmp_path / "model", device="cpu")  # the exported folder is a working model
     assert len(predictor.ensemble.networks) == 2
@@ -560,8 +565,8 @@ def test_batch_dice_flag_reaches_the_loss_options_and_only_for_dice_losses(tmp_p
 
     base = ["train", "--data", str(tmp_path), "--fold", "0", "--out", str(tmp_path / "run")]
     args = build_parser().parse_args([*base, "--loss", "dfl", "--batch-dice"])
-    assert _loss_options(args) == {"batch": True}
-    assert _loss_options(build_parser().parse_args([*base, "--loss", "dl"])) == {}
+    assert _loss_options(args, args.loss) == {"batch": True}
+    assert _loss_options(build_parser().parse_args([*base, "--loss", "dl"]), "dl") == {}
     assert main([*base, "--loss", "gdfl", "--batch-dice"]) == TrainingError.exit_code
     assert "--batch-dice applies to the dl and dfl losses, not gdfl" in capsys.readouterr().err
 

@@ -1,4 +1,5 @@
-"""Evaluation metrics: autoPET case metrics (`case`) and paper 000's lesion-level metrics (`lesions`)."""
+"""Evaluation metrics: autoPET case metrics (`case`) and the L1DFL paper's lesion-level metrics
+(`lesions`)."""
 
 from petseg.evaluation.metrics.case import CONNECTIVITY, CaseScores, case_scores, dice
 from petseg.evaluation.metrics.lesions import (

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 
-CONNECTIVITY = 18  # autoPET's and paper 000's definition
+CONNECTIVITY = 18  # autoPET's and the L1DFL paper's definition
 
 
 def label(mask: np.ndarray) -> tuple[np.ndarray, int]:

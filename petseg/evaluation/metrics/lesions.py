@@ -1,4 +1,4 @@
-"""Paper 000's lesion-level metrics: SUVmax-rule detection, lesion-wise Dice, lesion statistics, Dmax.
+"""The L1DFL paper's lesion-level metrics: SUVmax-rule detection, lesion-wise Dice, lesion statistics, Dmax.
 
 Components use 18-connectivity, as the autoPET case metrics do. Each mask is labelled once. Per-component
 quantities come from bincounts over the labels, and the overlap of two labellings from one pass over the
@@ -133,7 +133,7 @@ def _per_lesion_dice(predicted: Components, lesions: Components, shared: np.ndar
 
 
 def suvmax_detection(prediction: np.ndarray, truth: np.ndarray, pet: np.ndarray) -> Detection:
-    """TP, FP and FN by paper 000's SUVmax rule.
+    """TP, FP and FN by the L1DFL paper's SUVmax rule.
 
     Each predicted component (in label order) is matched to the ground-truth lesion it overlaps with the
     highest IoU (the lowest label on ties). It is a TP if it contains that lesion's SUVmax voxel and the
@@ -146,7 +146,7 @@ def suvmax_detection(prediction: np.ndarray, truth: np.ndarray, pet: np.ndarray)
 
 
 def lesion_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Paper 000's lesion-wise Dice of one case; NaN when the ground truth has no lesion.
+    """The L1DFL paper's lesion-wise Dice of one case; NaN when the ground truth has no lesion.
 
     Ground-truth and predicted components sharing any voxel are matched; each matched pair scores
     2|g and p| / (|g| + |p|), each ground-truth lesion without a match scores 0; the case's value is the mean
@@ -242,7 +242,7 @@ class CaseEvaluation:
 def evaluate_case(
     prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], pet: np.ndarray | None = None
 ) -> CaseEvaluation:
-    """autoPET case metrics and paper 000's lesion metrics from ONE labelling of each mask.
+    """autoPET case metrics and the L1DFL paper's lesion metrics from ONE labelling of each mask.
 
     Dice, FPV and FNV are `petseg.evaluation.metrics.case_scores` on the same labellings; the SUVmax detection
     and the lesion statistics need `pet`.

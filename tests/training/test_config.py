@@ -1,0 +1,83 @@
+"""The typed training configuration: defaults from the recipe file, options built from the fields,
+recipes as data, and a run's run.json read back into the same type."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import pytest
+
+from training.config import DEFAULT_RECIPE, TrainConfig, TrainingError, read_recipe
+
+
+def _parse(argv):
+    from training.__main__ import build_parser
+
+    return build_parser().parse_args(["train", "--data", "d", "--fold", "1", "--out", "o", *argv])
+
+
+def test_the_dataclass_defaults_are_the_default_recipe():
+    recipe = read_recipe(DEFAULT_RECIPE)
+    config = TrainConfig(data="d", fold=0, out="o")
+    for name, value in recipe.items():
+        expected = tuple(value) if isinstance(value, list) else value
+        assert getattr(config, name) == expected, name
+
+
+def test_every_option_of_train_is_a_field_and_its_help_shows_the_recipe_default(capsys):
+    from training.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--lr LR AdamW learning rate (recipe default: 0.0002)" in text
+    assert "--epochs EPOCHS epochs of the cosine schedule (recipe default: 400)" in text
+    config_fields = {f.name for f in fields(TrainConfig)}
+    args = vars(_parse(["--epochs", "3", "--lr", "0.01", "--no-augment", "--spacing-mm", "4", "-q"]))
+    loss_flags = {"batch_dice", "l1dfl_eps", "focal_gamma", "l1dfl_global_histogram"}
+    assert set(args) - loss_flags - {"recipe", "verbose", "command", "run"} <= config_fields
+
+
+def test_options_override_the_recipe_file_and_the_recipe_the_defaults(tmp_path):
+    from training.config import config_from_args
+
+    recipe = json.loads(DEFAULT_RECIPE.read_text())
+    recipe["train"].update(epochs=7, patch_size=48, loss="dfl")
+    path = tmp_path / "mine.train.json"
+    path.write_text(json.dumps(recipe))
+    config = config_from_args(_parse(["--recipe", str(path), "--epochs", "3"]), {})
+    assert (config.epochs, config.patch_size, config.loss) == (3, 48, "dfl")
+    plain = config_from_args(_parse(["--spacing-mm", "4", "3", "3"]), {})
+    assert (plain.epochs, plain.spacing_mm) == (400, (4.0, 3.0, 3.0))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "not valid JSON"),
+        ('{"format": "petseg-model-card"}', "not a training recipe"),
+        ('{"format": "petseg-training-recipe"}', "has no 'train' object"),
+        ('{"format": "petseg-training-recipe", "train": {"epoch": 3}}', "unknown training setting(s) epoch"),
+    ],
+)
+def test_a_bad_recipe_is_a_one_line_error(tmp_path, content, message):
+    path = tmp_path / "bad.train.json"
+    path.write_text(content)
+    with pytest.raises(TrainingError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_recipe(path)
+
+
+def test_run_json_reads_back_into_the_config():
+    config = TrainConfig(
+        data="d", fold=2, out="o", spacing_mm=(4.0, 4.0, 3.0), arch_args={"channels": [4, 8]}
+    )
+    stored = json.loads(json.dumps({**config.comparable(), "data": "d", "out": "o"}))
+    again = TrainConfig.from_json(stored)
+    assert again.comparable() == config.comparable()
+    assert again.spacing_mm == (4.0, 4.0, 3.0)
+    older = {k: v for k, v in stored.items() if k != "flip_probability"}  # a run.json from before the field
+    assert (
+        TrainConfig.from_json(older).flip_probability
+        == TrainConfig(data="d", fold=0, out="o").flip_probability
+    )
