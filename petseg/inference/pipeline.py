@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,11 +143,8 @@ def run_to_file(
 
     With `probability_to`, the lesion probability goes there too (float16, PET grid; `petseg.io.probability`).
     """
-    result = segment_case(files, predictor, timer, keep_probability=probability_to is not None, tracer=tracer)
-    with timer.stage("write"):
-        if probability_to is not None and result.probability is not None:
-            write_probability(result.probability, result.mask, probability_to)
-        return write_image(result.mask, destination, compress=True)
+    write = functools.partial(write_image, path=destination, compress=True)
+    return _segment_and_write(files, predictor, timer, probability_to, tracer, write)
 
 
 def run_to_folder(
@@ -160,8 +159,21 @@ def run_to_folder(
 
     With `probability_to`, the lesion probability is written first, so a complete pair implies it.
     """
+    write = functools.partial(write_outputs, output_dir=output_dir, name=files.pet_uuid)
+    return _segment_and_write(files, predictor, timer, probability_to, tracer, write)
+
+
+def _segment_and_write(
+    files: CaseFiles,
+    predictor: Predictor,
+    timer: StageTimer,
+    probability_to: Path | None,
+    tracer: str | None,
+    write: Callable[[sitk.Image], Path],
+) -> Path:
+    """One case segmented, its probability written first where asked for, then its mask by `write`."""
     result = segment_case(files, predictor, timer, keep_probability=probability_to is not None, tracer=tracer)
     with timer.stage("write"):
         if probability_to is not None and result.probability is not None:
             write_probability(result.probability, result.mask, probability_to)
-        return write_outputs(result.mask, output_dir, files.pet_uuid)
+        return write(result.mask)

@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -215,13 +216,10 @@ def _number_problem(value: Any) -> str | None:
     return None
 
 
-def check_numbers(data: Any, source: str, where: str = "") -> None:
-    """Refuse NaN, infinities and overlong integers anywhere in `data`, naming the field.
-
-    NaN compares false with every bound, so a NaN threshold, spacing or overlap would pass the range
-    checks and fail every case (or give empty masks) instead. Iterative: no nesting depth can crash it.
-    """
-    stack: list[tuple[str, Any]] = [(where, data)]
+def _walk(name: str, data: Any) -> Iterator[tuple[str, Any]]:
+    """Every value under `data` with its field name (`a.b[2]`), containers before what they hold, in
+    reading order. Iterative, so that no nesting depth can crash it; a container met twice is walked once."""
+    stack: list[tuple[str, Any]] = [(name, data)]
     seen: set[int] = set()
     while stack:
         name, value = stack.pop()
@@ -233,8 +231,19 @@ def check_numbers(data: Any, source: str, where: str = "") -> None:
                 items = [(f"{name}.{key}" if name else str(key), item) for key, item in value.items()]
             else:
                 items = [(f"{name}[{index}]", item) for index, item in enumerate(value)]
-            stack.extend(reversed(items))  # the first problem in reading order is the one reported
-        elif (problem := _number_problem(value)) is not None:
+            stack.extend(reversed(items))
+        yield name, value
+
+
+def check_numbers(data: Any, source: str, where: str = "") -> None:
+    """Refuse NaN, infinities and overlong integers anywhere in `data`, naming the field.
+
+    NaN compares false with every bound, so a NaN threshold, spacing or overlap would pass the range
+    checks and fail every case (or give empty masks) instead. The first problem in reading order is the
+    one reported.
+    """
+    for name, value in _walk(where, data):
+        if not isinstance(value, (dict, list, tuple)) and (problem := _number_problem(value)) is not None:
             raise ModelError(f"{source}: {name or 'card'} {problem}")
 
 
@@ -385,22 +394,12 @@ def _check_architecture_args(args: dict[str, Any], source: str) -> None:
     """Every number in `architecture.args` (channels, strides, filters, ...) in [0, 4096] and every list
     at most 16 long: a card asking for 10**9 channels must be refused here, not end in the allocator."""
     low, high = ARCHITECTURE_NUMBER_RANGE
-    stack: list[tuple[str, Any]] = [(f"architecture.args.{key}", value) for key, value in args.items()]
-    seen: set[int] = set()
-    while stack:
-        name, value = stack.pop()
+    for name, value in _walk("architecture.args", args):
         if isinstance(value, (dict, list, tuple)):
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-            if len(value) > MAX_ARCHITECTURE_ITEMS:
+            if len(value) > MAX_ARCHITECTURE_ITEMS and name != "architecture.args":
                 raise ModelError(
                     f"{source}: {name} must hold at most {MAX_ARCHITECTURE_ITEMS} entries, got {len(value)}"
                 )
-            if isinstance(value, dict):
-                stack.extend((f"{name}.{key}", item) for key, item in value.items())
-            else:
-                stack.extend((f"{name}[{index}]", item) for index, item in enumerate(value))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             finite = _finite(value)
             if finite is None or not low <= finite <= high:

@@ -533,13 +533,19 @@ def pointing_header(image: sitk.Image, data_file: str) -> str:
     )
 
 
+def _header_file(run: Run, phantom) -> Path:
+    """The entry point's inputs written, and the image that a hostile header will replace: the PET
+    (process, predict) or the prediction (evaluate)."""
+    if run.entry == "evaluate":
+        evaluate_input(run, phantom)
+        return run.prediction
+    image_input(run, phantom)
+    return run.pet
+
+
 def _pointer(name: str) -> Builder:
     def build(run: Run, phantom) -> Path:
-        target = run.pet if run.entry != "evaluate" else run.prediction
-        if run.entry == "evaluate":
-            evaluate_input(run, phantom)
-        else:
-            image_input(run, phantom)
+        target = _header_file(run, phantom)
         target.write_text(pointing_header(phantom.pet, POINTERS[name][0]))
         return target
 
@@ -550,11 +556,7 @@ def _linked_data_file(link_to: str | None) -> Builder:
     """A data file beside the header that is a symbolic link (to `link_to`) or, for None, a FIFO."""
 
     def build(run: Run, phantom) -> Path:
-        target = run.pet if run.entry != "evaluate" else run.prediction
-        if run.entry == "evaluate":
-            evaluate_input(run, phantom)
-        else:
-            image_input(run, phantom)
+        target = _header_file(run, phantom)
         data = target.parent / "voxels.raw"
         if link_to is None:
             os.mkfifo(data)
