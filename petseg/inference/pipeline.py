@@ -49,12 +49,14 @@ def segment_case(
     """
     started = tta.budget.clock() if tta is not None else None  # reading counts towards TTA's allowance
     with timer.stage("read"):
-        ct, pet = read_case(files)
+        images = list(read_case(files))  # handed over whole: see _segment
+    ct, pet = images
     log.debug(
         "CT %s at %s mm; PET %s at %s mm", ct.GetSize(), ct.GetSpacing(), pet.GetSize(), pet.GetSpacing()
     )
-    return segment_images(
-        ct, pet, predictor, timer, progress, keep_probability, tta, tracer, str(files.pet), started
+    del ct, pet
+    return _segment(
+        images, predictor, timer, progress, keep_probability, tta, tracer, str(files.pet), started
     )
 
 
@@ -75,6 +77,25 @@ def segment_images(
     `source` names the PET in errors. `started` (the TTA budget's clock when the case began, by default
     now) sets what TTA allows for postprocessing and writing: as long as reading and preprocessing took.
     """
+    return _segment([ct, pet], predictor, timer, progress, keep_probability, tta, tracer, source, started)
+
+
+def _segment(
+    images: list[sitk.Image],
+    predictor: Predictor,
+    timer: StageTimer,
+    progress: bool,
+    keep_probability: bool,
+    tta: MirrorTTA | None,
+    tracer: str | None,
+    source: str,
+    started: float | None,
+) -> Segmentation:
+    """`segment_images` on a list [CT, PET] that it empties, so that a caller which hands its only
+    references over lets the full-resolution images go once preprocessing has made the network input
+    (about 0.85 GB on the largest autoPET grid)."""
+    ct, pet = images
+    images.clear()
     prepared_from = (started if started is not None else tta.budget.clock()) if tta is not None else 0.0
     with timer.stage("preprocess"):
         case = preprocess(ct, pet, predictor.card.preprocessing, source=source)
