@@ -6,11 +6,14 @@ the run is a plain single process. NCCL is used on CUDA, gloo on the CPU.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("petseg.training")
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,13 @@ class Distributed:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def close(self) -> None:
+        """Leave the process group together: a rank that tears gloo down while another still talks to it
+        can abort both ("terminate called without an active exception")."""
         if self.enabled and dist.is_initialized():
+            try:
+                dist.barrier()
+            except RuntimeError as error:  # another rank is gone already: nothing left to wait for
+                log.warning("rank %d: leaving the process group without the others: %s", self.rank, error)
             dist.destroy_process_group()
 
 
