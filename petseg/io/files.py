@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.errors import InputError, OutputError
+from petseg.errors import InputError, OutputError, PetsegError
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +126,16 @@ def find_case(input_dir: Path) -> CaseFiles:
     return files
 
 
-def check_link_inside(path: Path, root: Path, what: str) -> None:
-    """`path` must resolve (links followed) to a place inside `root` (resolved too): an `InputError`
-    naming it otherwise."""
+def check_link_inside(path: Path, root: Path, what: str, error: type[PetsegError] = InputError) -> None:
+    """`path` must resolve (links followed) to a place inside `root` (resolved too), the rule for the
+    input, model and output folders alike: `error` (InputError, ModelError, OutputError) naming it
+    otherwise."""
     try:
         target, base = Path(path).resolve(), Path(root).resolve()
-    except (OSError, RuntimeError) as error:  # a loop of links
-        raise InputError(f"{path}: cannot follow the symbolic link: {error}") from None
+    except (OSError, RuntimeError) as problem:  # a loop of links
+        raise error(f"{path}: cannot follow the symbolic link: {problem}") from None
     if base not in target.parents:
-        raise InputError(f"{path}: a symbolic link leads outside the {what} folder {root} (to {target})")
+        raise error(f"{path}: a symbolic link leads outside the {what} folder {root} (to {target})")
 
 
 def _check_not_pointer(path: Path) -> None:
@@ -821,17 +822,6 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)  # handled now by the handler that was in place before
 
 
-def _check_inside(path: Path, root: Path) -> None:
-    """An output path must stay inside the output folder after following symbolic links (a link there
-    could send the mask anywhere the process may write)."""
-    try:
-        resolved, base = path.resolve(), root.resolve()
-    except (OSError, RuntimeError) as error:
-        raise OutputError(f"{path}: cannot resolve the output path: {error}") from None
-    if resolved != base and base not in resolved.parents:
-        raise OutputError(f"{path}: a symbolic link leads outside the output folder {root} (to {resolved})")
-
-
 def write_image(image: sitk.Image, path: Path, compress: bool = True) -> Path:
     """Write an image atomically: a complete file at `path`, or nothing."""
     path = Path(path)
@@ -896,7 +886,7 @@ def write_outputs(mask: sitk.Image, output_dir: Path, name: str) -> Path:
     mask_path = output_dir / MASK_FOLDER / f"{name}.mha"
     json_path = output_dir / DATA_CENTRIC_JSON
     for path in (mask_path.parent, json_path):
-        _check_inside(path, output_dir)
+        check_link_inside(path, output_dir, "output", OutputError)
     try:
         with _staging(mask_path) as mask_stage, _staging(json_path) as json_stage:
             staged_mask, staged_json = mask_stage / mask_path.name, json_stage / json_path.name

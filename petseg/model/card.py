@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from petseg.errors import ModelError
+from petseg.io.files import check_link_inside
 from petseg.model.components import ALL_TRACERS, ComponentFilter, ComponentModel
 from petseg.model.components import FEATURES as COMPONENT_FEATURES
 from petseg.model.logistic import LogisticWeights
@@ -618,9 +619,7 @@ def load_card(model_dir: Path) -> ModelCard:
     path = Path(model_dir) / CARD_NAME
     if not path.is_file():
         raise ModelError(f"{path}: model card not found (is {model_dir} a petseg model folder?)")
-    target, root = path.resolve(), Path(model_dir).resolve()
-    if root not in target.parents:  # links in the folder stay in it, as for the fold files and inputs
-        raise ModelError(f"{path}: a symbolic link leads outside the model folder {model_dir} (to {target})")
+    check_link_inside(path, model_dir, "model", ModelError)  # the input folder's rule for links
     card = replace(parse_card(read_card_json(path), str(path)), path=path)
     _check_fold_files_inside(card, Path(model_dir), str(path))
     return card
