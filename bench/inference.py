@@ -48,7 +48,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from bench.seed_style import STAGES, SeedSettings
-from petseg.inference.precision import PRECISIONS
+from petseg.inference.compute_choices import DEVICES, PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCES = ("seed", "matched")
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding window overlap (default 0.25)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline (default 3)")
     parser.add_argument("--case", choices=CASES, default="fdg-326")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -361,11 +361,6 @@ def read_mask(path: Path) -> tuple[np.ndarray, sitk.Image]:
     return sitk.GetArrayFromImage(image).astype(bool), image
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
-
-
 def compare_masks(petseg_path: Path, other_path: Path) -> dict[str, Any]:
     """Dice and voxel counts of two masks, which must lie on the same (PET) grid."""
     from petseg.geometry import Grid
@@ -374,7 +369,9 @@ def compare_masks(petseg_path: Path, other_path: Path) -> dict[str, Any]:
     b, image_b = read_mask(other_path)
     if not Grid.of(image_a).matches(Grid.of(image_b)):
         raise BenchError(f"{other_path} is not on the grid of {petseg_path}")
-    return {"dice": dice(a, b), "voxels": int(b.sum()), "petseg_voxels": int(a.sum())}
+    from petseg.evaluation.metrics import mask_agreement
+
+    return {"dice": mask_agreement(a, b), "voxels": int(b.sum()), "petseg_voxels": int(a.sum())}
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from petseg.inference.compute_choices import DEVICES
 from petseg.inference.predict import training_device
 from petseg.model.networks import build_network
 from petseg.model.settings import Architecture, PreprocessSettings
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batches", type=int, default=12, help="loader batches timed (after 2 warm-up)")
     parser.add_argument("--steps", type=int, default=5, help="training steps timed (after 1 warm-up)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
 
 
 def loader_rate(data: Path, patch: int, batch: int, workers: int, batches: int) -> float:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from petseg.inference.compute_choices import DEVICES
 from training.losses import LOSSES, build_loss
 
 REFERENCE = "monai-dfl"
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps", type=float, default=0.1, help="l1dfl bin width (default 0.1)")
     parser.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICES,
         default="auto",
         help="auto: the CPU, then CUDA as well when available (default auto)",
     )

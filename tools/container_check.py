@@ -155,12 +155,6 @@ def _same_grid(image: sitk.Image, pet: sitk.Image, path: Path, role: str, report
     return ok
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 # ---------------------------------------------------------------- the output folder
 
 
@@ -245,7 +239,9 @@ def check_case(case_dir: Path, output_dir: Path, min_dice: float = MIN_DICE) -> 
             reference = array
     if mask is None or reference is None:
         return report
-    score = dice(mask, reference)
+    from petseg.evaluation.metrics import mask_agreement
+
+    score = mask_agreement(mask, reference)
     if score < min_dice:
         report.fail(
             mask_path,

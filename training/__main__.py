@@ -152,6 +152,8 @@ def _add_patch_options(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from petseg.inference.compute_choices import DEVICES
+    from petseg.io.splits import TRACERS
     from petseg.model.networks import PRESETS
     from petseg.model.settings import EnsembleSettings
     from training.components import DEFAULT_MINIMUM_PROBABILITY
@@ -167,8 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one fold (torchrun for several GPUs)")
     add_config_arguments(
         train,
-        {"losses": LOSSES, "architectures": sorted(PRESETS), "tracers": ("fdg", "psma"),
-         "devices": ("auto", "cuda", "cpu")},
+        {"losses": LOSSES, "architectures": sorted(PRESETS), "tracers": TRACERS, "devices": DEVICES},
     )  # fmt: skip
     train.add_argument(
         "--batch-dice",
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the lesion-probability threshold to fit at and write to the card (default: the card's)",
     )
-    components.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    components.add_argument("--device", choices=DEVICES, default="auto")
     components.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     components.set_defaults(run=_fit_components)
 
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     weighting.add_argument("--loss", choices=LOSSES, required=True)
     weighting.add_argument("--cases", type=int, default=None, help="only the first N cases (default: all)")
     weighting.add_argument("--out", type=Path, default=None, help="default: weighting-<loss>/")
-    weighting.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    weighting.add_argument("--device", choices=DEVICES, default="auto")
     weighting.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     weighting.set_defaults(run=_analyse_weighting)
 
@@ -294,9 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N epochs")
     demo.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes per fold")
-    demo.add_argument(
-        "--device", choices=("auto", "cuda", "cpu"), default=defaults.device, help="default: the CPU"
-    )
+    demo.add_argument("--device", choices=DEVICES, default=defaults.device, help="default: the CPU")
     demo.add_argument(
         "--parallel",
         type=int,

@@ -26,8 +26,9 @@ from torch import nn
 
 from petseg.inference.predict import select_device
 from petseg.io.splits import tracer_of
-from petseg.model.card import ModelCard, load_card
+from petseg.model.card import load_card
 from petseg.model.networks import load_fold
+from petseg.model.tracer_choice import choose_tracer
 
 log = logging.getLogger("petseg.training")
 
@@ -99,16 +100,6 @@ class WeightingStats:
         ]
 
 
-def _tracer_for(card: ModelCard, case_id: str, image: np.ndarray) -> str | None:
-    if not card.tracers:
-        return None
-    named = tracer_of(case_id)
-    if named is not None:
-        return named
-    assert card.tracer_classifier is not None  # the card parser requires one for split folds
-    return card.tracer_classifier.classify(image, card.preprocessing)[0]
-
-
 def analyse_weighting(
     model_dir: Path,
     data: Path,
@@ -143,7 +134,7 @@ def analyse_weighting(
     settings = card.ensemble
     for record in tqdm(records, desc=f"weighting {loss}", unit="case", disable=not progress):
         image, label = _read_and_preprocess(record, card.preprocessing)
-        ensemble = ensembles[_tracer_for(card, record.case_id, image)]
+        ensemble = ensembles[choose_tracer(card, image, given=tracer_of(record.case_id)).tracer]
         with torch.inference_mode():
             logits = sliding_window_inference(
                 torch.from_numpy(image)[None].to(compute.device),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from petseg import __version__
 from petseg.app.runtime import add_compute_arguments, default_model_dir, guarded, load_predictor
 from petseg.errors import InputError, PetsegError
+from petseg.inference.compute_choices import DEVICES
 
 if TYPE_CHECKING:  # heavy imports (torch) stay out of `petseg --help`
     from petseg.io.cases import Case
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--phantoms", type=int, default=0, help="instead, generate N fresh tiny phantom cases")
     demo.add_argument("--seed", type=int, default=0, help="seed of --phantoms")
-    demo.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    demo.add_argument("--device", choices=DEVICES, default="auto")
     demo.set_defaults(run=_demo)
 
     phantoms = commands.add_parser("phantoms", help="generate synthetic whole-body PET/CT cases")
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument(
         "--model", type=Path, default=None, help="model of --expected (default: as process.py, model/)"
     )
-    samples.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    samples.add_argument("--device", choices=DEVICES, default="auto")
     samples.set_defaults(run=_samples)
 
     predict = commands.add_parser("predict", help="segment every case in a folder (gc or nnU-Net layout)")

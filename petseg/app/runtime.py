@@ -138,9 +138,9 @@ def positive_seconds(text: str) -> float:
 
 def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     """--device, --precision and --compile: where and how the networks run."""
-    from petseg.inference.precision import PRECISIONS
+    from petseg.inference.compute_choices import DEVICES, PRECISIONS
 
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,

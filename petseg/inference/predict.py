@@ -17,9 +17,10 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from petseg.errors import ModelError
-from petseg.inference.precision import PRECISIONS
+from petseg.inference.compute_choices import DEVICES, PRECISIONS
 from petseg.model.card import EnsembleSettings, ModelCard, load_card
 from petseg.model.networks import fuse_batch_norms, load_fold
+from petseg.model.tracer_choice import choose_tracer
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ def select_device(
     batch norms (`Predictor`).
     `cuda_index` picks the GPU (a DDP rank's own); by default the current one.
     """
-    if preference not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device must be auto, cuda or cpu, got {preference!r}")
+    if preference not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {preference!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     reduced = precision == "auto"
@@ -191,25 +192,27 @@ class Predictor:
     def choose_tracer(self, image: np.ndarray, given: str | None = None) -> str | None:
         """The tracer whose ensemble should segment a network-grid image: `given` (a user's `--tracer`),
         else the card's classifier's answer; None for cards not split by tracer. Logs how it was chosen."""
-        card = self.card
-        if not card.tracers:
+        choice = choose_tracer(self.card, image, given)
+        if choice.how == "single":
             if given is not None:
                 log.info("tracer %s given: the model is one ensemble for every tracer", given)
             return None
-        if given is not None:
-            self.ensemble_for(given)  # refuses a tracer the card has no ensemble for
-            log.info("tracer %s (given)", given)
-            return given
-        assert card.tracer_classifier is not None  # the card parser requires one for split folds
-        tracer, confidence = card.tracer_classifier.classify(image, card.preprocessing)
-        log.info("tracer %s (classified from the uptake histogram, probability %.3f)", tracer, confidence)
-        if confidence < 0.9:
+        if choice.how == "given":
+            self.ensemble_for(choice.tracer)  # refuses a tracer the card has no ensemble for
+            log.info("tracer %s (given)", choice.tracer)
+            return choice.tracer
+        log.info(
+            "tracer %s (classified from the uptake histogram, probability %.3f)",
+            choice.tracer,
+            choice.probability,
+        )
+        if choice.probability < 0.9:
             log.warning(
                 "the tracer is uncertain (%s at probability %.2f): give --tracer if you know it",
-                tracer,
-                confidence,
+                choice.tracer,
+                choice.probability,
             )
-        return tracer
+        return choice.tracer
 
     @classmethod
     def load(

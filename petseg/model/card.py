@@ -590,14 +590,10 @@ def _check_fold_files_inside(card: ModelCard, model_dir: Path, source: str) -> N
     targets: dict[Path | tuple[int, int], int] = {}
     for index, fold in enumerate(card.folds):
         try:
-            target = (root / fold.weights).resolve()
-        except (OSError, RuntimeError) as error:  # a symbolic link loop
+            check_link_inside(root / fold.weights, root, "model", ModelError)
+        except ModelError as error:
             raise ModelError(f"{source}: folds[{index}].weights {fold.weights!r}: {error}") from None
-        if root not in target.parents:
-            raise ModelError(
-                f"{source}: folds[{index}].weights {fold.weights!r} leads outside the model folder "
-                f"(to {target})"
-            )
+        target = (root / fold.weights).resolve()
         keys: list[Path | tuple[int, int]] = [target]
         try:
             status = target.stat()

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from petseg.errors import ModelError
+from petseg.io.files import check_link_inside
 from petseg.model.settings import Architecture, EnsembleSettings, check_relative_path
 
 IN_CHANNELS = 2  # [CT, PET]
@@ -189,11 +190,9 @@ def file_sha256(path: Path) -> str:
 
 def weights_path(card: FoldSource, model_dir: Path, weights: str) -> Path:
     check_relative_path(weights, f"{model_dir}/model.json: fold weights")
-    root = Path(model_dir).resolve()
-    path = (root / weights).resolve()
-    if root not in path.parents:
-        raise ModelError(f"{model_dir}/model.json: fold weights {weights!r} point outside the model folder")
-    return path
+    path = Path(model_dir) / weights
+    check_link_inside(path, Path(model_dir), "model", ModelError)
+    return path.resolve()
 
 
 def save_weights(network: torch.nn.Module, path: Path) -> str:

@@ -233,14 +233,16 @@ def test_per_tracer_folds_train_export_and_segment_with_their_own_ensemble(datas
     assert classifier.cross_validated_accuracy == 1.0
 
     # The loss-weighting analysis runs each case through its tracer's folds: by its id, else the classifier.
-    from training.weighting import _tracer_for, analyse_weighting
+    from petseg.model.tracer_choice import choose_tracer
+    from training.weighting import analyse_weighting
 
     split = load_card(tmp_path / "model")
     image = np.zeros((2, 8, 8, 8), np.float32)
-    assert _tracer_for(split, "psma_95b833d46f153cd2_2018-04-16", image) == "psma"
-    assert (
-        _tracer_for(split, "case 1", image) == split.tracer_classifier.classify(image, split.preprocessing)[0]
-    )
+    named = choose_tracer(split, image, given=tracer_of("psma_95b833d46f153cd2_2018-04-16"))
+    assert (named.tracer, named.how) == ("psma", "given")
+    classified = choose_tracer(split, image, given=tracer_of("case 1"))
+    assert classified.how == "classified"
+    assert classified.tracer == split.tracer_classifier.classify(image, split.preprocessing)[0]
     result = analyse_weighting(
         tmp_path / "model", dataset, "dfl", tmp_path / "w", cases=2, device="cpu", progress=False
     )

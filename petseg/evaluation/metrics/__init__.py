@@ -1,7 +1,7 @@
 """Evaluation metrics: autoPET case metrics (`case`) and the L1DFL paper's lesion-level metrics
 (`lesions`)."""
 
-from petseg.evaluation.metrics.case import CONNECTIVITY, CaseScores, case_scores, dice
+from petseg.evaluation.metrics.case import CONNECTIVITY, CaseScores, case_scores, dice, mask_agreement
 from petseg.evaluation.metrics.lesions import (
     CaseEvaluation,
     Detection,
@@ -25,5 +25,6 @@ __all__ = [
     "evaluate_case",
     "lesion_dice",
     "lesion_stats",
+    "mask_agreement",
     "suvmax_detection",
 ]

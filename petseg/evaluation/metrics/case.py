@@ -15,7 +15,7 @@ import numpy as np
 
 from petseg.evaluation.metrics.components import CONNECTIVITY, Components, shared
 
-__all__ = ["CONNECTIVITY", "CaseScores", "case_scores", "dice", "scores_from"]
+__all__ = ["CONNECTIVITY", "CaseScores", "case_scores", "dice", "mask_agreement", "scores_from"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,13 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
         return float("nan")
     overlap = int(np.count_nonzero(prediction & truth))
     return 2.0 * overlap / (int(np.count_nonzero(prediction)) + truth_voxels)
+
+
+def mask_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two masks compared as equals (two runs, two tools): 1 when both are empty, where the
+    challenge's `dice` against a ground truth has no value."""
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
 
 
 def scores_from(predicted: Components, truth: Components, overlap: np.ndarray, voxel_ml: float) -> CaseScores:
