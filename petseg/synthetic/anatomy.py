@@ -14,7 +14,7 @@ import numpy as np
 
 from petseg.synthetic.builder import SOFT, SOFT_AND_LUNG, Builder, Layer, bounding, interp
 from petseg.synthetic.frame import Frame
-from petseg.synthetic.grids import Grid
+from petseg.synthetic.grids import DiagonalGrid
 from petseg.synthetic.raster import (
     INFINITE,
     Box,
@@ -113,7 +113,7 @@ def build_anatomy(
     )
 
 
-def render(anatomy: Anatomy, grid: Grid) -> np.ndarray:
+def render(anatomy: Anatomy, grid: DiagonalGrid) -> np.ndarray:
     """The tissue-class volume (z, y, x) of the anatomy on a grid."""
     volume = np.zeros(grid.shape, dtype=np.uint8)
     for layer in anatomy.layers:

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from petseg.synthetic import ids
 from petseg.synthetic.anatomy import Anatomy, build_anatomy, render
 from petseg.synthetic.frame import Frame
-from petseg.synthetic.grids import FAMILIES, Grid, anatomy_scale, pet_size
+from petseg.synthetic.grids import FAMILIES, DiagonalGrid, anatomy_scale, pet_size
 from petseg.synthetic.imaging import CtSettings, PetSettings, ct_image, pet_image
 from petseg.synthetic.lesions import (
     LESION_FREE_PROBABILITY,
@@ -88,10 +88,10 @@ class Scene:
     index: int
     size: str
     grid_name: str
-    pet_grid: Grid
+    pet_grid: DiagonalGrid
     anatomy: Anatomy
     tissue: np.ndarray
-    tissue_on: Callable[[Grid], np.ndarray]  # the tissue map on another grid (the CT's own)
+    tissue_on: Callable[[DiagonalGrid], np.ndarray]  # the tissue map on another grid (the CT's own)
     scale: float
     suv: dict[Tissue, float]
     hu: dict[Tissue, float]
@@ -172,7 +172,7 @@ def _analytic_scene(
         round((n - 1) * sy / 2 + fov_y, 4),
         round(2 * (top - (nz - 1) * sz)) / 2,
     )
-    pet_grid = Grid((n, n, nz), (sx, sy, sz), origin)
+    pet_grid = DiagonalGrid((n, n, nz), (sx, sy, sz), origin)
     choices = draw_study(study, tracer, ct_own_grid, lesion_free)
 
     identity = rng_for(seed, index, IDS)
@@ -262,9 +262,9 @@ def assemble_scene(
     size: str,
     tracer: str,
     grid_name: str,
-    pet_grid: Grid,
+    pet_grid: DiagonalGrid,
     anatomy: Anatomy,
-    tissue_on: Callable[[Grid], np.ndarray],
+    tissue_on: Callable[[DiagonalGrid], np.ndarray],
     scale: float,
     study: Study,
     identity: np.random.Generator,
@@ -386,7 +386,7 @@ def simulate(scene: Scene) -> Phantom:
     return Phantom(scene.case_id, scene.patient_id, scene.tracer, ct, pet, pet_grid.image(label), info)
 
 
-def _ct_geometry(scene: Scene) -> tuple[CtSettings, Grid]:
+def _ct_geometry(scene: Scene) -> tuple[CtSettings, DiagonalGrid]:
     """The CT's reconstruction circle, and its own grid (or the PET grid)."""
     rng = rng_for(scene.seed, scene.index, CT_GRID)
     anatomy, pet_grid, scale = scene.anatomy, scene.pet_grid, scene.scale
@@ -414,8 +414,8 @@ def _ct_geometry(scene: Scene) -> tuple[CtSettings, Grid]:
 
 
 def own_ct_grid(
-    pet: Grid, centre: tuple[float, float], radius: float, rng: np.random.Generator, full: bool
-) -> Grid:
+    pet: DiagonalGrid, centre: tuple[float, float], radius: float, rng: np.random.Generator, full: bool
+) -> DiagonalGrid:
     """A finer CT grid around the reconstruction circle: about half the PET's in-plane spacing, its own origin
     (a fraction of a voxel and some mm away) and a slightly different z extent."""
     target = pet.spacing[0] * rng.uniform(0.45, 0.55)
@@ -432,4 +432,4 @@ def own_ct_grid(
         round(centre[1] + (n - 1) / 2 * spacing + rng.uniform(-0.5, 0.5) * spacing, 4),
         round(float(z_low), 4),
     )
-    return Grid((n, n, nz), (spacing, spacing, sz), origin, pet.signs)
+    return DiagonalGrid((n, n, nz), (spacing, spacing, sz), origin, pet.direction)

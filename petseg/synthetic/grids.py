@@ -1,7 +1,9 @@
 """Image grids with diagonal (±1) directions, and the autoPET PET grid families.
 
-Because every direction is diagonal, a voxel's physical x depends only on its x index (and so on), so shapes
-can be rasterised from three 1D coordinate vectors instead of a 3 x N coordinate array.
+`DiagonalGrid` is petseg's `geometry.Grid` (it matches and resamples like any other) with the helpers the
+phantom generator needs. Because every direction is diagonal, a voxel's physical x depends only on its x
+index (and so on), so shapes can be rasterised from three 1D coordinate vectors instead of a 3 x N
+coordinate array.
 """
 
 from __future__ import annotations
@@ -12,18 +14,31 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.geometry import Grid
+
 # ITK direction of every autoPET header: x and z as stored, y flipped.
 AUTOPET_SIGNS = (1, -1, 1)
 
 
-@dataclass(frozen=True)
-class Grid:
-    """Size (x, y, z), spacing and origin in mm, and the sign of each axis' direction."""
+def direction_matrix(signs: tuple[int, int, int]) -> tuple[float, ...]:
+    return tuple(float(signs[row]) if row == col else 0.0 for row in range(3) for col in range(3))
 
-    size: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    signs: tuple[int, int, int] = AUTOPET_SIGNS
+
+@dataclass(frozen=True)
+class DiagonalGrid(Grid):
+    """Size (x, y, z), spacing and origin in mm, and a diagonal ±1 direction (autoPET's by default)."""
+
+    direction: tuple[float, ...] = direction_matrix(AUTOPET_SIGNS)
+
+    def __post_init__(self) -> None:
+        matrix = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        if not np.allclose(matrix, np.diag(np.sign(np.diag(matrix))), atol=1e-4) or 0 in np.diag(matrix):
+            raise ValueError(f"direction {tuple(matrix.ravel())} is not diagonal ±1")
+
+    @property
+    def signs(self) -> tuple[int, int, int]:
+        """The sign of each axis' direction (x, y, z)."""
+        return tuple(1 if self.direction[4 * axis] > 0 else -1 for axis in range(3))  # type: ignore[return-value]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -73,7 +88,7 @@ class Grid:
         """Give an image (from GetImageFromArray, which drops geometry) this grid's geometry."""
         image.SetSpacing([float(s) for s in self.spacing])
         image.SetOrigin([float(o) for o in self.origin])
-        image.SetDirection(direction_matrix(self.signs))
+        image.SetDirection([float(d) for d in self.direction])
         return image
 
     def image(self, array: np.ndarray) -> sitk.Image:
@@ -86,11 +101,11 @@ class Grid:
         """An empty image on this grid, as a resampling reference."""
         return self.apply(sitk.Image([int(n) for n in self.size], pixel))
 
-    def downsample(self, factors: tuple[int, int, int]) -> Grid:
+    def downsample(self, factors: tuple[int, int, int]) -> DiagonalGrid:
         """Every factor-th voxel, starting at the first (nearest-neighbour subsampling)."""
         size = tuple(math.ceil(n / f) for n, f in zip(self.size, factors, strict=True))
         spacing = tuple(float(s * f) for s, f in zip(self.spacing, factors, strict=True))
-        return Grid(size, spacing, self.origin, self.signs)  # type: ignore[arg-type]
+        return DiagonalGrid(size, spacing, self.origin, self.direction)  # type: ignore[arg-type]
 
     def describe(self) -> dict:
         """JSON-serialisable summary."""
@@ -98,26 +113,22 @@ class Grid:
             "size": [int(n) for n in self.size],
             "spacing": [round(float(s), 6) for s in self.spacing],
             "origin": [round(float(o), 4) for o in self.origin],
-            "direction": list(direction_matrix(self.signs)),
+            "direction": [float(d) for d in self.direction],
         }
 
     @classmethod
-    def of(cls, image: sitk.Image) -> Grid:
+    def of(cls, image: sitk.Image) -> DiagonalGrid:
         """The grid of an image whose direction is diagonal ±1 (autoPET files)."""
         matrix = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-        signs = np.sign(np.diag(matrix)).astype(int)
+        signs = np.where(np.diag(matrix) < 0, -1, 1)
         if not np.allclose(matrix, np.diag(signs), atol=1e-4):
             raise ValueError(f"direction {tuple(matrix.ravel())} is not diagonal ±1")
         return cls(
             size=tuple(int(n) for n in image.GetSize()),  # type: ignore[arg-type]
             spacing=tuple(float(s) for s in image.GetSpacing()),  # type: ignore[arg-type]
             origin=tuple(float(o) for o in image.GetOrigin()),  # type: ignore[arg-type]
-            signs=tuple(int(s) for s in signs),  # type: ignore[arg-type]
+            direction=direction_matrix(tuple(int(s) for s in signs)),  # type: ignore[arg-type]
         )
-
-
-def direction_matrix(signs: tuple[int, int, int]) -> tuple[float, ...]:
-    return tuple(float(signs[row]) if row == col else 0.0 for row in range(3) for col in range(3))
 
 
 @dataclass(frozen=True)

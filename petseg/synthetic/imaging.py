@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.synthetic.grids import Grid
+from petseg.synthetic.grids import DiagonalGrid
 from petseg.synthetic.lesions import Placed, profile
 from petseg.synthetic.tissues import Tissue, table
 
@@ -65,7 +65,7 @@ class PetSettings:
 
 def pet_image(
     tissue: np.ndarray,
-    grid: Grid,
+    grid: DiagonalGrid,
     suv: dict[Tissue, float],
     lesions: list[Placed],
     rng: np.random.Generator,
@@ -134,7 +134,7 @@ class CtSettings:
 
 def ct_image(
     tissue: np.ndarray,
-    grid: Grid,
+    grid: DiagonalGrid,
     hu: dict[Tissue, float],
     lesions: list[Placed],
     rng: np.random.Generator,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from petseg.synthetic.anatomy import Anatomy
-from petseg.synthetic.grids import Grid
+from petseg.synthetic.grids import DiagonalGrid
 from petseg.synthetic.raster import Blob, Window, coordinates, rasterise, window
 from petseg.synthetic.tissues import Tissue, allowed
 
@@ -103,7 +103,7 @@ def count_lesions(rng: np.random.Generator) -> int:
     return int(min(MAX_LESIONS, rng.geometric(0.32)))
 
 
-def place(lesion: Lesion, grid: Grid, tissue: np.ndarray) -> Placed | None:
+def place(lesion: Lesion, grid: DiagonalGrid, tissue: np.ndarray) -> Placed | None:
     """The lesion's voxels on a grid, inside the body and outside the excluded tissues."""
     raster = rasterise(grid, lesion.shape)
     if raster is None:
@@ -123,7 +123,7 @@ def draw_lesions(
     count: int,
     anatomy: Anatomy,
     tissue: np.ndarray,
-    grid: Grid,
+    grid: DiagonalGrid,
     tracer: str,
     scale: float,
     suv: dict[Tissue, float],
@@ -157,7 +157,7 @@ def draw_lesions(
     return placed
 
 
-def _shape(rng: np.random.Generator, centre: np.ndarray, scale: float, grid: Grid) -> Blob:
+def _shape(rng: np.random.Generator, centre: np.ndarray, scale: float, grid: DiagonalGrid) -> Blob:
     low, high = np.log(VOLUME_RANGE_ML[0]), np.log(VOLUME_RANGE_ML[1])
     # Scaled anatomy (tiny/small phantoms) shrinks lesion volumes by `scale`, not scale^3, and their
     # lengths by scale^(1/3) (the scanner blur shrinks alike, `case.scaled_blur`): at scale^3 a tiny case's
@@ -220,7 +220,12 @@ def _hu(rng: np.random.Generator, region: str, tracer: str, hu: dict[Tissue, flo
 
 
 def _centre(
-    rng: np.random.Generator, region: str, anatomy: Anatomy, tissue: np.ndarray, grid: Grid, tracer: str
+    rng: np.random.Generator,
+    region: str,
+    anatomy: Anatomy,
+    tissue: np.ndarray,
+    grid: DiagonalGrid,
+    tracer: str,
 ) -> tuple[np.ndarray, str, np.ndarray | None] | None:
     """A lesion centre in the region (physical), its site, and for a lesion next to an organ the way out."""
     if region == "node":
@@ -265,7 +270,7 @@ def _centre(
 _REGION_OF = {"kidney": "kidneys", "heart": "heart", "bladder": "bladder", "bone": "", "lung": "lungs"}
 
 
-def _tissue_at(tissue: np.ndarray, grid: Grid, point: np.ndarray, classes: np.ndarray) -> bool:
+def _tissue_at(tissue: np.ndarray, grid: DiagonalGrid, point: np.ndarray, classes: np.ndarray) -> bool:
     index = np.rint(grid.index(point)).astype(int)
     if np.any(index < 0) or np.any(index >= np.asarray(grid.size)):
         return False
@@ -273,7 +278,7 @@ def _tissue_at(tissue: np.ndarray, grid: Grid, point: np.ndarray, classes: np.nd
 
 
 def _probe(
-    rng: np.random.Generator, tissue: np.ndarray, grid: Grid, region, classes: np.ndarray
+    rng: np.random.Generator, tissue: np.ndarray, grid: DiagonalGrid, region, classes: np.ndarray
 ) -> np.ndarray | None:
     """A random point (physical) in a voxel of the given classes, within the region's bounds if known."""
     win = window(grid, region) if region is not None else None
@@ -293,14 +298,14 @@ def _probe(
     return grid.physical(np.array([x, y, z], dtype=float) + jitter)
 
 
-def profile(placed: Placed, grid: Grid) -> np.ndarray:
+def profile(placed: Placed, grid: DiagonalGrid) -> np.ndarray:
     """Lesion uptake inside its mask: SUVmax at the centre, a little lower towards the edge."""
     radial = placed.lesion.shape.radial(*coordinates(grid, placed.window))
     radial = np.broadcast_to(radial, placed.mask.shape)
     return (placed.lesion.suvmax * (1.0 - 0.35 * np.clip(radial, 0.0, 1.0) ** 2)).astype(np.float32)
 
 
-def describe(placed: Placed, grid: Grid) -> dict:
+def describe(placed: Placed, grid: DiagonalGrid) -> dict:
     lesion = placed.lesion
     voxels = int(placed.mask.sum())
     return {

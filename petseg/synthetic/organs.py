@@ -21,7 +21,7 @@ from petseg.synthetic import ids
 from petseg.synthetic.anatomy import SUPPLIABLE, build_anatomy, render
 from petseg.synthetic.case import IDS, PATIENT, STUDY, Scene, assemble_scene, draw_study, rng_for
 from petseg.synthetic.frame import Frame
-from petseg.synthetic.grids import FAMILIES, Grid
+from petseg.synthetic.grids import FAMILIES, DiagonalGrid
 from petseg.synthetic.raster import Box, Ellipsoid
 from petseg.synthetic.tissues import Tissue, allowed
 from petseg.synthetic.variation import draw_habitus
@@ -97,7 +97,7 @@ class OrganStats:
     cut: bool
 
 
-def read_map(path: Path) -> tuple[sitk.Image, Grid]:
+def read_map(path: Path) -> tuple[sitk.Image, DiagonalGrid]:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -107,13 +107,13 @@ def read_map(path: Path) -> tuple[sitk.Image, Grid]:
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: organ label map must be a 3D scalar image")
     try:
-        grid = Grid.of(image)
+        grid = DiagonalGrid.of(image)
     except ValueError as error:
         raise InputError(f"{path}: {error}") from None
     return sitk.Cast(image, sitk.sitkUInt8), grid
 
 
-def organ_stats(labels: np.ndarray, grid: Grid) -> dict[str, OrganStats]:
+def organ_stats(labels: np.ndarray, grid: DiagonalGrid) -> dict[str, OrganStats]:
     """Per organ: centroid and bounding box, computed inside each label's own bounding box."""
     stats = {}
     for value, where in enumerate(ndimage.find_objects(labels), start=1):
@@ -133,7 +133,7 @@ def organ_stats(labels: np.ndarray, grid: Grid) -> dict[str, OrganStats]:
     return stats
 
 
-def fit_frame(stats: dict[str, OrganStats], grid: Grid, width_factor: float) -> Frame:
+def fit_frame(stats: dict[str, OrganStats], grid: DiagonalGrid, width_factor: float) -> Frame:
     """Height scale and vertex from the organs' heights; centre from midline organs."""
     usable = [name for name in HEIGHT_LANDMARKS if name in stats and not stats[name].cut]
     top = grid.bounds()[1][2]
@@ -162,7 +162,7 @@ def fit_frame(stats: dict[str, OrganStats], grid: Grid, width_factor: float) -> 
     )
 
 
-def downsample_factors(grid: Grid, size: str) -> tuple[int, int, int]:
+def downsample_factors(grid: DiagonalGrid, size: str) -> tuple[int, int, int]:
     if size not in DOWNSAMPLE_MM:
         return (1, 1, 1)
     target = DOWNSAMPLE_MM[size]
@@ -170,7 +170,7 @@ def downsample_factors(grid: Grid, size: str) -> tuple[int, int, int]:
     return (xy, xy, max(1, round(target / grid.spacing[2])))
 
 
-def grid_name(grid: Grid, tracer: str) -> str:
+def grid_name(grid: DiagonalGrid, tracer: str) -> str:
     """The autoPET grid family the map's grid belongs to, or "other"."""
     for family in FAMILIES.values():
         if (
@@ -215,7 +215,7 @@ def organ_scene(path: Path, seed: int, index: int, tracer: str, size: str) -> Sc
         if name in stats:
             anatomy.regions[name] = Box(stats[name].low, stats[name].high)
 
-    def tissue_on(grid: Grid) -> np.ndarray:
+    def tissue_on(grid: DiagonalGrid) -> np.ndarray:
         if grid == pet_grid:
             organ_labels = labels
         else:
@@ -250,7 +250,7 @@ def organ_scene(path: Path, seed: int, index: int, tracer: str, size: str) -> Sc
     return scene
 
 
-def overlay(tissue: np.ndarray, organ_labels: np.ndarray, grid: Grid) -> np.ndarray:
+def overlay(tissue: np.ndarray, organ_labels: np.ndarray, grid: DiagonalGrid) -> np.ndarray:
     """Paint real organs over the analytic body, grow the body to hold them, and give the heart a wall and
     the kidneys a collecting system."""
     lut = np.zeros(256, dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""Analytic shapes in physical millimetres, and their rasterisation on any `Grid`.
+"""Analytic shapes in physical millimetres, and their rasterisation on any `DiagonalGrid`.
 
 A shape answers `mask(x, y, z)` for coordinate vectors shaped (1, 1, nx), (1, ny, 1) and (nz, 1, 1) with a
 boolean array broadcastable to (nz, ny, nx). Painting evaluates it only inside the shape's index bounding box,
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from petseg.synthetic.grids import Grid
+from petseg.synthetic.grids import DiagonalGrid
 
 INFINITE = 1e12
 _SLAB_VOXELS = 1 << 22
@@ -267,7 +267,7 @@ class Difference(Shape):
 Window = tuple[slice, slice, slice]
 
 
-def window(grid: Grid, shape: Shape, margin_mm: float = 0.0) -> Window | None:
+def window(grid: DiagonalGrid, shape: Shape, margin_mm: float = 0.0) -> Window | None:
     """Array slices (z, y, x) of the voxels whose centres may lie inside the shape; None if none do."""
     low, high = shape.bounds()
     ranges = [grid.index_range(axis, low[axis] - margin_mm, high[axis] + margin_mm) for axis in range(3)]
@@ -276,7 +276,7 @@ def window(grid: Grid, shape: Shape, margin_mm: float = 0.0) -> Window | None:
     return tuple(slice(start, stop) for start, stop in reversed(ranges))  # type: ignore[return-value]
 
 
-def coordinates(grid: Grid, win: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def coordinates(grid: DiagonalGrid, win: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Broadcastable physical coordinate vectors (x, y, z) of a window."""
     zs, ys, xs = win
     x = grid.coords(0, xs.start, xs.stop)[None, None, :]
@@ -295,7 +295,7 @@ def slabs(win: Window) -> Iterator[Window]:
 
 
 def paint(
-    volume: np.ndarray, grid: Grid, shape: Shape, value: int, allowed: np.ndarray | None = None
+    volume: np.ndarray, grid: DiagonalGrid, shape: Shape, value: int, allowed: np.ndarray | None = None
 ) -> None:
     """Set `value` inside the shape; with `allowed` (a bool table over current values), only there."""
     win = window(grid, shape)
@@ -309,7 +309,7 @@ def paint(
         target[inside] = value
 
 
-def rasterise(grid: Grid, shape: Shape) -> tuple[Window, np.ndarray] | None:
+def rasterise(grid: DiagonalGrid, shape: Shape) -> tuple[Window, np.ndarray] | None:
     """The shape's window and boolean mask inside it (for small shapes such as lesions)."""
     win = window(grid, shape)
     if win is None:

@@ -17,7 +17,7 @@ from petseg.io import find_case, image_stem
 from petseg.io.splits import leaking_patients, patient_id, read_splits
 from petseg.synthetic import GRIDS, LAYOUTS, SIZES, TRACERS, Phantom, generate, make_case
 from petseg.synthetic.generate import plan_cases
-from petseg.synthetic.grids import FAMILIES, Grid
+from petseg.synthetic.grids import FAMILIES, DiagonalGrid
 from petseg.synthetic.layouts import ct_on_pet_grid
 from petseg.synthetic.organs import downsample_factors
 
@@ -228,7 +228,7 @@ def test_ct_on_its_own_grid_is_finer_and_overlaps_the_pet() -> None:
     assert ct.GetSize() != pet.GetSize()
     assert ct.GetOrigin() != pet.GetOrigin()
     assert ct.GetDirection() == AUTOPET_DIRECTION
-    ct_grid, pet_grid = Grid.of(ct), Grid.of(pet)
+    ct_grid, pet_grid = DiagonalGrid.of(ct), DiagonalGrid.of(pet)
     (ct_low, ct_high), (pet_low, pet_high) = ct_grid.bounds(), pet_grid.bounds()
     overlap = np.clip(np.minimum(ct_high, pet_high) - np.maximum(ct_low, pet_low), 0, None)
     assert np.prod(overlap) > 0.2 * np.prod(pet_high - pet_low)
@@ -248,7 +248,7 @@ def test_about_forty_percent_of_cts_have_their_own_grid(tiny_cases: list[Phantom
 def test_z_slices_override_and_geometry_helpers() -> None:
     phantom = make_case(0, 0, z_slices=40)
     assert phantom.pet.GetSize()[2] == 40
-    grid = Grid.of(phantom.pet)
+    grid = DiagonalGrid.of(phantom.pet)
     for index in ((0, 0, 0), (63, 5, 39), (10, 60, 20)):
         expected = phantom.pet.TransformIndexToPhysicalPoint(index)
         np.testing.assert_allclose(grid.physical(np.array(index)), expected, atol=1e-4)
@@ -425,7 +425,7 @@ def test_phantoms_around_real_organ_maps(tmp_path: Path) -> None:
         assert row["tracer"] == path.name.split("_")[0]
         assert row["source"] == path.name
         organ_map = sitk.ReadImage(str(path))
-        factors = downsample_factors(Grid.of(organ_map), "tiny")
+        factors = downsample_factors(DiagonalGrid.of(organ_map), "tiny")
         labels = _array(organ_map)[:: factors[2], :: factors[1], :: factors[0]]
         pet = sitk.ReadImage(str(tmp_path / "out" / row["pet"]))
         ct = sitk.ReadImage(str(tmp_path / "out" / row["ct"]))
