@@ -27,7 +27,6 @@ a passing check prints one `ok` line on stdout.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from petseg.errors import PetsegError
 from petseg.io import DATA_CENTRIC_JSON, MASK_FOLDER
+from petseg.io.files import LFS_SIGNATURE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,7 +48,6 @@ MIN_DICE = 0.99
 GEOMETRY_TOLERANCE = (
     1e-6  # relative (absolute below 1): header values written by the same writer agree exactly
 )
-_LFS_SIGNATURE = b"version https://git-lfs"
 
 
 @dataclass(frozen=True)
@@ -88,11 +87,11 @@ def _read(path: Path, role: str, report: Report) -> sitk.Image | None:
 
     try:
         with path.open("rb") as handle:
-            head = handle.read(len(_LFS_SIGNATURE))
+            head = handle.read(len(LFS_SIGNATURE))
     except OSError as error:
         report.fail(path, f"cannot open the {role}: {error.strerror or error}")
         return None
-    if head == _LFS_SIGNATURE:
+    if head == LFS_SIGNATURE:
         report.fail(path, f"the {role} is a Git LFS pointer, not an image (git lfs pull)")
         return None
     try:
@@ -260,17 +259,10 @@ def check_case(case_dir: Path, output_dir: Path, min_dice: float = MIN_DICE) -> 
 # ---------------------------------------------------------------- the model folder
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_model(model_dir: Path) -> Report:
     """The card is valid and every fold's weights are there, real and unaltered (nothing is loaded)."""
     from petseg.model.card import CARD_NAME, check_relative_path, load_card
+    from petseg.model.fold_files import fold_weights_problem
 
     model_dir = Path(model_dir)
     report = Report(str(model_dir))
@@ -286,15 +278,8 @@ def check_model(model_dir: Path) -> Report:
             report.fail(model_dir / CARD_NAME, str(error))
             continue
         path = model_dir / fold.weights
-        if not path.is_file():
-            report.fail(path, f"fold {fold.fold} weights not found (the model has no trained weights yet?)")
-            continue
-        with path.open("rb") as handle:
-            if handle.read(len(_LFS_SIGNATURE)) == _LFS_SIGNATURE:
-                report.fail(path, f"fold {fold.fold} weights are a Git LFS pointer (git lfs pull)")
-                continue
-        if fold.sha256 is not None and _sha256(path) != fold.sha256:
-            report.fail(path, f"fold {fold.fold} weights do not match the sha256 in {CARD_NAME}")
+        if (problem := fold_weights_problem(path, fold.sha256)) is not None:
+            report.fail(path, f"fold {fold.fold} weights {problem}")
     report.facts = [
         f"{card.name}",
         f"{card.architecture.name}",

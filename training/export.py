@@ -35,7 +35,8 @@ from petseg.model.card import (
     parse_ensemble,
     save_card,
 )
-from petseg.model.networks import build_network, file_sha256, save_state
+from petseg.model.fold_files import file_sha256
+from petseg.model.networks import build_network, save_state
 from petseg.model.tracer import CLASSES as TRACERS
 from petseg.model.tracer import TracerClassifier, fit_tracer_classifier, uptake_features
 from petseg.synthetic.generate import manifest_arguments

@@ -44,7 +44,8 @@ PET_FOLDER = Path("images") / "pet"
 MASK_FOLDER = Path("images") / "automated-petct-lesion-segmentation"
 DATA_CENTRIC_JSON = "data-centric-model.json"
 
-_LFS_SIGNATURE = b"version https://git-lfs"
+# The first bytes of a Git LFS pointer: a clone without `git lfs pull` holds these instead of the file.
+LFS_SIGNATURE = b"version https://git-lfs"
 # Bytes per voxel of the scalar pixel types an input may have; anything else (complex, vector) is refused.
 _PIXEL_BYTES = {
     sitk.sitkUInt8: 1,
@@ -141,10 +142,10 @@ def check_link_inside(path: Path, root: Path, what: str, error: type[PetsegError
 def _check_not_pointer(path: Path) -> None:
     try:
         with path.open("rb") as handle:
-            head = handle.read(len(_LFS_SIGNATURE))
+            head = handle.read(len(LFS_SIGNATURE))
     except OSError as error:
         raise InputError(f"{path}: cannot open file: {error.strerror or error}") from None
-    if head == _LFS_SIGNATURE:
+    if head == LFS_SIGNATURE:
         raise InputError(
             f"{path}: this is a Git LFS pointer, not an image; fetch the real file (git lfs pull)"
         )

@@ -26,6 +26,7 @@ from petseg.model.settings import (
     AVERAGING,
     BACK_INTERPOLATIONS,
     BLEND_MODES,
+    CARD_NAME,
     CHANNELS,
     Architecture,
     EnsembleSettings,
@@ -39,7 +40,6 @@ from petseg.model.tracer import TracerClassifier
 CARD_FORMAT = "petseg-model-card"
 CARD_VERSION = 2  # 2 adds `training`, the settings the folds were trained with
 READ_VERSIONS = (1, 2)  # cards of version 1 still load
-CARD_NAME = "model.json"
 # Bounds on what a card may ask for, checked at load: beyond them a card would end in the allocator (or in
 # a float overflow) at load or at the first case instead of being refused as a bad card.
 MAX_INT_DIGITS = 30

@@ -8,7 +8,6 @@ never run code.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from petseg.errors import ModelError
 from petseg.io.files import check_link_inside
+from petseg.model.fold_files import file_sha256, fold_weights_problem
 from petseg.model.settings import Architecture, EnsembleSettings, check_relative_path
 
 IN_CHANNELS = 2  # [CT, PET]
@@ -180,14 +180,6 @@ def count_parameters(network: torch.nn.Module) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_path(card: FoldSource, model_dir: Path, weights: str) -> Path:
     check_relative_path(weights, f"{model_dir}/model.json: fold weights")
     path = Path(model_dir) / weights
@@ -213,13 +205,13 @@ def save_state(state: Mapping[str, torch.Tensor], path: Path) -> str:
 def load_fold(card: FoldSource, model_dir: Path, weights: str, sha256: str | None) -> torch.nn.Module:
     """Build the card's network and load one fold's weights into it, in eval mode."""
     path = weights_path(card, model_dir, weights)
-    if not path.is_file():
-        raise ModelError(
-            f"{path}: fold weights not found; train the folds (see README, 'Training') or, for a "
-            "demo, create an untrained ensemble with `petseg random-model --out DIR`"
-        )
-    if sha256 is not None and file_sha256(path) != sha256:
-        raise ModelError(f"{path}: sha256 does not match the model card (corrupted or replaced file)")
+    if (problem := fold_weights_problem(path, sha256)) is not None:
+        if not path.is_file():
+            problem = (
+                "not found; train the folds (see README, 'Training') or, for a demo, create an untrained "
+                "ensemble with `petseg random-model --out DIR`"
+            )
+        raise ModelError(f"{path}: fold weights {problem}")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:

@@ -13,6 +13,8 @@ from typing import Any
 
 from petseg.errors import ModelError
 
+CARD_NAME = "model.json"  # the model card, at the top of a model folder
+
 CHANNELS = ("ct", "pet")
 AVERAGING = ("probabilities", "logits")
 BLEND_MODES = ("gaussian", "constant")

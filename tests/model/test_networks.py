@@ -60,7 +60,7 @@ def test_missing_weights_say_how_to_get_them(tmp_path):
 
 def test_checksum_mismatch_is_reported(tmp_path):
     card = create_untrained_model(tmp_path, folds=1)
-    with pytest.raises(ModelError, match="sha256 does not match"):
+    with pytest.raises(ModelError, match="do not match the sha256"):
         load_fold(card, tmp_path, "fold0.safetensors", "0" * 64)
 
 
