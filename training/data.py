@@ -43,17 +43,14 @@ from tqdm import tqdm
 import petseg.inference.preprocess
 from petseg.errors import InputError, OutputError
 from petseg.io import CaseFiles, read_case, read_image, write_atomically
+from petseg.io import nnunet_layout as nnunet
 from petseg.io.splits import Folds, grouped_folds, read_splits, write_splits
 from petseg.model.settings import PreprocessSettings
 
 log = logging.getLogger(__name__)
 
-IMAGES_FOLDER = "imagesTr"
-LABELS_FOLDER = "labelsTr"
 SPLITS_FILE = "splits_final.json"
 CACHE_FOLDER = ".petseg-cache"  # inside the dataset, unless a run names another (`--cache`)
-FILE_ENDING = ".nii.gz"
-CHANNELS = {"0000": "CT", "0001": "PET"}
 
 # Bumped whenever the layout of a cache entry changes, so old entries are never misread.
 CACHE_FORMAT = 1
@@ -85,7 +82,7 @@ def discover_dataset(root: Path) -> list[CaseRecord]:
     or label is almost always a broken copy, and a model trained without those cases would be hard to trace.
     """
     root = Path(root)
-    images, labels = root / IMAGES_FOLDER, root / LABELS_FOLDER
+    images, labels = root / nnunet.IMAGES_FOLDER, root / nnunet.LABELS_FOLDER
     if not root.is_dir():
         raise InputError(f"{root}: dataset folder not found")
     for folder in (images, labels):
@@ -94,44 +91,46 @@ def discover_dataset(root: Path) -> list[CaseRecord]:
                 f"{folder}: folder not found (expected the nnU-Net layout imagesTr/ + labelsTr/)"
             )
 
-    channel_name = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(FILE_ENDING)}$")
+    file_name = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(nnunet.FILE_ENDING)}$")
     channels: dict[str, dict[str, Path]] = {}
     for path in sorted(_dataset_files(images)):
-        match = channel_name.match(path.name)
+        match = file_name.match(path.name)
         if match is None:
             raise InputError(
-                f"{path}: not named <case>_<channel>{FILE_ENDING} (channel 0000 = CT, 0001 = PET)"
+                f"{path}: not named <case>_<channel>{nnunet.FILE_ENDING} (channel 0000 = CT, 0001 = PET)"
             )
-        if match["channel"] not in CHANNELS:
+        if match["channel"] not in nnunet.CHANNELS:
             raise InputError(
                 f"{path}: unexpected channel {match['channel']}; expected 0000 (CT) and 0001 (PET)"
             )
         channels.setdefault(match["case"], {})[match["channel"]] = path
-    label_files = {path.name[: -len(FILE_ENDING)]: path for path in _dataset_files(labels)}
+    label_files = {path.name[: -len(nnunet.FILE_ENDING)]: path for path in _dataset_files(labels)}
 
     records = []
     for case_id in sorted(channels):
         found = channels[case_id]
-        for channel, role in CHANNELS.items():
+        for channel, role in nnunet.CHANNELS.items():
             if channel not in found:
-                missing = images / f"{case_id}_{channel}{FILE_ENDING}"
+                missing = images / nnunet.channel_name(case_id, channel)
                 present = next(iter(found.values()))
                 raise InputError(f"{missing}: {role} of case {case_id!r} not found (beside {present.name})")
         if case_id not in label_files:
-            raise InputError(f"{labels / (case_id + FILE_ENDING)}: label of case {case_id!r} not found")
-        records.append(CaseRecord(case_id, ct=found["0000"], pet=found["0001"], label=label_files[case_id]))
+            raise InputError(f"{nnunet.label_path(root, case_id)}: label of case {case_id!r} not found")
+        ct, pet = found[nnunet.CT_CHANNEL], found[nnunet.PET_CHANNEL]
+        records.append(CaseRecord(case_id, ct=ct, pet=pet, label=label_files[case_id]))
     orphans = sorted(set(label_files) - set(channels))
     if orphans:
         raise InputError(f"{label_files[orphans[0]]}: label without images ({len(orphans)} such labels)")
     if not records:
-        raise InputError(f"{images}: no training cases (no *_0000{FILE_ENDING} files)")
+        pattern = nnunet.channel_name("*", nnunet.CT_CHANNEL)
+        raise InputError(f"{images}: no training cases (no {pattern} files)")
     return records
 
 
 def _dataset_files(folder: Path) -> Iterator[Path]:
     """Image files of one dataset folder; hidden files (macOS `._*`, editor backups) are not cases."""
     for path in folder.iterdir():
-        if not path.name.startswith(".") and path.name.endswith(FILE_ENDING) and path.is_file():
+        if not path.name.startswith(".") and path.name.endswith(nnunet.FILE_ENDING) and path.is_file():
             yield path
 
 

@@ -28,13 +28,14 @@ from petseg.evaluation.comparison import challenge_ranking, subset_key, wilcoxon
 from petseg.evaluation.metrics import evaluate_case
 from petseg.evaluation.stratified import stratify
 from petseg.io import image_stem, is_image_file, json_safe, read_image, write_json, write_text
+from petseg.io.nnunet_layout import PET_CHANNEL
 from petseg.io.probability import PROBABILITY_SUFFIX, read_probability
 
 CASE_COLUMNS = ("case", "dice", "fpv_ml", "fnv_ml", "lesion_dice", "lesion_count")
 PET_CASE_COLUMNS = ("tp", "fp", "fn", "f1", "tmtv_ml", "tlg", "dmax_mm")
 LESION_COLUMNS = ("case", "lesion", "mtv_ml", "suvmax", "suvmean", "dice")
 GEOMETRY_TOLERANCE = 1e-4  # relative to the spacing, as readers of NIfTI/MHA headers round
-PET_CHANNEL_SUFFIX = "_0001"  # nnU-Net: <case>_0001.nii.gz is the PET
+PET_CHANNEL_SUFFIX = f"_{PET_CHANNEL}"  # nnU-Net: <case>_0001.nii.gz is the PET
 
 
 @dataclass(frozen=True)

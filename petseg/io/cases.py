@@ -17,9 +17,10 @@ from pathlib import Path
 
 from petseg.errors import InputError
 from petseg.io import CT_FOLDER, MASK_FOLDER, PET_FOLDER, CaseFiles, find_case
+from petseg.io.nnunet_layout import CT_CHANNEL, IMAGES_FOLDER, PET_CHANNEL, TEST_IMAGES_FOLDER, channel_name
 
-NNUNET_CT = "_0000.nii.gz"
-NNUNET_PET = "_0001.nii.gz"
+NNUNET_CT = channel_name("", CT_CHANNEL)  # "_0000.nii.gz"
+NNUNET_PET = channel_name("", PET_CHANNEL)  # "_0001.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def _gc_root(folder: Path) -> Path | None:
 
 
 def _nnunet_folder(folder: Path) -> Path | None:
-    for candidate in (folder, folder / "imagesTr", folder / "imagesTs"):
+    for candidate in (folder, folder / IMAGES_FOLDER, folder / TEST_IMAGES_FOLDER):
         if candidate.is_dir() and any(candidate.glob(f"*{NNUNET_CT}")):
             return candidate
     return None
@@ -62,7 +63,7 @@ def _nnunet_cases(folder: Path) -> list[Case]:
         if not (folder / (p.name[: -len(NNUNET_PET)] + NNUNET_CT)).is_file()
     )
     if orphans:
-        raise InputError(f"{folder}: PET without CT (_0000): {', '.join(orphans)}")
+        raise InputError(f"{folder}: PET without CT (_{CT_CHANNEL}): {', '.join(orphans)}")
     return cases
 
 

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from petseg.errors import InputError
 from petseg.io import write_atomically
+from petseg.io.files import image_stem
 
 PROBABILITY_SUFFIX = "_probability.npz"
 _KEYS = ("probability", "spacing", "origin", "direction")
@@ -25,12 +26,7 @@ _KEYS = ("probability", "spacing", "origin", "direction")
 def probability_path(mask_path: Path) -> Path:
     """`<mask stem>_probability.npz` beside the mask (`case.nii.gz` -> `case_probability.npz`)."""
     mask_path = Path(mask_path)
-    stem = mask_path.name
-    for suffix in (".nii.gz", ".mha", ".mhd", ".nii", ".nrrd"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return mask_path.with_name(stem + PROBABILITY_SUFFIX)
+    return mask_path.with_name(image_stem(mask_path) + PROBABILITY_SUFFIX)
 
 
 def write_probability(probability_zyx: np.ndarray, reference: sitk.Image, path: Path) -> Path:

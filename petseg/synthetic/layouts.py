@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from petseg.geometry import Grid
 from petseg.io import write_image, write_json
+from petseg.io.nnunet_layout import CT_CHANNEL, IMAGES_FOLDER, PET_CHANNEL, channel_name, label_path
 from petseg.io.splits import grouped_folds, write_splits
 from petseg.synthetic.case import Phantom
 
@@ -46,9 +47,9 @@ def write_nnunet(phantom: Phantom, out_dir: Path) -> dict[str, str]:
     """`imagesTr/<case>_0000.nii.gz` (CT on the PET grid), `_0001` (PET) and `labelsTr/<case>.nii.gz`."""
     out_dir = Path(out_dir)
     files = {
-        "ct": out_dir / "imagesTr" / f"{phantom.case_id}_0000.nii.gz",
-        "pet": out_dir / "imagesTr" / f"{phantom.case_id}_0001.nii.gz",
-        "label": out_dir / "labelsTr" / f"{phantom.case_id}.nii.gz",
+        "ct": out_dir / IMAGES_FOLDER / channel_name(phantom.case_id, CT_CHANNEL),
+        "pet": out_dir / IMAGES_FOLDER / channel_name(phantom.case_id, PET_CHANNEL),
+        "label": label_path(out_dir, phantom.case_id),
     }
     write_image(ct_on_pet_grid(phantom), files["ct"], compress=True)
     write_image(phantom.pet, files["pet"], compress=True)
