@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +17,8 @@ from petseg.io import CT_FOLDER, PET_FOLDER, write_image
 from petseg.model.untrained import create_untrained_model
 
 REPO = Path(__file__).resolve().parents[1]
-# The autoPET III recipe as a card without weights: what `python -m training` trains for real data.
-RECIPE_CARD = REPO / "training" / "recipes" / "autopet3-resunet-gdfl.json"
+# The autoPET III recipe: what `python -m training` trains for real data.
+RECIPE = REPO / "training" / "recipes" / "autopet3-resunet-gdfl.json"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -74,3 +77,15 @@ def assert_binary_mask_on_grid(mask: sitk.Image, pet: sitk.Image) -> None:
     assert mask.GetOrigin() == pet.GetOrigin()
     assert mask.GetDirection() == pet.GetDirection()
     assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1}
+
+
+@functools.cache
+def recipe_card_text() -> str:
+    """The autoPET III recipe's card before there are weights, as `python -m training card` writes it."""
+    from training.config import TrainConfig, read_recipe
+    from training.export import recipe_card
+
+    config = TrainConfig.from_json(read_recipe(RECIPE))
+    text = json.dumps(recipe_card(config).to_json(), indent=2) + "\n"
+    # Arrays of numbers or words on one line, as a person writes a card: `"roi_size": [192, 192, 192]`.
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r",\s+", ", ", m[1]) + "]", text)

@@ -57,6 +57,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card(args: argparse.Namespace) -> int:
+    from petseg.model.card import CARD_NAME, save_card
+    from training.config import TrainConfig, TrainingError, read_recipe
+    from training.export import recipe_card
+
+    if args.folds < 1:
+        raise TrainingError(f"--folds must be at least 1, got {args.folds}")
+    config = TrainConfig.from_json(read_recipe(args.recipe))
+    card_path = args.out / CARD_NAME
+    if card_path.exists():
+        raise TrainingError(f"{card_path}: a model card is already there; choose an empty --out")
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_card(recipe_card(config, folds=args.folds, name=args.name), args.out)
+    print(f"wrote {card_path}: the card of {args.recipe.name}, {args.folds} fold(s) to train")
+    return 0
+
+
 def _fit_components(args: argparse.Namespace) -> int:
     from training.components import fit_components
 
@@ -157,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     from petseg.model.networks import PRESETS
     from petseg.model.settings import EnsembleSettings
     from training.components import DEFAULT_MINIMUM_PROBABILITY
-    from training.config import add_config_arguments
+    from training.config import DEFAULT_RECIPE, add_config_arguments
     from training.demo import DemoRecipe
     from training.export import CHECKPOINTS
     from training.losses import LOSSES
@@ -223,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
         "probability P (default: none)",
     )
     export.set_defaults(run=_export)
+
+    card = commands.add_parser(
+        "card", help="write the card a recipe's folds will be exported with, before there are weights"
+    )
+    card.add_argument(
+        "--recipe", type=Path, default=DEFAULT_RECIPE, help="training recipe (default: the autoPET III one)"
+    )
+    card.add_argument("--out", type=Path, required=True, help="model folder to write model.json into")
+    card.add_argument("--folds", type=int, default=5, help="number of folds (default %(default)s)")
+    card.add_argument("--name", default=None, help="model name in the card")
+    card.set_defaults(run=_card)
 
     components = commands.add_parser(
         "fit-components",

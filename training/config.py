@@ -1,9 +1,10 @@
 """One typed training configuration: its defaults come from a recipe file, its command-line options are
 built from its fields, and a run's `run.json` is read back into it.
 
-A recipe is a data file (`training/recipes/*.train.json`): the `train` object holds values for the fields
-below. `autopet3-resunet-gdfl.train.json` is the default recipe, so the dataclass defaults, the
-`python -m training train` defaults shown by `--help` and the autoPET III recipe are one set of numbers.
+A recipe is a data file (`training/recipes/*.json`, format "petseg-training-recipe"): the `train` object
+holds values for the fields below. `autopet3-resunet-gdfl.json` is the default recipe, so the dataclass
+defaults, the `python -m training train` defaults shown by `--help` and the autoPET III recipe are one set
+of numbers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from petseg.errors import PetsegError
 from petseg.model.settings import EnsembleSettings
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
-DEFAULT_RECIPE = RECIPES / "autopet3-resunet-gdfl.train.json"
+DEFAULT_RECIPE = RECIPES / "autopet3-resunet-gdfl.json"
 RECIPE_FORMAT = "petseg-training-recipe"
 # Settings that may change when a run is resumed; everything else must match the stored run.
 RESUMABLE = {"resume", "num_workers", "device", "cache_dir", "progress"}
@@ -184,7 +185,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, choices: dict[str, Seq
         "--recipe",
         type=Path,
         default=DEFAULT_RECIPE,
-        help=f"training recipe (a .train.json file) whose settings the options below override (default "
+        help=f"training recipe (format petseg-training-recipe) whose settings the options below override "
+        f"(default "
         f"{DEFAULT_RECIPE.relative_to(RECIPES.parents[1])})",
     )
     for spec in fields(TrainConfig):

@@ -156,9 +156,7 @@ def export(
         raise TrainingError(f"the runs repeat a fold: {shown}")
 
     config: TrainConfig = first["settings"]
-    architecture = Architecture(config.arch, dict(config.arch_args))
-    window = (config.window,) * 3
-    settings = PreprocessSettings(spacing_mm=config.spacing_mm)
+    architecture, settings, ensemble = card_settings(config, inference)
     classifier = _fit_tracer_classifier(config.data, settings) if tracers else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +171,7 @@ def export(
         else:
             sha256 = save_state(run["state"], target)
         entries.append(Fold(fold=fold, weights=target.name, sha256=sha256, tracer=tracer))
-    build_network(architecture, window)  # the card must describe a buildable network
+    build_network(architecture, ensemble.roi_size)  # the card must describe a buildable network
     scores = [float(run["chosen"]["val_score"]) for run in runs]
     provenance: dict[str, Any] = {
         "trained": True,
@@ -188,13 +186,7 @@ def export(
         architecture=architecture,
         preprocessing=settings,
         folds=tuple(entries),
-        ensemble=replace(
-            inference,
-            roi_size=window,
-            overlap=config.overlap,
-            # Test-time mirrors only where training mirrored: left-right patches, or none.
-            mirror_axes=((0,),) if config.flip_probability > 0 else (),
-        ),
+        ensemble=ensemble,
         provenance={
             **provenance,
             "dataset_fingerprint": first["dataset_fingerprint"],
@@ -229,6 +221,49 @@ def export(
         return fit_components(out_dir, config.data, component_filter, progress=False)
     except TrainingError as error:
         raise TrainingError(f"{error} ({out_dir} was written without a component filter)") from None
+
+
+def card_settings(
+    config: TrainConfig, inference: EnsembleSettings | None = None
+) -> tuple[Architecture, PreprocessSettings, EnsembleSettings]:
+    """The network, preprocessing and ensemble a card of runs trained with `config` describes: the
+    sliding window as validation used it, and the inference settings (`threshold`, growth) of `inference`.
+    """
+    ensemble = replace(
+        inference or EnsembleSettings(),
+        roi_size=(config.window,) * 3,
+        overlap=config.overlap,
+        # Test-time mirrors only where training mirrored: left-right patches, or none.
+        mirror_axes=((0,),) if config.flip_probability > 0 else (),
+    )
+    return (
+        Architecture(config.arch, dict(config.arch_args)),
+        PreprocessSettings(spacing_mm=config.spacing_mm),
+        ensemble,
+    )
+
+
+def recipe_card(config: TrainConfig, folds: int = 5, name: str | None = None) -> ModelCard:
+    """The card a recipe's `folds` runs will be exported with, before there are weights: a model folder
+    to fill (`trained` false, each fold's `fold<K>.safetensors` still to come)."""
+    architecture, settings, ensemble = card_settings(config)
+    build_network(architecture, ensemble.roi_size)  # the card must describe a buildable network
+    return ModelCard(
+        name=name or f"petseg-{config.arch}-{config.loss}",
+        architecture=architecture,
+        preprocessing=settings,
+        folds=tuple(Fold(fold=k, weights=f"fold{k}.safetensors", sha256=None) for k in range(folds)),
+        ensemble=ensemble,
+        provenance={
+            "trained": False,
+            "note": "fold weights not trained yet: train them with the training package, or create an "
+            "untrained demo ensemble with `petseg random-model --out DIR`",
+            "loss": config.loss,
+            "epochs": config.epochs,
+            "commit": None,
+        },
+        training=shared_training_settings(config),
+    )
 
 
 def _remove_stale_weights(out_dir: Path, kept: set[str]) -> None:

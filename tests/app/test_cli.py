@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import RECIPE_CARD, all_files
+from conftest import all_files, recipe_card_text
 
 from petseg.app.cli import main
 from petseg.io import MASK_FOLDER
@@ -131,7 +131,7 @@ def test_random_model_and_check_model(tmp_path, capsys):
 
 
 def test_check_model_reports_missing_weights(tmp_path, capsys):
-    (tmp_path / "model.json").write_text(RECIPE_CARD.read_text())
+    (tmp_path / "model.json").write_text(recipe_card_text())
     assert main(["check-model", str(tmp_path)]) == 4
     assert "fold weights not found" in capsys.readouterr().err
 
@@ -173,7 +173,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys, tiny_model_dir):
 def test_demo_on_fresh_phantoms_with_a_model_lacking_weights(tmp_path, capsys):
     empty = tmp_path / "no-weights"
     empty.mkdir()
-    (empty / "model.json").write_text(RECIPE_CARD.read_text())
+    (empty / "model.json").write_text(recipe_card_text())
     for weights in empty.glob("*.safetensors"):
         weights.unlink()
     assert main(["demo", "--out", str(tmp_path / "b"), "--model", str(empty), "--phantoms", "1"]) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import RECIPE_CARD, REPO, all_files, run_process, write_gc_input
+from conftest import REPO, all_files, recipe_card_text, run_process, write_gc_input
 
 import petseg.app.runtime as runtime
 from petseg.app.process import process_main
@@ -98,7 +98,7 @@ def test_process_py_without_weights_says_how_to_get_them(tmp_path):
     input_dir, _ = phantom_input(tmp_path / "input")
     model = tmp_path / "model"
     model.mkdir()
-    (model / "model.json").write_text(RECIPE_CARD.read_text())  # the card, no weights
+    (model / "model.json").write_text(recipe_card_text())  # the card, no weights
     result = run_process("--input", input_dir, "--output", tmp_path / "output", "--model", model)
     assert result.returncode == 4
     assert "petseg random-model" in result.stderr

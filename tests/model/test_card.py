@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import RECIPE_CARD
+from conftest import recipe_card_text
 
 from petseg.errors import ModelError
 from petseg.model.card import (
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def shipped() -> dict:
     """The autoPET III recipe card (the shipped demo model has a card of its own, tested below)."""
-    return json.loads(RECIPE_CARD.read_text())
+    return json.loads(recipe_card_text())
 
 
 def test_defaults_are_the_seed_pipeline():
@@ -265,10 +265,11 @@ def test_an_invalid_card_is_refused_before_any_weights_are_read(tmp_path, monkey
 
 
 def recipe_text(old: str, new: str) -> str:
-    """The recipe card's JSON text with one literal replaced (numbers no Python dict could carry)."""
-    text = RECIPE_CARD.read_text()
-    assert text.count(old) == 1, old
-    return text.replace(old, new)
+    """The recipe card's JSON text with one literal replaced (numbers no Python dict could carry): its
+    first occurrence, which lies before the card's `training` section repeats a training setting."""
+    text = recipe_card_text()
+    assert old in text, old
+    return text.replace(old, new, 1)
 
 
 BAD_TEXTS = {
@@ -310,7 +311,7 @@ BAD_TEXTS = {
         "preprocessing.spacing_mm[1] must be a finite number, got nan",
     ),
     "NaN in provenance": (
-        recipe_text('"validation_dice": null', '"validation_dice": NaN'),
+        recipe_text('"trained": false', '"trained": false, "validation_dice": NaN'),
         "provenance.validation_dice must be a finite number, got nan",
     ),
 }
@@ -329,7 +330,7 @@ def test_card_text_beyond_json_ordinary_range_is_a_bad_card(tmp_path, case):
 
 
 def test_read_card_json_returns_an_ordinary_card(tmp_path):
-    (tmp_path / CARD_NAME).write_text(RECIPE_CARD.read_text())
+    (tmp_path / CARD_NAME).write_text(recipe_card_text())
     assert read_card_json(tmp_path / CARD_NAME) == shipped()
 
 
@@ -651,8 +652,10 @@ def test_a_card_linked_from_outside_the_model_folder_is_refused(tiny_model_dir, 
 
 
 def test_version_2_cards_record_the_training_settings_and_version_1_cards_still_load(tmp_path):
-    data = shipped()
-    assert data["version"] == 1
+    recipe = shipped()  # written now: version 2, with the recipe's training settings
+    assert recipe["version"] == 2
+    assert recipe["training"]["loss"] == "gdfl"
+    data = {key: value for key, value in recipe.items() if key != "training"} | {"version": 1}
     old = parse_card(data)  # version 1: no training section
     assert old.training is None
     written = old.to_json()

@@ -81,3 +81,26 @@ def test_run_json_reads_back_into_the_config():
         TrainConfig.from_json(older).flip_probability
         == TrainConfig(data="d", fold=0, out="o").flip_probability
     )
+
+
+def test_the_recipe_card_is_what_an_export_of_the_recipe_describes(tmp_path, capsys):
+    """`python -m training card` writes the recipe's card before there are weights: the window, overlap
+    and spacing come from the recipe (one place), the card loads, and it is marked untrained."""
+    from petseg.model.card import CARD_NAME, load_card
+    from training.__main__ import main
+
+    assert main(["card", "--out", str(tmp_path / "m"), "--folds", "3"]) == 0
+    card = load_card(tmp_path / "m")
+    recipe = read_recipe(DEFAULT_RECIPE)
+    assert card.ensemble.roi_size == (recipe["window"],) * 3
+    assert card.ensemble.overlap == recipe["overlap"]
+    assert card.preprocessing.spacing_mm == tuple(recipe["spacing_mm"])
+    assert card.architecture.name == recipe["arch"]
+    assert [f.weights for f in card.folds] == ["fold0.safetensors", "fold1.safetensors", "fold2.safetensors"]
+    assert not card.trained
+    assert card.training["loss"] == recipe["loss"]
+    # A second card into the same folder is refused, and the first is left as it was.
+    before = (tmp_path / "m" / CARD_NAME).read_bytes()
+    assert main(["card", "--out", str(tmp_path / "m")]) != 0
+    assert "a model card is already there" in capsys.readouterr().err
+    assert (tmp_path / "m" / CARD_NAME).read_bytes() == before
