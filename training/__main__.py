@@ -107,12 +107,12 @@ def _demo(args: argparse.Namespace) -> int:
         "hot_probability",
         "batch_dice",
         "val_every",
-        "workers",
         "device",
         "parallel",
     )
     recipe = DemoRecipe(
         **{option: getattr(args, option) for option in options},
+        workers=args.num_workers,
         spacing_mm=network_spacing(args.spacing_mm),
         tracers=DemoRecipe.tracers if args.split_by_tracer else (),
     )
@@ -136,45 +136,13 @@ def _analyse_weighting(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_patch_options(
-    parser: argparse.ArgumentParser,
-    hot_probability: float,
-    flip_probability: float,
-    spacing_mm: tuple[float, float, float],
-) -> None:
-    """The grid and patch-sampling options `train` and `demo` share, at their defaults."""
-    parser.add_argument(
-        "--spacing-mm",
-        type=float,
-        nargs="+",
-        default=list(spacing_mm),
-        metavar="MM",
-        help="the network grid: one value (isotropic) or x y z, in mm (default "
-        f"{' '.join(f'{v:g}' for v in spacing_mm)}); written to the card's preprocessing",
-    )
-    parser.add_argument(
-        "--hot-probability",
-        type=float,
-        default=hot_probability,
-        help="share of patches centred on hot uptake outside the lesions (physiological: glands, kidneys, "
-        f"...; default {hot_probability:g})",
-    )
-    parser.add_argument(
-        "--flip-probability",
-        type=float,
-        default=flip_probability,
-        help=f"probability of a left-right mirrored patch (default {flip_probability:g}; the autoPET III "
-        "entry's recipe has none)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     from petseg.inference.compute_choices import DEVICES
     from petseg.io.splits import TRACERS
     from petseg.model.networks import PRESETS
     from petseg.model.settings import EnsembleSettings
     from training.components import DEFAULT_MINIMUM_PROBABILITY
-    from training.config import DEFAULT_RECIPE, add_config_arguments
+    from training.config import DEFAULT_RECIPE, add_config_arguments, add_field_options
     from training.demo import DemoRecipe
     from training.export import CHECKPOINTS
     from training.losses import LOSSES
@@ -184,10 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train one fold (torchrun for several GPUs)")
-    add_config_arguments(
-        train,
-        {"losses": LOSSES, "architectures": sorted(PRESETS), "tracers": TRACERS, "devices": DEVICES},
-    )  # fmt: skip
+    choices = {"losses": LOSSES, "architectures": sorted(PRESETS), "tracers": TRACERS, "devices": DEVICES}
+    add_config_arguments(train, choices)
     train.add_argument(
         "--batch-dice",
         action="store_true",
@@ -313,17 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="one ensemble per tracer, each trained on its tracer's phantoms (default); "
         "--no-split-by-tracer: one ensemble for every case",
     )
-    demo.add_argument("--epochs", type=int, default=defaults.epochs)
-    _add_patch_options(demo, defaults.hot_probability, defaults.flip_probability, defaults.spacing_mm)
+    fields_of_train = ("epochs", "spacing_mm", "hot_probability", "flip_probability", "val_every")
+    add_field_options(demo, {name: getattr(defaults, name) for name in fields_of_train}, choices)
     demo.add_argument(
         "--batch-dice",
         action=argparse.BooleanOptionalAction,
         default=defaults.batch_dice,
         help="pool the Dice over the batch, so false positives in lesion-free patches count",
     )
-    demo.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N epochs")
-    demo.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes per fold")
-    demo.add_argument("--device", choices=DEVICES, default=defaults.device, help="default: the CPU")
+    add_field_options(demo, {"num_workers": defaults.workers, "device": defaults.device}, choices)
     demo.add_argument(
         "--parallel",
         type=int,

@@ -193,32 +193,55 @@ def add_config_arguments(parser: argparse.ArgumentParser, choices: dict[str, Seq
         cli = spec.metadata.get("cli")
         if cli is None or cli.get("kind") == "loss_options":
             continue
-        flag = cli.get("flag", "--" + spec.name.replace("_", "-"))
-        kind = cli.get("kind", "value")
-        required = spec.default is MISSING and spec.default_factory is MISSING
-        shown = "" if required else f" (recipe default: {_shown(spec)})"
-        options: dict[str, Any] = {"dest": spec.name, "help": cli.get("help", "") + shown}
-        if kind == "value":
-            options["metavar"] = flag.lstrip("-").upper().replace("-", "_")
-        if required:
-            options["required"] = True
-        else:
-            options["default"] = argparse.SUPPRESS
-        if kind == "flag":
-            options["action"] = "store_true"
-        elif kind == "negated":
-            options["action"] = "store_false"
-        elif kind == "json":
-            options["metavar"] = "JSON"  # parsed by config_from_args, with a one-line TrainingError
-        elif kind == "spacing":
-            options.update(type=float, nargs="+", metavar="MM")
-        else:
-            options["type"] = _field_type(spec)
-            if "choices" in cli:
-                options["choices"] = choices[cli["choices"]]
-                del options["metavar"]
-        flags = [flag, "-q"] if flag == "--quiet" else [flag]
-        parser.add_argument(*flags, **options)
+        _add_field_option(parser, spec, choices, argparse.SUPPRESS, "recipe default")
+
+
+def add_field_options(
+    parser: argparse.ArgumentParser,
+    defaults: dict[str, Any],
+    choices: dict[str, Sequence[str]],
+) -> None:
+    """Options for some fields of `TrainConfig`, with other defaults (the demo's): the same flags, types
+    and help as `train`'s, so a setting reads the same wherever it is given."""
+    by_name = {spec.name: spec for spec in fields(TrainConfig)}
+    for name, default in defaults.items():
+        _add_field_option(parser, by_name[name], choices, default, "default")
+
+
+def _add_field_option(
+    parser: argparse.ArgumentParser,
+    spec: Any,
+    choices: dict[str, Sequence[str]],
+    default: Any,
+    default_label: str,
+) -> None:
+    cli = spec.metadata["cli"]
+    flag = cli.get("flag", "--" + spec.name.replace("_", "-"))
+    kind = cli.get("kind", "value")
+    required = spec.default is MISSING and spec.default_factory is MISSING
+    shown = "" if required else f" ({default_label}: {_shown(spec, default)})"
+    options: dict[str, Any] = {"dest": spec.name, "help": cli.get("help", "") + shown}
+    if kind == "value":
+        options["metavar"] = flag.lstrip("-").upper().replace("-", "_")
+    if required:
+        options["required"] = True
+    else:
+        options["default"] = default
+    if kind == "flag":
+        options["action"] = "store_true"
+    elif kind == "negated":
+        options["action"] = "store_false"
+    elif kind == "json":
+        options["metavar"] = "JSON"  # parsed by config_from_args, with a one-line TrainingError
+    elif kind == "spacing":
+        options.update(type=float, nargs="+", metavar="MM")
+    else:
+        options["type"] = _field_type(spec)
+        if "choices" in cli:
+            options["choices"] = choices[cli["choices"]]
+            del options["metavar"]
+    flags = [flag, "-q"] if flag == "--quiet" else [flag]
+    parser.add_argument(*flags, **options)
 
 
 def config_from_args(args: argparse.Namespace, loss_options: dict[str, float | bool]) -> TrainConfig:
@@ -235,9 +258,11 @@ def config_from_args(args: argparse.Namespace, loss_options: dict[str, float | b
     return TrainConfig(**settings)
 
 
-def _shown(spec: Any) -> str:
-    value = spec.default if spec.default is not MISSING else spec.default_factory()
-    if isinstance(value, tuple):
+def _shown(spec: Any, value: Any = argparse.SUPPRESS) -> str:
+    """A default as `--help` shows it: the field's own (the recipe's), unless another is given."""
+    if value is argparse.SUPPRESS:
+        value = spec.default if spec.default is not MISSING else spec.default_factory()
+    if isinstance(value, (tuple, list)):
         return " ".join(f"{v:g}" for v in value)
     if isinstance(value, dict):
         return json.dumps(value)
