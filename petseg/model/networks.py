@@ -1,6 +1,6 @@
 """Networks named by the model card, and their fold weights.
 
-`resunet` is exactly the network of the autoPET III seed entry (MONAI 3D Residual UNet, 19,223,525
+`resunet` is exactly the network of the autoPET III entry (MONAI 3D Residual UNet, 19,223,525
 parameters); `resunet-tiny` is the same design at a fraction of the width and depth, for demos and tests.
 Fold weights are safetensors files holding the network's state dict and nothing else: loading them can
 never run code.
