@@ -1,4 +1,4 @@
-"""The autoPET III entry's inference, written with MONAI the way the autoPET III entry wrote it: the reference to beat.
+"""The autoPET III entry's inference, written with MONAI the way the entry wrote it: the reference to beat.
 
 The entry (spec section 2) converted the Grand-Challenge .mha inputs to NIfTI with SimpleITK and ran MONAI
 dictionary transforms: LoadImaged of CT and PET, EnsureChannelFirstd, ScaleIntensityRanged of the CT from

@@ -26,9 +26,8 @@ from training.trainer import CHECKPOINT, TrainConfig, TrainingError, TrainResult
 log = logging.getLogger("petseg.training")
 
 # Fresh phantoms for judging a demo ensemble: a seed no demo dataset uses, alternating FDG and PSMA, every
-# case with lesions (Dice is undefined without). The per-case Dice spreads widely (SD about 0.27), so the
-# mean of 12 cases was uncertain by about 0.08: the ensemble of e84cd26 scored 0.649 on the first 12 of
-# these cases and 0.591 on all 24.
+# case with lesions (Dice is undefined without). The per-case Dice spreads widely, so a mean over few cases
+# is uncertain (docs/experiments/demo-recipe.md).
 EVALUATION_SEED = 20261122
 
 

@@ -145,9 +145,8 @@ def fuse_batch_norms(network: torch.nn.Module) -> int:
 
     Only MONAI `Convolution` blocks whose norm comes first after the convolution (ordering "N..") are
     touched: there `norm(conv(x))` is one affine map per channel, which the convolution's weights and bias
-    absorb. It saves one full pass over every activation (a 128³ `resunet` window in bf16 on a 2-core CPU:
-    0.368 s against 0.431 s). The network must be in eval mode and stay there: folded weights cannot be
-    trained.
+    absorb. It saves one full pass over every activation (measured in docs/inference.md). The network must
+    be in eval mode and stay there: folded weights cannot be trained.
     """
     if network.training:
         raise ValueError("batch norms fold only into a network in eval mode")
