@@ -124,7 +124,11 @@ def _predict(args: argparse.Namespace) -> int:
             else:
                 run_to_file(case.files, destination, predictor, timer, probability_to, tracer)
             if args.preview:
-                _write_case_preview(case, destination, args.output / "preview" / f"{case.name}.png")
+                from petseg.evaluation.preview import preview_title
+                from petseg.io.splits import tracer_of
+
+                title = preview_title(case.name, predictor.card.name, tracer or tracer_of(case.name))
+                _write_case_preview(case, destination, args.output / "preview" / f"{case.name}.png", title)
         except PetsegError as error:
             log.error("%s: %s", case.name, error)
             failed[case.name] = error.exit_code
@@ -142,13 +146,14 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_case_preview(case: Case, mask_path: Path, destination: Path) -> None:
+def _write_case_preview(case: Case, mask_path: Path, destination: Path, title: str) -> None:
     import SimpleITK as sitk
 
     from petseg.evaluation.preview import write_preview
     from petseg.io import read_image
 
-    write_preview(read_image(case.files.pet, "PET"), sitk.ReadImage(str(mask_path)), None, destination)
+    pet = read_image(case.files.pet, "PET")
+    write_preview(pet, sitk.ReadImage(str(mask_path)), None, destination, title=title)
 
 
 def _random_model(args: argparse.Namespace) -> int:

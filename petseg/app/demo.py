@@ -15,12 +15,13 @@ import SimpleITK as sitk
 
 from petseg.errors import ModelError
 from petseg.evaluation.metrics import dice
-from petseg.evaluation.preview import write_preview
+from petseg.evaluation.preview import preview_title, write_preview
 from petseg.inference.pipeline import run_grand_challenge
 from petseg.inference.predict import Predictor
 from petseg.inference.timing import StageTimer
 from petseg.io import find_image
 from petseg.io.cases import discover_cases
+from petseg.io.splits import tracer_of
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def run_demo(
             mask_image,
             truth_image,
             out_dir / "preview" / f"{case.name}.png",
+            title=preview_title(case.name, predictor.card.name, tracer_of(case.name)),
         )
         mask = sitk.GetArrayFromImage(mask_image).astype(bool)
         truth = sitk.GetArrayFromImage(truth_image).astype(bool)

@@ -21,7 +21,7 @@ from petseg.io import write_atomically
 GROUP_COLOURS = {"correct": "tab:green", "incorrect": "tab:red"}
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
@@ -34,10 +34,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(figure: Any) -> bytes:
-    plt = _pyplot()
+def figure_png(figure: Any, tight: bool = True) -> bytes:
+    """A figure as PNG bytes at 100 dpi (laid out tightly unless its axes are placed by hand); closed."""
+    plt = pyplot()
     buffer = io.BytesIO()
-    figure.tight_layout()
+    if tight:
+        figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     return buffer.getvalue()
@@ -46,7 +48,7 @@ def _png(figure: Any) -> bytes:
 def rgb_png(rgb: np.ndarray) -> bytes:
     """An (H, W, 3) uint8 picture as PNG bytes."""
     buffer = io.BytesIO()
-    _pyplot().imsave(buffer, rgb, format="png")
+    pyplot().imsave(buffer, rgb, format="png")
     return buffer.getvalue()
 
 
@@ -57,7 +59,7 @@ def write_png(png: bytes, path: Path) -> Path:
 
 def calibration_png(calibration: Mapping[str, Any]) -> bytes:
     """Entropy and confidence histograms of correct and incorrect voxels (each group normalised)."""
-    plt = _pyplot()
+    plt = pyplot()
     histograms = calibration["histograms"]
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for axis, quantity in zip(axes, ("entropy", "confidence"), strict=True):
@@ -79,12 +81,12 @@ def calibration_png(calibration: Mapping[str, Any]) -> bytes:
     gap = calibration.get("calibration_gap")
     gap_text = "-" if gap is None or (isinstance(gap, float) and math.isnan(gap)) else f"{gap:.4f}"
     figure.suptitle(f"voxel calibration (calibration gap {gap_text})")
-    return _png(figure)
+    return figure_png(figure)
 
 
 def box_plots_png(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], group_by: str | None) -> bytes:
     """One box plot per metric over the cases, one box per value of `group_by` (or all cases in one)."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.6), squeeze=False)
     groups = sorted({str(r.get(group_by, "")) for r in rows}) if group_by else ["all cases"]
     for axis, metric in zip(axes[0], metrics, strict=True):
@@ -97,14 +99,14 @@ def box_plots_png(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], gro
         axis.boxplot(data, tick_labels=labels, showmeans=True)
         axis.set_title(metric)
         axis.tick_params(axis="x", labelsize=7)
-    return _png(figure)
+    return figure_png(figure)
 
 
 def stratified_png(stratified: Mapping[str, Mapping[str, Any]]) -> bytes | None:
     """Median Dice over the TMTV and MTV thresholds per scenario, and per Dmax quartile (None: no data)."""
     if not any("tmtv_thresholds" in entry for entry in stratified.values()):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = (
         ("tmtv_thresholds", "tmtv_ml_at_least", "TMTV at least (ml)", "patient level: median Dice"),
@@ -126,12 +128,12 @@ def stratified_png(stratified: Mapping[str, Mapping[str, Any]]) -> bytes | None:
     axes[2].set(
         xlabel="Dmax quartile (cm)", ylabel="median Dice", title="multiple lesions: spread", ylim=(0, 1)
     )
-    return _png(figure)
+    return figure_png(figure)
 
 
 def weighting_png(result: Mapping[str, Any]) -> bytes:
     """Mean gradient norm per difficulty bin (left) and how many voxels each bin holds (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     curve = result["curve"]
     centres = [sum(b["difficulty"]) / 2 for b in curve]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -146,7 +148,7 @@ def weighting_png(result: Mapping[str, Any]) -> bytes:
     right.bar(centres, [b["voxels"] for b in curve], width=1.0 / len(curve), color="tab:gray")
     right.set(xlabel="difficulty |p - t|", ylabel="voxels", yscale="log", xlim=(0, 1))
     right.set_title(f"{result['voxels']:,} voxels, {result['cases']} case(s)")
-    return _png(figure)
+    return figure_png(figure)
 
 
 def _finite(value: Any) -> bool:

@@ -21,8 +21,15 @@ import SimpleITK as sitk
 
 from petseg import __version__
 from petseg.evaluation.comparison import subset_key
-from petseg.evaluation.plots import box_plots_png, calibration_png, rgb_png, stratified_png
-from petseg.evaluation.preview import FALSE_POSITIVE_RGB, FOUND_RGB, MATCHED_RGB, MISSED_RGB, outline_panel
+from petseg.evaluation.plots import box_plots_png, calibration_png, stratified_png
+from petseg.evaluation.preview import (
+    FALSE_POSITIVE_RGB,
+    FOUND_RGB,
+    MATCHED_RGB,
+    MISSED_RGB,
+    annotated_png,
+    outline_panel,
+)
 from petseg.io import read_image, write_text
 
 GALLERY_CASES = 60
@@ -34,6 +41,14 @@ IMAGE_CHECK = (
     'all.filter((i) => i.complete && i.naturalWidth > 0).length + "/" + all.length; });'
 )
 BOX_METRICS = ("dice", "fpv_ml", "fnv_ml", "lesion_dice", "f1")
+# The autoPET definitions, in one sentence a clinician can check a row against.
+METRIC_DEFINITIONS = (
+    "autoPET definitions: Dice is the voxel overlap of prediction and ground truth; FPV (false-positive "
+    "volume) is the volume of predicted components that touch no true lesion, and FNV (false-negative "
+    "volume) the volume of true lesions that no predicted component touches (components 18-connected), so "
+    "a case whose every lesion is touched and whose every prediction touches a lesion has FPV = FNV = 0 ml "
+    "even when its Dice is low."
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
@@ -43,8 +58,8 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 img.figure { max-width: 100%; }
 .gallery { display: flex; flex-wrap: wrap; gap: 12px; }
-.case { border: 1px solid #ddd; padding: 6px; font-size: 0.8em; }
-.case img { display: block; height: 360px; }
+.case { border: 1px solid #ddd; padding: 6px; font-size: 0.8em; max-width: 520px; overflow-wrap: anywhere; }
+.case img { display: block; height: 480px; }
 .key span { display: inline-block; width: 1em; height: 1em; margin: 0 4px 0 12px; vertical-align: middle; }
 """
 
@@ -71,7 +86,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _summary_section(summary: Mapping[str, Any]) -> str:
     parts = [
         f"<p>{summary['cases']} cases, {summary['lesion_free_cases']} of them lesion-free "
-        "(scored by false-positive volume only).</p>"
+        "(scored by false-positive volume only).</p>",
+        f"<p>{METRIC_DEFINITIONS}</p>",
     ]
     parts.append(
         _table(
@@ -146,12 +162,13 @@ def _case_figure(case: Any, row: Mapping[str, Any]) -> str:
     else:
         prediction = np.zeros_like(truth)
     background = read_image(case.pet, "PET") if case.pet is not None else truth_image
-    panel = outline_panel(background, truth, prediction)
+    # The report's key above the gallery explains the colours; each panel carries its R/L markers and scale.
+    png = annotated_png([("", outline_panel(background, truth, prediction))], "", ())
     caption = (
         f"<b>{html.escape(row['case'])}</b><br>Dice {_number(row['dice'])}, FPV {_number(row['fpv_ml'])} ml, "
         f"FNV {_number(row['fnv_ml'])} ml, {row['lesion_count']} lesion(s)"
     )
-    return f'<div class="case">{_png_tag(rgb_png(panel), row["case"], "mip")}{caption}</div>'
+    return f'<div class="case">{_png_tag(png, row["case"], "mip")}{caption}</div>'
 
 
 def write_report(

@@ -37,6 +37,9 @@ def test_report_is_self_contained_with_every_section(tmp_path):
     assert "https://" not in document
     assert "<td>dice</td>" in document
     assert "3 cases, 1 of them lesion-free" in document
+    # One sentence says why a low Dice can come with FPV = FNV = 0 (the autoPET component definitions).
+    assert "FPV = FNV = 0 ml" in document
+    assert "overflow-wrap: anywhere" in document  # long case names wrap instead of being cut
 
 
 def test_gallery_size_and_opting_out(tmp_path):
