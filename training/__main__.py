@@ -261,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="phantoms -> five resunet-tiny folds per tracer (on the CPU by default) -> model folder",
     )
     demo.add_argument(
-        "--out", type=Path, default=Path("model"), help="model folder to write (default model/)"
+        "--out",
+        type=Path,
+        required=True,
+        help="model folder to write (required: the shipped model/ is only replaced when you name it)",
     )
     demo.add_argument("--work", type=Path, default=Path("demo-training"), help="phantoms and fold runs")
     demo.add_argument("--cases", type=int, default=defaults.cases)

@@ -435,6 +435,12 @@ def test_training_demo_command_line_reaches_the_recipe(tmp_path, monkeypatch, ca
     assert main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m"), "--no-split-by-tracer"]) == 0
     assert seen[-1] == DemoRecipe(tracers=())
     assert "1 fold(s)" in capsys.readouterr().out
+    # Run bare, it would have replaced the shipped model/: --out is required, and nothing runs without it.
+    with pytest.raises(SystemExit) as raised:
+        main(["demo", "--work", str(tmp_path)])
+    assert raised.value.code == 2
+    assert "--out" in capsys.readouterr().err
+    assert len(seen) == 3
 
 
 def test_training_demo_refuses_a_bad_grid_before_generating_anything(tmp_path):
