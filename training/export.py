@@ -256,8 +256,8 @@ def recipe_card(config: TrainConfig, folds: int = 5, name: str | None = None) ->
         ensemble=ensemble,
         provenance={
             "trained": False,
-            "note": "fold weights not trained yet: train them with the training package, or create an "
-            "untrained demo ensemble with `petseg random-model --out DIR`",
+            "note": "fold weights not trained yet: train them with `python -m training` and export them "
+            "into this folder (docs/training.md)",
             "loss": config.loss,
             "epochs": config.epochs,
             "commit": None,

@@ -207,8 +207,8 @@ def load_fold(card: FoldSource, model_dir: Path, weights: str, sha256: str | Non
     if (problem := fold_weights_problem(path, sha256)) is not None:
         if not path.is_file():
             problem = (
-                "not found; train the folds (see README, 'Training') or, for a demo, create an untrained "
-                "ensemble with `petseg random-model --out DIR`"
+                "not found: this card's folds have no weights yet; train them (`python -m training`, see "
+                "docs/training.md) and export them here, or run the shipped demonstration model in model/"
             )
         raise ModelError(f"{path}: fold weights {problem}")
     try:

@@ -101,7 +101,8 @@ def test_process_py_without_weights_says_how_to_get_them(tmp_path):
     (model / "model.json").write_text(recipe_card_text())  # the card, no weights
     result = run_process("--input", input_dir, "--output", tmp_path / "output", "--model", model)
     assert result.returncode == 4
-    assert "petseg random-model" in result.stderr
+    assert "python -m training" in result.stderr
+    assert "random-model" not in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("petseg: error:")
     assert all_files(tmp_path / "output") == []

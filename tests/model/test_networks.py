@@ -54,8 +54,12 @@ def test_weights_round_trip_through_safetensors(tmp_path):
 def test_missing_weights_say_how_to_get_them(tmp_path):
     card = create_untrained_model(tmp_path, folds=1)
     (tmp_path / "fold0.safetensors").unlink()
-    with pytest.raises(ModelError, match="petseg random-model"):
+    with pytest.raises(ModelError, match="train them") as raised:
         load_fold(card, tmp_path, "fold0.safetensors", None)
+    # Training and the shipped model are the ways to weights; random ones are for tests, not advice.
+    assert "python -m training" in str(raised.value)
+    assert "model/" in str(raised.value)
+    assert "random-model" not in str(raised.value)
 
 
 def test_checksum_mismatch_is_reported(tmp_path):
