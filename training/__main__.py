@@ -34,6 +34,10 @@ def _train(args: argparse.Namespace) -> int:
     config = config_from_args(args, _loss_options(args, loss))
     result = train(config)
     print(f"best validation score {result.best_score:.4f} at epoch {result.best_epoch} ({config.out})")
+    print(
+        "next: train the other folds (--fold 0-4), then make the model folder with\n"
+        f"  python -m training export {config.out.parent / '<run of each fold>'} ... --out MODEL_DIR"
+    )
     return 0
 
 

@@ -88,6 +88,8 @@ def _read_run(run_dir: Path, checkpoint: str) -> dict[str, Any]:
         if not best.is_file():
             raise TrainingError(f"{run_dir}: no {BEST_WEIGHTS} yet (the run has not validated once)")
         run["chosen"] = json.loads((run_dir / "best.json").read_text())
+        if run["chosen"].get("val_score") is None:  # null: no validation case had a score
+            run["chosen"]["val_score"] = math.nan
         return run
     state = load_checkpoint(run_dir)
     epochs, done = run["settings"].epochs, int(state["epoch"]) + 1

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from petseg.evaluation.metrics import case_scores
 from petseg.inference.predict import ComputeDevice, FoldEnsemble, sliding_window_probability, training_device
+from petseg.io import json_safe
 from petseg.io.splits import TRACERS, tracer_of
 from petseg.model.networks import build_network, input_divisor, save_state
 from petseg.model.settings import Architecture, EnsembleSettings, PreprocessSettings
@@ -278,7 +279,7 @@ class _RunLog:
         with partial.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
             writer.writeheader()
-            writer.writerows({k: row.get(k, "") for k in CSV_FIELDS} for row in history)
+            writer.writerows(_csv_row(row) for row in history)
         os.replace(partial, self.out / LOG_CSV)
 
     def epoch(self, row: dict[str, float], history: list[dict[str, float]], plot: bool = True) -> None:
@@ -290,7 +291,7 @@ class _RunLog:
             writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
             if new:
                 writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+            writer.writerow(_csv_row(row))
         for key, value in row.items():
             if key != "epoch" and value == value:  # skip NaN
                 self.writer.add_scalar(key, value, int(row["epoch"]))
@@ -437,6 +438,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     if config.resume:
         run_log.rewrite(history)
     patch = (config.patch_size,) * 3
+    explained: set[str] = set()  # reasons for a missing figure, said once
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
@@ -523,9 +525,10 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                 )
                 # The curves are redrawn when they gain a point (0.2 s each: a fifth of a GPU epoch).
                 run_log.epoch(row, history, plot="val_score" in row or epoch + 1 == config.epochs)
-                scores = "  ".join(
-                    f"{k} {row[k]:.4f}" for k in ("val_score", "val_dice", "val_fpv_ml") if k in row
-                )
+                scores, why = describe_validation(row)
+                if why and why not in explained:
+                    explained.add(why)
+                    log.info("%s", why)
                 log.info(
                     "epoch %d/%d  loss %.4f  %s  %.1f s",
                     epoch + 1,
@@ -542,7 +545,31 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     )
 
 
+def _csv_row(row: dict[str, float]) -> dict[str, object]:
+    """A log.csv row: a figure without a value (NaN) is an empty cell, as one not measured that epoch."""
+    values = {k: row.get(k, "") for k in CSV_FIELDS}
+    return {k: "" if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
+
+
 def _save_best(network: torch.nn.Module, out: Path, epoch: int, row: dict[str, float]) -> None:
-    """The best weights as safetensors (what export ships) and what they scored."""
+    """The best weights as safetensors (what export ships) and what they scored (valid JSON: a figure
+    without a value is null)."""
     save_state(network.state_dict(), out / BEST_WEIGHTS)
-    (out / "best.json").write_text(json.dumps({"epoch": epoch, **row}, indent=2) + "\n")
+    (out / "best.json").write_text(json.dumps(json_safe({"epoch": epoch, **row}), indent=2) + "\n")
+
+
+# Why a validation figure can have no value: said once per run, beside the "-" of the epoch lines.
+_MISSING_WHY = {
+    "val_fpv_ml": "val_fpv_ml has no value: this fold's validation cases include no lesion-free case, and "
+    "FPV is scored on lesion-free cases only (autoPET)",
+    "val_dice": "val_dice has no value: every validation case of this fold is lesion-free, and Dice is "
+    "scored on cases with lesions only (autoPET)",
+}
+
+
+def describe_validation(row: dict[str, float]) -> tuple[str, str]:
+    """The validation figures of an epoch line ("-" where one has no value), and why any is missing."""
+    keys = [k for k in ("val_score", "val_dice", "val_fpv_ml") if k in row]
+    shown = "  ".join(f"{k} {row[k]:.4f}" if math.isfinite(row[k]) else f"{k} -" for k in keys)
+    why = "; ".join(_MISSING_WHY[k] for k in keys if not math.isfinite(row[k]) and k in _MISSING_WHY)
+    return shown, why

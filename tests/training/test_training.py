@@ -60,7 +60,9 @@ def test_a_run_writes_its_log_checkpoints_curves_and_best_weights(dataset, tmp_p
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert all(r["val_score"] != "" for r in rows)
     assert result.best_epoch in (1, 2)
-    assert json.loads((run / "best.json").read_text())["epoch"] == result.best_epoch
+    best = (run / "best.json").read_text()
+    assert json.loads(best)["epoch"] == result.best_epoch
+    assert "NaN" not in best
     assert (run / "curves.png").stat().st_size > 1000
     assert any((run / "tensorboard").iterdir())
     stored = json.loads((run / "run.json").read_text())
@@ -627,3 +629,25 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
         load_checkpoint(run)
     assert "checkpoint-last.pt" in str(error.value)
     assert not marker.exists()
+
+
+def test_a_figure_without_a_value_is_null_in_best_json_and_the_log_says_why(tmp_path, caplog):
+    """A fold whose validation cases all have lesions has no FPV: best.json holds null (valid JSON), the
+    log shows "-" and says once why, and export still reads the run."""
+    from training.trainer import _save_best, describe_validation
+
+    network = build_network(Architecture("resunet-tiny"))
+    row = {"epoch": 3, "train_loss": 0.5, "val_score": 0.4, "val_dice": 0.4, "val_fnv_ml": 1.0}
+    _save_best(network, tmp_path, 3, {**row, "val_fpv_ml": float("nan")})
+    text = (tmp_path / "best.json").read_text()
+    assert (
+        json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in best.json"))["val_fpv_ml"]
+        is None
+    )
+    shown, why = describe_validation({**row, "val_fpv_ml": float("nan")})
+    assert "val_fpv_ml -" in shown
+    assert "no lesion-free case" in why
+    assert describe_validation({**row, "val_fpv_ml": 2.0}) == (
+        "val_score 0.4000  val_dice 0.4000  val_fpv_ml 2.0000",
+        "",
+    )
