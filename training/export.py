@@ -175,12 +175,19 @@ def export(
         entries.append(Fold(fold=fold, weights=target.name, sha256=sha256, tracer=tracer))
     build_network(architecture, ensemble.roi_size)  # the card must describe a buildable network
     scores = [float(run["chosen"]["val_score"]) for run in runs]
+    phantoms = next((run["phantoms"] for run in runs if run.get("phantoms")), None)
+    phantoms = phantoms or manifest_arguments(config.data)
+    if phantoms is not None and not synthetic:
+        log.warning(
+            "the runs trained on petseg phantoms (their run.json says so): the card is marked synthetic"
+        )
+        synthetic = True
+    _warn_about_folds(runs, scores)
     provenance: dict[str, Any] = {
         "trained": True,
         "synthetic": synthetic,
         "data": "synthetic phantoms (petseg phantoms)" if synthetic else str(config.data),
     }
-    phantoms = manifest_arguments(config.data)
     if phantoms is not None:
         provenance["phantoms"] = phantoms  # so an evaluation can prove it uses cases not trained on
     card = ModelCard(
@@ -266,6 +273,38 @@ def recipe_card(config: TrainConfig, folds: int = 5, name: str | None = None) ->
         },
         training=shared_training_settings(config),
     )
+
+
+# A fold validated below this score is barely better than an empty mask: worth a word before it ships.
+LOW_VALIDATION_SCORE = 0.05
+
+
+def _warn_about_folds(runs: list[dict[str, Any]], scores: list[float]) -> None:
+    """Say where the ensemble lacks folds of its cross-validation, or holds a fold that hardly learned."""
+    groups: dict[str | None, list[int]] = {}
+    for run in runs:
+        groups.setdefault(run["settings"].tracer, []).append(run["settings"].fold)
+    expected = max(int(run.get("folds") or 0) for run in runs) or 5  # older runs: the recipe's five
+    for tracer, folds in groups.items():
+        missing = sorted(set(range(expected)) - set(folds))
+        if missing:
+            whose = f"{tracer} " if tracer else ""
+            log.warning(
+                "the %sensemble has %d of the %d folds of its cross-validation (missing: %s): its folds "
+                "never validated on those cases' held-out share, and it averages fewer networks",
+                whose,
+                len(folds),
+                expected,
+                ", ".join(map(str, missing)),
+            )
+    for run, score in zip(runs, scores, strict=True):
+        if math.isfinite(score) and score < LOW_VALIDATION_SCORE:
+            log.warning(
+                "%s: validation score %.4g, barely better than an empty mask; check the run (log.csv, "
+                "curves.png) before shipping it",
+                run["dir"],
+                score,
+            )
 
 
 def _remove_stale_weights(out_dir: Path, kept: set[str]) -> None:

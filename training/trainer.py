@@ -37,6 +37,7 @@ from petseg.io import json_safe
 from petseg.io.splits import TRACERS, tracer_of
 from petseg.model.networks import build_network, input_divisor, save_state
 from petseg.model.settings import Architecture, EnsembleSettings, PreprocessSettings
+from petseg.synthetic.generate import manifest_arguments
 from training.config import (
     TrainConfig,
     TrainingError,
@@ -390,7 +391,10 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             "dataset_fingerprint": dataset_fingerprint(records),
             "commit": git_commit(),
             "cases": len(records),
+            "folds": len(folds),
             "device": compute.describe(),
+            # the phantom generator's arguments where the data are petseg phantoms: export marks the card
+            "phantoms": manifest_arguments(config.data),
         },
     )
     cache = PreprocessedCache(config.cache_dir or Path(config.data) / CACHE_FOLDER, settings)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import re
 import signal
@@ -232,7 +233,7 @@ def test_two_process_ddp_ranks_agree_on_the_validation_score(dataset, tmp_path):
     assert float(rows[0]["val_score"]) == pytest.approx(float(scores["0"]), abs=1e-6)
 
 
-def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset, tmp_path, capsys):
+def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset, tmp_path, capsys, caplog):
     from petseg.app.process import process_main
     from petseg.inference.predict import Predictor
     from petseg.model.card import load_card
@@ -243,6 +244,17 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
         runs.append(tmp_path / f"fold{fold}")
     card = export(runs, tmp_path / "model", synthetic=True)
     assert [f.weights for f in card.folds] == ["fold0.safetensors", "fold1.safetensors"]
+    # Not told, export still marks the card synthetic: the runs' own records say they trained on phantoms.
+    # It warns that folds 2-4 of the five-fold split are missing, and about folds that barely learned.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="petseg.training"):
+        untold = export(runs, tmp_path / "untold")
+    assert untold.provenance["synthetic"] is True
+    assert untold.provenance["phantoms"]["seed"] == 31
+    assert "the card is marked synthetic" in caplog.text
+    assert "has 2 of the 5 folds of its cross-validation (missing: 2, 3, 4)" in caplog.text
+    low = [s for s in untold.provenance["validation_score"].values() if s is not None and s < 0.05]
+    assert caplog.text.count("barely better than an empty mask") == len(low)
     assert card.trained
     assert card.provenance["loss"] == "l1dfl"
     assert card.provenance["epochs"] == 1
