@@ -17,7 +17,7 @@ $(STAMP): requirements-torch.txt requirements.txt requirements-train.txt require
 install: $(STAMP)  ## create .venv with the pinned dependencies (CPU torch first)
 
 demo: $(STAMP)  ## the main job on shipped defaults: model/ on the sample cases in test/ -> masks, previews, Dice
-	$(VENV)/bin/petseg demo --out demo-output
+	$(VENV)/bin/petseg demo --output demo-output
 
 test: $(STAMP)  ## the whole test suite
 	$(PY) -m pytest -q

@@ -4,7 +4,7 @@
 #   dist/model.tar.gz              the model folder's files at the archive root, for the platform's separate
 #                                  model upload (it unpacks the archive into /opt/ml/model)
 #
-#   ./export.sh [--invoke] [--image-only | --model-only] [--model DIR] [--out DIR]
+#   ./export.sh [--invoke] [--image-only | --model-only] [--model DIR] [--output DIR]
 #
 # Environment: PETSEG_IMAGE (image name, default petseg), PYTHON (default python3: reads the version and
 # checks the model folder; needs no third-party package).
@@ -39,8 +39,8 @@ while (($# > 0)); do
             model_dir="$(absolute "$2")"
             shift
             ;;
-        --out)
-            (($# > 1)) || die "--out needs a folder"
+        --out | --output)
+            (($# > 1)) || die "$1 needs a folder"
             mkdir -p "$2"
             out_dir="$(absolute "$2")"
             shift

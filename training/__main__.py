@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from petseg.app.arguments import command_parser, parse_arguments, subcommands
 from petseg.app.console import setup_logging
 from petseg.app.runtime import guarded
 
@@ -151,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     from training.export import CHECKPOINTS
     from training.losses import LOSSES
 
-    parser = argparse.ArgumentParser(prog="python -m training", description="Train petseg fold ensembles.")
+    parser = command_parser("python -m training", "Train petseg fold ensembles.")
     parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = subcommands(parser)
 
     train = commands.add_parser("train", help="train one fold (torchrun for several GPUs)")
     choices = {"losses": LOSSES, "architectures": sorted(PRESETS), "tracers": TRACERS, "devices": DEVICES}
@@ -174,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="fold runs -> model folder (safetensors + model.json)")
     export.add_argument("runs", type=Path, nargs="+", help="run folders, one per fold")
-    export.add_argument("--out", type=Path, required=True, help="model folder to write")
+    export.add_argument(
+        "--output", "--out", dest="out", type=Path, required=True, help="model folder to write"
+    )
     export.add_argument("--name", default=None, help="model name in the card")
     export.add_argument("--synthetic", action="store_true", help="mark the card as trained on synthetic data")
     export.add_argument(
@@ -217,7 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument(
         "--recipe", type=Path, default=DEFAULT_RECIPE, help="training recipe (default: the autoPET III one)"
     )
-    card.add_argument("--out", type=Path, required=True, help="model folder to write model.json into")
+    card.add_argument(
+        "--output",
+        "--out",
+        dest="out",
+        type=Path,
+        required=True,
+        help="model folder to write model.json into",
+    )
     card.add_argument("--folds", type=int, default=5, help="number of folds (default %(default)s)")
     card.add_argument("--name", default=None, help="model name in the card")
     card.set_defaults(run=_card)
@@ -254,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     weighting.add_argument("--data", type=Path, required=True, help="nnU-Net-layout dataset with labels")
     weighting.add_argument("--loss", choices=LOSSES, required=True)
     weighting.add_argument("--cases", type=int, default=None, help="only the first N cases (default: all)")
-    weighting.add_argument("--out", type=Path, default=None, help="default: weighting-<loss>/")
+    weighting.add_argument(
+        "--output", "--out", dest="out", type=Path, default=None, help="default: weighting-<loss>/"
+    )
     weighting.add_argument("--device", choices=DEVICES, default="auto")
     weighting.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     weighting.set_defaults(run=_analyse_weighting)
@@ -265,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="phantoms -> five resunet-tiny folds per tracer (on the CPU by default) -> model folder",
     )
     demo.add_argument(
+        "--output",
         "--out",
+        dest="out",
         type=Path,
         required=True,
         help="model folder to write (required: the shipped model/ is only replaced when you name it)",
@@ -307,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     setup_logging(args.verbose)
     return guarded(args.run, args)
 

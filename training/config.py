@@ -240,7 +240,7 @@ def _add_field_option(
         if "choices" in cli:
             options["choices"] = choices[cli["choices"]]
             del options["metavar"]
-    flags = [flag, "-q"] if flag == "--quiet" else [flag]
+    flags = {"--quiet": [flag, "-q"], "--out": ["--output", flag]}.get(flag, [flag])
     parser.add_argument(*flags, **options)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from petseg import __version__
+from petseg.app.arguments import add_output, command_parser, parse_arguments, subcommands
 from petseg.app.runtime import add_compute_arguments, default_model_dir, guarded, load_predictor
 from petseg.errors import InputError, PetsegError
 from petseg.inference.compute_choices import DEVICES
@@ -32,7 +33,7 @@ def _phantoms(args: argparse.Namespace) -> int:
 
     try:
         generate(
-            args.out,
+            args.output,
             cases=args.cases,
             seed=args.seed,
             tracer=args.tracer,
@@ -50,10 +51,12 @@ def _phantoms(args: argparse.Namespace) -> int:
 def _samples(args: argparse.Namespace) -> int:
     from petseg.synthetic.samples import write_expected, write_samples
 
-    rows = write_samples(args.out)
-    log.info("wrote %d sample case(s) to %s: %s", len(rows), args.out, ", ".join(r["case_id"] for r in rows))
+    rows = write_samples(args.output)
+    log.info(
+        "wrote %d sample case(s) to %s: %s", len(rows), args.output, ", ".join(r["case_id"] for r in rows)
+    )
     if args.expected:
-        paths = write_expected(args.out, args.model, args.device)
+        paths = write_expected(args.output, args.model, args.device)
         log.info("wrote %d expected mask(s) of the model in %s", len(paths), args.model)
     return 0
 
@@ -78,7 +81,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         compare[other] = match_cases(args.gt, folder, args.pet, missing_as_empty=args.missing_as_empty)
     summary = evaluate_folder(
         cases,
-        args.out,
+        args.output,
         meta,
         workers=args.workers,
         progress=not args.quiet,
@@ -89,7 +92,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     extra = ", calibration.png" if args.probabilities is not None else ""
     extra += "" if args.no_report else ", report.html"
-    print(f"wrote {args.out / 'cases.csv'}, lesions.csv, summary.json{extra}")
+    print(f"wrote {args.output / 'cases.csv'}, lesions.csv, summary.json{extra}")
     return 0
 
 
@@ -159,9 +162,12 @@ def _write_case_preview(case: Case, mask_path: Path, destination: Path, title: s
 def _random_model(args: argparse.Namespace) -> int:
     from petseg.model.untrained import create_untrained_model
 
-    card = create_untrained_model(args.out, architecture=args.arch, folds=args.folds, seed=args.seed)
+    card = create_untrained_model(args.output, architecture=args.arch, folds=args.folds, seed=args.seed)
     log.info(
-        "wrote an UNTRAINED %s ensemble of %d folds to %s", card.architecture.name, len(card.folds), args.out
+        "wrote an UNTRAINED %s ensemble of %d folds to %s",
+        card.architecture.name,
+        len(card.folds),
+        args.output,
     )
     return 0
 
@@ -188,9 +194,9 @@ def _demo(args: argparse.Namespace) -> int:
     from petseg.app.demo import SAMPLE_CASES, SHIPPED_MODEL, run_demo
 
     return run_demo(
-        args.out,
+        args.output,
         model_dir=args.model or SHIPPED_MODEL,
-        cases_dir=args.cases or SAMPLE_CASES,
+        cases_dir=args.input or SAMPLE_CASES,
         phantoms=args.phantoms,
         seed=args.seed,
         device=args.device,
@@ -211,43 +217,50 @@ def build_parser() -> argparse.ArgumentParser:
     from petseg.synthetic import LAYOUTS, SIZES, TRACERS
     from petseg.synthetic.generate import FDG_SHARE
 
-    parser = argparse.ArgumentParser(prog="petseg", description="Whole-body PET/CT lesion segmentation.")
+    parser = command_parser("petseg", "Whole-body PET/CT lesion segmentation.")
     parser.add_argument("--version", action="version", version=f"petseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = subcommands(parser)
 
     demo = commands.add_parser(
         "demo", help="run the shipped model on the sample cases, as the container does"
     )
-    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for all demo files")
+    add_output(demo, type=Path, default=Path("demo-output"), help="folder for all demo files")
     demo.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model/)")
     demo.add_argument(
-        "--cases", type=Path, default=None, help="case folder (default: the sample cases, test/)"
+        "--input", type=Path, default=None, help="folder of cases (default: the sample cases, test/)"
     )
     demo.add_argument("--phantoms", type=int, default=0, help="instead, generate N fresh tiny phantom cases")
     demo.add_argument("--seed", type=int, default=0, help="seed of --phantoms")
-    demo.add_argument("--device", choices=DEVICES, default="auto")
+    demo.add_argument("--device", choices=DEVICES, default="auto", help="where the networks run")
     demo.set_defaults(run=_demo)
 
     phantoms = commands.add_parser("phantoms", help="generate synthetic whole-body PET/CT cases")
-    phantoms.add_argument("--out", type=Path, required=True)
-    phantoms.add_argument("--cases", type=int, default=10)
-    phantoms.add_argument("--seed", type=int, default=0)
-    phantoms.add_argument("--tracer", choices=TRACERS, default="mixed")
+    add_output(phantoms, type=Path, required=True, help="folder to write the cases into")
+    phantoms.add_argument("--cases", type=int, default=10, help="number of cases")
+    phantoms.add_argument("--seed", type=int, default=0, help="seed of the generator (same seed, same cases)")
+    phantoms.add_argument("--tracer", choices=TRACERS, default="mixed", help="tracer of the cases")
     phantoms.add_argument(
         "--fdg-share",
         type=float,
         default=FDG_SHARE,
         help=f"with --tracer mixed, the share of patients given FDG (default {FDG_SHARE:g}), the rest PSMA",
     )
-    phantoms.add_argument("--size", choices=SIZES, default="tiny")
-    phantoms.add_argument("--layout", choices=LAYOUTS, default="gc")
+    phantoms.add_argument(
+        "--size", choices=SIZES, default="tiny", help="tiny for tests; full: the real autoPET grids"
+    )
+    phantoms.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="gc",
+        help="gc: Grand-Challenge folders; nnunet: imagesTr/labelsTr",
+    )
     phantoms.add_argument("--organs", type=Path, default=None, help="folder of organ label maps (NIfTI)")
     phantoms.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     phantoms.set_defaults(run=_phantoms)
 
     samples = commands.add_parser("samples", help="write the two sample cases of test/ (for test.sh)")
-    samples.add_argument("--out", type=Path, default=Path("test"))
+    add_output(samples, type=Path, default=Path("test"), help="folder to write the sample cases into")
     samples.add_argument(
         "--expected",
         action="store_true",
@@ -256,12 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument(
         "--model", type=Path, default=None, help="model of --expected (default: as process.py, model/)"
     )
-    samples.add_argument("--device", choices=DEVICES, default="auto")
+    samples.add_argument("--device", choices=DEVICES, default="auto", help="where the networks run")
     samples.set_defaults(run=_samples)
 
     predict = commands.add_parser("predict", help="segment every case in a folder (gc or nnU-Net layout)")
-    predict.add_argument("--input", type=Path, required=True)
-    predict.add_argument("--output", type=Path, required=True)
+    predict.add_argument("--input", type=Path, required=True, help="folder of cases")
+    add_output(predict, type=Path, required=True, help="folder for the masks")
     predict.add_argument("--model", type=Path, default=None, help="model folder (default: as process.py)")
     add_compute_arguments(predict)
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
@@ -305,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=(),
         help="other prediction folders: ranking, Wilcoxon tests",
     )
-    evaluate.add_argument("--out", type=Path, required=True)
+    add_output(evaluate, type=Path, required=True, help="folder for cases.csv, summary.json, report.html")
     evaluate.add_argument(
         "--missing-as-empty", action="store_true", help="score a missing prediction as an empty mask"
     )
@@ -314,14 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     random_model = commands.add_parser("random-model", help="write an untrained ensemble (demos, tests)")
-    random_model.add_argument("--out", type=Path, required=True)
-    random_model.add_argument("--arch", default="resunet-tiny")
-    random_model.add_argument("--folds", type=int, default=5)
-    random_model.add_argument("--seed", type=int, default=0)
+    add_output(random_model, type=Path, required=True, help="model folder to write")
+    random_model.add_argument("--arch", default="resunet-tiny", help="network preset")
+    random_model.add_argument("--folds", type=int, default=5, help="number of folds")
+    random_model.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     random_model.set_defaults(run=_random_model)
 
     check = commands.add_parser("check-model", help="validate a model folder: card, weights, checksums")
-    check.add_argument("model", type=Path, nargs="?", default=None)
+    check.add_argument(
+        "model", type=Path, nargs="?", default=None, help="model folder (default: as process.py, model/)"
+    )
     check.set_defaults(run=_check_model)
     return parser
 
@@ -329,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from petseg.app.console import setup_logging
 
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     setup_logging(args.verbose)
     if getattr(args, "model", "unset") is None:
         args.model = default_model_dir()

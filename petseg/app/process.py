@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from petseg.app.arguments import command_parser, parse_arguments
 from petseg.app.runtime import (
     add_container_arguments,
     default_model_dir,
@@ -22,12 +23,15 @@ log = logging.getLogger("petseg")
 def process_parser(default_model: Path) -> argparse.ArgumentParser:
     from petseg.inference.tta import DEFAULT_TIME_BUDGET_S
 
-    parser = argparse.ArgumentParser(
-        prog="process.py",
-        description="Segment the PET/CT case in a Grand-Challenge input folder (autoPET contract).",
+    parser = command_parser(
+        "process.py", "Segment the PET/CT case in a Grand-Challenge input folder (autoPET contract)."
     )
     add_container_arguments(parser, default_model)
-    parser.add_argument("--progress", action="store_true", help="show the sliding-window progress bar")
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the sliding-window progress bar (off by default: in the container the log is a file)",
+    )
     parser.add_argument(
         "--time-budget",
         type=positive_seconds,
@@ -45,7 +49,7 @@ def process_parser(default_model: Path) -> argparse.ArgumentParser:
         "card's mirrored passes (ensemble.mirror_axes; all 7 where it has none) as fit in --time-budget, "
         "averaged with the first",
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
     return parser
 
 
@@ -87,7 +91,7 @@ def process_main(argv: Sequence[str] | None = None, script_dir: Path | None = No
     from petseg.app.console import setup_logging
 
     started = time.perf_counter()
-    args = process_parser(default_model_dir(script_dir)).parse_args(argv)
+    args = parse_arguments(process_parser(default_model_dir(script_dir)), argv)
     setup_logging(args.verbose)
     with private_caches():
         return guarded(functools.partial(_process, started=started), args)

@@ -140,7 +140,9 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     """--device, --precision and --compile: where and how the networks run."""
     from petseg.inference.compute_choices import DEVICES, PRECISIONS
 
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument(
+        "--device", choices=DEVICES, default="auto", help="auto: the GPU where there is one, else the CPU"
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -167,7 +169,12 @@ def add_container_arguments(parser: argparse.ArgumentParser, default_model: Path
     """--input, --output, --model and the compute options, as process.py and app.py both take them."""
     parser.add_argument("--input", type=Path, default=Path("/input"), help="input folder (default /input)")
     parser.add_argument(
-        "--output", type=Path, default=Path("/output"), help="output folder (default /output)"
+        "--output",
+        "--out",
+        dest="output",
+        type=Path,
+        default=Path("/output"),
+        help="output folder (default /output)",
     )
     parser.add_argument(
         "--model",

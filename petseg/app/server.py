@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from petseg.app.arguments import command_parser, parse_arguments
 from petseg.app.runtime import add_container_arguments, positive_seconds
 from petseg.errors import InputError, PetsegError
 
@@ -331,9 +332,8 @@ def create_app(service: InvokeService) -> FastAPI:
 
 
 def server_parser(default_model: Path) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="app.py",
-        description="Serve the Grand-Challenge invoke API (GET /health, POST /invoke), autoPET contract.",
+    parser = command_parser(
+        "app.py", "Serve the Grand-Challenge invoke API (GET /health, POST /invoke), autoPET contract."
     )
     add_container_arguments(parser, default_model)
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
@@ -346,7 +346,7 @@ def server_parser(default_model: Path) -> argparse.ArgumentParser:
         help=f"a case still running after this long is answered 500, and /health answers 503 until it "
         f"ends (default {DEFAULT_REQUEST_TIMEOUT_S:g})",
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
     return parser
 
 
@@ -385,7 +385,7 @@ def server_main(argv: Sequence[str] | None = None, script_dir: Path | None = Non
     from petseg.app.console import setup_logging
     from petseg.app.runtime import default_model_dir, guarded, private_caches
 
-    args = server_parser(default_model_dir(script_dir)).parse_args(argv)
+    args = parse_arguments(server_parser(default_model_dir(script_dir)), argv)
     setup_logging(args.verbose)
     with private_caches():
         return guarded(_serve, args)

@@ -79,7 +79,8 @@ def select_device(
         return ComputeDevice(device, amp_dtype if reduced else None)
     if preference == "cuda":
         raise ModelError("--device cuda was requested but no CUDA device is available")
-    log.warning("no CUDA GPU available: running on the CPU, which is much slower")
+    if preference == "auto":  # asked for the CPU, nothing to warn about
+        log.warning("no CUDA GPU available: running on the CPU, which is much slower")
     if not reduced:
         return ComputeDevice(torch.device("cpu"), None)
     return ComputeDevice(

@@ -1,15 +1,17 @@
 """The `petseg` command line: batch prediction, model tools, the demo."""
 
 import json
+import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import all_files, recipe_card_text
 
-from petseg.app.cli import main
+from petseg.app.cli import build_parser, main
 from petseg.io import MASK_FOLDER
 from petseg.synthetic import generate
 
@@ -213,3 +215,47 @@ def test_predict_writes_a_grand_challenge_pair_whole_and_redoes_a_half_one(
     assert main(argv) == 0
     assert mask.read_bytes() != b"half of a pair"
     assert json.loads(answer.read_text()) is False
+
+
+# ---------------------------------------------------------------- one convention for every command line
+
+
+@pytest.mark.parametrize(
+    ("entry", "argv", "named"),
+    [
+        ("petseg", ["evaluate", "--gt", "g", "--pred", "p", "--output", "o", "--no-rep"], "petseg evaluate"),
+        ("petseg", ["predict", "--input", "i", "--output", "o", "--prev"], "petseg predict"),
+        ("process", ["--prog"], "process.py"),
+        ("training", ["export", "r", "--out", "m", "--synth"], "python -m training export"),
+    ],
+)
+def test_abbreviations_are_refused_and_the_error_names_the_subcommand(entry, argv, named, capsys):
+    from petseg.app.process import process_main
+    from training.__main__ import main as training_main
+
+    run = {"petseg": main, "process": process_main, "training": training_main}[entry]
+    with pytest.raises(SystemExit) as raised:
+        run(argv)
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {named} ")
+    assert "unrecognized arguments" in err
+
+
+def test_help_shows_defaults_and_output_has_one_name(capsys):
+    with pytest.raises(SystemExit):
+        main(["phantoms", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "number of cases (default: 10)" in text
+    assert "--output DIR, --out DIR" in text
+    parser = build_parser()
+    for argv in (["random-model", "--out", "m"], ["random-model", "--output", "m"]):
+        assert parser.parse_args(argv).output == Path("m")
+    # The demo's folder of cases is --input, as in predict; --cases is a count everywhere.
+    assert parser.parse_args(["demo", "--input", "cases"]).input == Path("cases")
+
+
+def test_check_model_on_the_cpu_does_not_warn_about_a_gpu(tiny_model_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert main(["check-model", str(tiny_model_dir)]) == 0
+    assert "GPU" not in caplog.text
