@@ -27,8 +27,17 @@ from petseg.evaluation.calibration import Calibration
 from petseg.evaluation.comparison import challenge_ranking, subset_key, wilcoxon_tests
 from petseg.evaluation.metrics import evaluate_case
 from petseg.evaluation.stratified import stratify
-from petseg.io import image_stem, is_image_file, json_safe, read_image, write_json, write_text
-from petseg.io.nnunet_layout import PET_CHANNEL
+from petseg.io import (
+    MASK_FOLDER,
+    PET_FOLDER,
+    image_stem,
+    is_image_file,
+    json_safe,
+    read_image,
+    write_json,
+    write_text,
+)
+from petseg.io.nnunet_layout import IMAGES_FOLDER, LABELS_FOLDER, PET_CHANNEL
 from petseg.io.probability import PROBABILITY_SUFFIX, read_probability
 
 CASE_COLUMNS = ("case", "dice", "fpv_ml", "fnv_ml", "lesion_dice", "lesion_count")
@@ -54,8 +63,23 @@ class ScoredCases(NamedTuple):
 
 
 def _images_by_name(folder: Path, what: str) -> dict[str, Path]:
+    """The images of one role (`what`: "ground-truth", "prediction", "PET") by case name, in any layout
+    petseg reads or writes: image files directly in `folder`; an nnU-Net dataset (its `labelsTr/` for the
+    ground truth, `imagesTr/` for the PET); or Grand-Challenge case folders, as `petseg phantoms` writes them
+    (`<case>/ground-truth/`, `<case>/input/images/pet/`) and `petseg predict` (`<case>/images/
+    automated-petct-lesion-segmentation/`), one image each, named by the case folder."""
     if not folder.is_dir():
         raise InputError(f"{folder}: {what} folder not found")
+    found = _flat_images(folder, what)
+    if found:
+        return found
+    inner = {"ground-truth": LABELS_FOLDER, "PET": IMAGES_FOLDER}.get(what)
+    if inner is not None and (folder / inner).is_dir():
+        return _flat_images(folder / inner, what)
+    return _case_folder_images(folder, what)
+
+
+def _flat_images(folder: Path, what: str) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if is_image_file(path):
@@ -65,6 +89,35 @@ def _images_by_name(folder: Path, what: str) -> dict[str, Path]:
                     f"{folder}: two {what} files for case {name!r}: {found[name].name}, {path.name}"
                 )
             found[name] = path
+    return found
+
+
+# Where a Grand-Challenge case folder holds each role's one image.
+_CASE_SUBFOLDERS = {
+    "ground-truth": (Path("ground-truth"),),
+    "prediction": (MASK_FOLDER, Path("output") / MASK_FOLDER),
+    "PET": (Path("input") / PET_FOLDER, PET_FOLDER),
+}
+
+
+def _case_folder_images_exist(folder: Path) -> bool:
+    """A folder of Grand-Challenge case folders that hold their PET (`petseg phantoms --layout gc`)."""
+    try:
+        return not _flat_images(folder, "PET") and bool(_case_folder_images(folder, "PET"))
+    except (InputError, OSError):
+        return False
+
+
+def _case_folder_images(folder: Path, what: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for case in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for sub in _CASE_SUBFOLDERS[what]:
+            if (case / sub).is_dir():
+                images = list(_flat_images(case / sub, what).values())
+                if len(images) != 1:
+                    raise InputError(f"{case / sub}: expected one {what} image, found {len(images)}")
+                found[case.name] = images[0]
+                break
     return found
 
 
@@ -80,6 +133,8 @@ def match_cases(
     if not truths:
         raise InputError(f"{truth_dir}: no ground-truth images (.mha, .nii.gz, ...)")
     predictions = _images_by_name(Path(prediction_dir), "prediction")
+    if pet_dir is None and _case_folder_images_exist(Path(truth_dir)):
+        pet_dir = Path(truth_dir)  # phantom case folders hold their PET beside the ground truth
     pets = _images_by_name(Path(pet_dir), "PET") if pet_dir is not None else {}
     cases = []
     for name, truth in truths.items():

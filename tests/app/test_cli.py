@@ -259,3 +259,19 @@ def test_check_model_on_the_cpu_does_not_warn_about_a_gpu(tiny_model_dir, caplog
     with caplog.at_level(logging.WARNING):
         assert main(["check-model", str(tiny_model_dir)]) == 0
     assert "GPU" not in caplog.text
+
+
+@pytest.mark.parametrize("layout", ["gc", "nnunet"])
+def test_phantoms_predict_and_evaluate_chain_in_either_layout(layout, tiny_model_dir, tmp_path):
+    """What `phantoms` writes, `predict` reads, and what both write, `evaluate` scores: no renaming."""
+    cases, predictions, scores = tmp_path / "cases", tmp_path / "pred", tmp_path / "scores"
+    assert main(["phantoms", "--output", str(cases), "--cases", "2", "--layout", layout, "-q"]) == 0
+    model = ["--model", str(tiny_model_dir), "--device", "cpu"]
+    assert main(["predict", "--input", str(cases), "--output", str(predictions), *model, "-q"]) == 0
+    assert (
+        main(["evaluate", "--gt", str(cases), "--pred", str(predictions), "--output", str(scores), "-q"]) == 0
+    )
+    rows = (scores / "cases.csv").read_text().splitlines()
+    assert len(rows) == 3  # the header and both cases
+    if layout == "gc":  # the case folders hold the PET: lesion-level metrics without --pet
+        assert "suvmax" in (scores / "lesions.csv").read_text().splitlines()[0]
