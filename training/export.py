@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from petseg.errors import ModelError
+from petseg.errors import ModelError, PetsegError
 from petseg.io import json_safe
 from petseg.io.splits import tracer_of
 from petseg.model.card import (
@@ -36,6 +36,7 @@ from petseg.model.card import (
     save_card,
 )
 from petseg.model.fold_files import file_sha256
+from petseg.model.input_range import InputRange
 from petseg.model.networks import build_network, save_state
 from petseg.model.tracer import CLASSES as TRACERS
 from petseg.model.tracer import TracerClassifier, fit_tracer_classifier, uptake_features
@@ -221,6 +222,7 @@ def export(
         },
         tracer_classifier=classifier,
         training=shared_training_settings(config),
+        input_range=_input_range(config.data),
     )
     save_card(card, out_dir)
     _remove_stale_weights(out_dir, {entry.weights for entry in entries})
@@ -353,6 +355,29 @@ def _fit_tracer_classifier(data: Path, settings: PreprocessSettings) -> TracerCl
         classifier.cross_validated_accuracy,
     )
     return classifier
+
+
+def _input_range(data: Path) -> InputRange | None:
+    """The PET grids of the training cases, from their headers (no voxels read): the card's record of what
+    the folds know, against which inference checks each case. None where the data are no longer there."""
+    import SimpleITK as sitk
+
+    try:
+        records = discover_dataset(Path(data))
+    except PetsegError as error:
+        log.warning("input range not recorded in the card: %s", error)
+        return None
+    spacings, sizes = [], []
+    reader = sitk.ImageFileReader()
+    for record in records:
+        reader.SetFileName(str(record.pet))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as error:
+            raise TrainingError(f"{record.pet}: cannot read the PET header: {error}") from None
+        spacings.append(reader.GetSpacing())
+        sizes.append(reader.GetSize())
+    return InputRange.of(spacings, sizes)
 
 
 def _finite_mean(values: list[float]) -> float | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.inference.plausibility import input_warnings, mask_warnings
 from petseg.inference.postprocess import postprocess
 from petseg.inference.predict import Predictor
 from petseg.inference.preprocess import preprocess
@@ -100,6 +101,13 @@ def _segment(
     with timer.stage("preprocess"):
         case = preprocess(ct, pet, predictor.card.preprocessing, source=source)
         chosen = predictor.choose_tracer(case.image, given=tracer)
+    if outside := input_warnings(predictor.card.input_range, pet):
+        log.warning(
+            "%s: the PET lies well outside the grids the model was trained on (%s): its mask rests on "
+            "extrapolation",
+            source or "case",
+            "; ".join(outside),
+        )
     # The uptake contour needs the PET on its own grid; otherwise it is freed before the network runs.
     grows = predictor.card.ensemble.grow_to_suvmax_fraction is not None
     uptake = sitk.GetArrayFromImage(pet) if grows else None
@@ -116,6 +124,8 @@ def _segment(
             )
     with timer.stage("postprocess"):
         mask, on_pet = postprocess(probability, case, predictor.card, chosen, uptake, keep_probability)
+    for warning in mask_warnings(mask):
+        log.warning("%s: %s; look at the preview before using this mask", source or "case", warning)
     return Segmentation(mask, on_pet, tta=report)
 
 

@@ -21,6 +21,7 @@ from petseg.errors import ModelError
 from petseg.io.files import check_link_inside
 from petseg.model.components import ALL_TRACERS, ComponentFilter, ComponentModel
 from petseg.model.components import FEATURES as COMPONENT_FEATURES
+from petseg.model.input_range import InputRange
 from petseg.model.logistic import LogisticWeights
 from petseg.model.settings import (
     AVERAGING,
@@ -66,6 +67,8 @@ class ModelCard:
     # The training settings every fold shared (`training.config.TrainConfig`, less what differs per fold),
     # written by `training export`: the card alone says how its folds were made. None: not recorded.
     training: dict[str, Any] | None = None
+    # The PET grids the folds were trained on (written by `training export`); None: not recorded.
+    input_range: InputRange | None = None
     path: Path | None = None
 
     @property
@@ -103,6 +106,8 @@ class ModelCard:
             data["component_filter"] = self.component_filter.to_json()
         if self.training is not None:
             data["training"] = dict(self.training)
+        if self.input_range is not None:
+            data["input_range"] = self.input_range.to_json()
         return json.loads(json.dumps(data))  # tuples -> lists
 
 
@@ -296,6 +301,7 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
             "tracer_classifier",
             "component_filter",
             "training",
+            "input_range",
         }
     )
     if root.get("format", str) != CARD_FORMAT:
@@ -386,6 +392,9 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
         tracer_classifier=classifier,
         component_filter=component_filter,
         training=None if training is None else dict(training),
+        input_range=None
+        if "input_range" not in root.data
+        else InputRange.from_json(root.data["input_range"], source),
     )
     _check_roi_fits_network(card, source)
     return card

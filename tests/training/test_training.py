@@ -250,6 +250,9 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
     with caplog.at_level(logging.WARNING, logger="petseg.training"):
         untold = export(runs, tmp_path / "untold")
     assert untold.provenance["synthetic"] is True
+    # The card records the PET grids the folds were trained on, for inference to check cases against.
+    assert untold.input_range is not None
+    assert untold.input_range.cases == 10
     assert untold.provenance["phantoms"]["seed"] == 31
     assert "the card is marked synthetic" in caplog.text
     assert "has 2 of the 5 folds of its cross-validation (missing: 2, 3, 4)" in caplog.text
