@@ -42,6 +42,8 @@ def _phantoms(args: argparse.Namespace) -> int:
             organs_dir=args.organs,
             progress=not args.quiet,
             fdg_share=args.fdg_share,
+            negatives=args.negatives,
+            autopet_ids=args.autopet_ids,
         )
     except ValueError as error:
         raise PetsegError(str(error)) from None
@@ -256,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="gc: Grand-Challenge folders; nnunet: imagesTr/labelsTr",
     )
     phantoms.add_argument("--organs", type=Path, default=None, help="folder of organ label maps (NIfTI)")
+    phantoms.add_argument(
+        "--no-negatives",
+        dest="negatives",
+        action="store_false",
+        help="give every case lesions (by default about one in ten is lesion-free, as in autoPET)",
+    )
+    phantoms.add_argument(
+        "--autopet-ids",
+        action="store_true",
+        help="case ids with autoPET's free-text study descriptions, spaces included (default: plain ids "
+        "fdg_<hex>_<date>)",
+    )
     phantoms.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     phantoms.set_defaults(run=_phantoms)
 

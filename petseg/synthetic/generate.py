@@ -66,11 +66,16 @@ def generate(
     organs_dir: Path | None = None,
     progress: bool = True,
     fdg_share: float = FDG_SHARE,
+    negatives: bool = True,
+    autopet_ids: bool = False,
 ) -> list[dict]:
     """Write `cases` phantoms to `out_dir` and return their manifest rows (also in `out_dir/phantoms.json`).
 
     `fdg_share`: with tracer "mixed", the share of new patients that get FDG (the default is about
-    autoPET III's); the rest get PSMA.
+    autoPET III's); the rest get PSMA. `negatives` False gives every case lesions (by default about one
+    in ten is lesion-free, as in autoPET). `autopet_ids` keeps autoPET's free-text study descriptions in
+    the case ids, spaces included (`fdg_<hex>_<date>-NA-PET-CT Ganzkoerper  primaer mit KM-<n>`), to test
+    code against them; by default ids are plain (`fdg_<hex>_<date>`).
 
     Invalid arguments raise ValueError; an unusable organ-map folder raises InputError and an output folder
     that holds something other than an earlier phantom run raises OutputError.
@@ -93,12 +98,19 @@ def generate(
     rows: list[dict] = []
     taken: set[str] = set()
     for index in tqdm(range(count), desc="phantoms", unit="case", disable=not progress):
+        lesion_free = None if negatives else False
         if maps is not None:
-            phantom = simulate(organ_scene(maps[index], seed, index, tracer, size))
+            phantom = simulate(organ_scene(maps[index], seed, index, tracer, size, lesion_free))
+            if not autopet_ids:
+                phantom.case_id = phantom.info["case_id"] = ids.plain_id(phantom.case_id)
         else:
             case_tracer, patient = plan[index]
-            phantom = make_case(seed, index, tracer=case_tracer, size=size, patient_id=patient)
-            _make_unique(phantom, taken, seed, index)
+            phantom = make_case(
+                seed, index, tracer=case_tracer, size=size, patient_id=patient, lesion_free=lesion_free
+            )
+            if not autopet_ids:
+                phantom.case_id = ids.plain_id(phantom.case_id)
+            _make_unique(phantom, taken, seed, index, autopet_ids)
         taken.add(phantom.case_id)
         files = write_gc(phantom, out_dir) if layout == "gc" else write_nnunet(phantom, out_dir)
         rows.append(_row(phantom, files))
@@ -116,6 +128,8 @@ def generate(
         "size": size,
         "layout": layout,
         "organs_dir": None if organs_dir is None else str(organs_dir),
+        "negatives": bool(negatives),
+        "autopet_ids": bool(autopet_ids),
     }
     manifest = {
         "generator": "petseg.synthetic",
@@ -136,16 +150,15 @@ def manifest_arguments(out_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _make_unique(phantom: Phantom, taken: set[str], seed: int, index: int) -> None:
+def _make_unique(phantom: Phantom, taken: set[str], seed: int, index: int, autopet_ids: bool) -> None:
     """A second study that drew the same date as an earlier one of its patient gets another date."""
     attempt = 0
     while phantom.case_id in taken:
         attempt += 1
         rng = np.random.default_rng([seed, index, IDS, attempt])
-        phantom.case_id = ids.case_id(
-            rng, phantom.patient_id, phantom.tracer, bool(phantom.info["body"]["contrast"])
-        )
-        phantom.info["case_id"] = phantom.case_id
+        drawn = ids.case_id(rng, phantom.patient_id, phantom.tracer, bool(phantom.info["body"]["contrast"]))
+        phantom.case_id = drawn if autopet_ids else ids.plain_id(drawn)
+    phantom.info["case_id"] = phantom.case_id
 
 
 def _row(phantom: Phantom, files: dict[str, str]) -> dict:

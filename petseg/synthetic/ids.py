@@ -44,6 +44,12 @@ def case_id(rng: np.random.Generator, patient_id: str, tracer: str, contrast: bo
     return f"{patient_id}_{date}"
 
 
+def plain_id(case_id: str) -> str:
+    """An autoPET id without its free-text study description: `fdg_<hex>_<date>` (no spaces), the form
+    phantoms get unless autoPET's own, awkward, ids are asked for."""
+    return re.sub(r"-NA-.*$", "", case_id).replace(" ", "_")
+
+
 def file_uuid(rng: np.random.Generator) -> str:
     """A uuid4-format name, as Grand Challenge gives its input files."""
     return str(uuid.UUID(bytes=rng.bytes(16), version=4))

@@ -182,8 +182,10 @@ def grid_name(grid: DiagonalGrid, tracer: str) -> str:
     return "other"
 
 
-def organ_scene(path: Path, seed: int, index: int, tracer: str, size: str) -> Scene:
-    """A scene whose organs and PET grid come from one label map."""
+def organ_scene(
+    path: Path, seed: int, index: int, tracer: str, size: str, lesion_free: bool | None = None
+) -> Scene:
+    """A scene whose organs and PET grid come from one label map (`lesion_free` None: drawn)."""
     image, full_grid = read_map(path)
     tracer = tracer_of(path, tracer)
     factors = downsample_factors(full_grid, size)
@@ -196,7 +198,7 @@ def organ_scene(path: Path, seed: int, index: int, tracer: str, size: str) -> Sc
     case_id = image_stem(path)
     patient = patient_of(case_id)
     study = rng_for(seed, index, STUDY)
-    choices = draw_study(study, tracer, None, None)
+    choices = draw_study(study, tracer, None, lesion_free)
     sex = "male" if "prostate" in stats or tracer == "psma" else "female"
     habitus = draw_habitus(np.random.default_rng([seed, ids.patient_key(patient), PATIENT]), sex)
     frame = fit_frame(stats, pet_grid, habitus.width)

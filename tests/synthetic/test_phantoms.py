@@ -457,3 +457,27 @@ def test_full_size_fdg_case() -> None:
     assert _geometry(phantom.label) == _geometry(phantom.pet)
     assert phantom.ct.GetSize()[0] == 512
     assert phantom.info["anatomy_scale"] == 1.0
+
+
+def test_plain_ids_by_default_autopet_ids_on_request_and_no_negatives(tmp_path):
+    """Ids without spaces unless autoPET's own are asked for; --no-negatives gives every case lesions."""
+    import json
+
+    from petseg.app.cli import main
+
+    plain, autopet = tmp_path / "plain", tmp_path / "autopet"
+    common = ["--cases", "12", "--seed", "5", "--tracer", "fdg", "-q"]
+    assert main(["phantoms", "--output", str(plain), *common]) == 0
+    assert main(["phantoms", "--output", str(autopet), *common, "--autopet-ids"]) == 0
+    plain_rows = json.loads((plain / "phantoms.json").read_text())["cases"]
+    autopet_rows = json.loads((autopet / "phantoms.json").read_text())["cases"]
+    assert all(" " not in row["case_id"] and "-NA-" not in row["case_id"] for row in plain_rows)
+    assert any(" " in row["case_id"] for row in autopet_rows)  # 30 % of FDG studies carry a description
+    assert [r["case_id"].split("-NA-")[0] for r in autopet_rows] == [r["case_id"] for r in plain_rows]
+    assert any(row["lesion_free"] for row in plain_rows)  # some negatives by default, with this seed
+
+    lesions = tmp_path / "lesions"
+    assert main(["phantoms", "--output", str(lesions), *common, "--no-negatives"]) == 0
+    manifest = json.loads((lesions / "phantoms.json").read_text())
+    assert not any(row["lesion_free"] for row in manifest["cases"])
+    assert manifest["arguments"]["negatives"] is False
