@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 
 from petseg import __version__
 from petseg.app.arguments import add_output, command_parser, parse_arguments, subcommands
-from petseg.app.runtime import add_compute_arguments, default_model_dir, guarded, load_predictor
+from petseg.app.runtime import (
+    add_case_arguments,
+    add_compute_arguments,
+    default_model_dir,
+    guarded,
+    load_predictor,
+    tta_plan,
+)
 from petseg.errors import InputError, PetsegError
 from petseg.inference.compute_choices import DEVICES
 
@@ -99,10 +106,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
+        return _predict_cases(args)
+
+
+def _predict_cases(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from petseg.inference.pipeline import run_to_file, run_to_folder
     from petseg.inference.timing import StageTimer
+    from petseg.inference.tta import TimeBudget
     from petseg.io import DATA_CENTRIC_JSON
     from petseg.io.cases import discover_cases
     from petseg.io.probability import probability_path
@@ -110,10 +125,11 @@ def _predict(args: argparse.Namespace) -> int:
     cases = discover_cases(args.input)
     log.info("%d case(s) in %s", len(cases), args.input)
     timer = StageTimer()
-    predictor = load_predictor(args.model, args.device, timer, args.precision, args.compile)
+    predictor = load_predictor(args.model, args.device, timer, args.precision, args.compile, args.threshold)
     tracer = None if args.tracer == "auto" else args.tracer
     failed: dict[str, int] = {}  # case -> exit code of its error
     skipped = 0
+    bar = not args.quiet and sys.stderr.isatty()  # the sliding window's bar, with its time estimate
     for case in tqdm(cases, desc="cases", unit="case", disable=args.quiet or len(cases) < 2):
         destination = case.output_path(args.output)
         # A Grand-Challenge output counts as done only as the pair: a mask without its JSON is redone.
@@ -124,10 +140,13 @@ def _predict(args: argparse.Namespace) -> int:
         try:
             probability_to = probability_path(destination) if args.save_probabilities else None
             timer = StageTimer(prefix=f"{case.name}: ")
+            # Each case has its own time budget for --tta; the window bar shows how far a long case is.
+            options = {"tta": tta_plan(args.tta, predictor, TimeBudget(args.time_budget)), "progress": bar}
             if case.layout == "gc":  # both files or neither, as process.py writes them
-                run_to_folder(case.files, args.output / case.name, predictor, timer, probability_to, tracer)
+                output = args.output / case.name
+                run_to_folder(case.files, output, predictor, timer, probability_to, tracer, **options)
             else:
-                run_to_file(case.files, destination, predictor, timer, probability_to, tracer)
+                run_to_file(case.files, destination, predictor, timer, probability_to, tracer, **options)
             if args.preview:
                 from petseg.evaluation.preview import preview_title
                 from petseg.io.splits import tracer_of
@@ -291,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output(predict, type=Path, required=True, help="folder for the masks")
     predict.add_argument("--model", type=Path, default=None, help="model folder (default: as process.py)")
     add_compute_arguments(predict)
+    add_case_arguments(predict)
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     predict.add_argument(
         "--preview", action="store_true", help="also write OUTPUT/preview/<case>.png (PET MIP)"

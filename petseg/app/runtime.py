@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from petseg.errors import PetsegError
 if TYPE_CHECKING:  # torch is imported with the ensemble, not with the argument parsers
     from petseg.inference.predict import Predictor
     from petseg.inference.timing import StageTimer
+    from petseg.inference.tta import MirrorTTA, TimeBudget
 
 log = logging.getLogger("petseg")
 
@@ -100,11 +102,17 @@ def load_predictor(
     timer: StageTimer,
     precision: str = "auto",
     compile: bool = False,
+    threshold: float | None = None,
 ) -> Predictor:
+    """The model folder's ensemble on its device, described in the log; `threshold` overrides the card's."""
     from petseg.inference.predict import Predictor
 
     with timer.stage("load model"):
         predictor = Predictor.load(model_dir, device, precision=precision, compile=compile)
+    if threshold is not None:
+        card = predictor.card
+        predictor.card = replace(card, ensemble=replace(card.ensemble, threshold=threshold))
+        log.info("threshold %g (the card's: %g)", threshold, card.ensemble.threshold)
     card = predictor.card
     log.info(
         "model %s: %s, %d fold(s)%s, window %s, overlap %s, on %s",
@@ -163,6 +171,61 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
         help="for models with one ensemble per tracer: which to run (default auto: the card's classifier "
         "names it from the PET's uptake histogram)",
     )
+
+
+def add_case_arguments(parser: argparse.ArgumentParser) -> None:
+    """--time-budget, --tta and --threshold: how each case is segmented, as process.py and predict take
+    them."""
+    from petseg.inference.tta import DEFAULT_TIME_BUDGET_S
+
+    parser.add_argument(
+        "--time-budget",
+        type=positive_seconds,
+        default=DEFAULT_TIME_BUDGET_S,
+        metavar="SECONDS",
+        help="seconds allowed for a case, counted from its start (for process.py, from the start of the "
+        f"program, model loading included) (default {DEFAULT_TIME_BUDGET_S:g}, the autoPET III limit); "
+        "--tta auto spends what the first pass leaves of it, less a safety margin",
+    )
+    parser.add_argument(
+        "--tta",
+        choices=("off", "auto"),
+        default="off",
+        help="mirroring test-time augmentation: off (default: one pass), or auto: as many of the "
+        "card's mirrored passes (ensemble.mirror_axes; all 7 where it has none) as fit in --time-budget, "
+        "averaged with the first",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=probability,
+        default=None,
+        metavar="P",
+        help="lesion probability above which a voxel is lesion (default: the card's ensemble.threshold)",
+    )
+
+
+def probability(text: str) -> float:
+    """argparse type of --threshold: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
+def tta_plan(choice: str, predictor: Predictor, budget: TimeBudget) -> MirrorTTA | None:
+    """The mirrored passes `--tta` asks for within `budget`; None for one plain pass."""
+    from petseg.inference.tta import MirrorTTA
+
+    if choice != "auto":
+        return None
+    mirrors = predictor.card.ensemble.mirror_axes
+    tta = MirrorTTA(budget) if mirrors is None else MirrorTTA(budget, axes=mirrors)
+    if not tta.axes:
+        log.info("--tta auto: the card lists no mirror its networks were trained with; one plain pass")
+    return tta
 
 
 def add_container_arguments(parser: argparse.ArgumentParser, default_model: Path) -> None:

@@ -169,13 +169,16 @@ def run_to_file(
     timer: StageTimer,
     probability_to: Path | None = None,
     tracer: str | None = None,
+    *,
+    tta: MirrorTTA | None = None,
+    progress: bool = False,
 ) -> Path:
     """Segment one case and write its mask to `destination` (any SimpleITK format).
 
     With `probability_to`, the lesion probability goes there too (float16, PET grid; `petseg.io.probability`).
     """
     write = functools.partial(write_image, path=destination, compress=True)
-    return _segment_and_write(files, predictor, timer, probability_to, tracer, write)
+    return _segment_and_write(files, predictor, timer, probability_to, tracer, write, tta, progress)
 
 
 def run_to_folder(
@@ -185,13 +188,16 @@ def run_to_folder(
     timer: StageTimer,
     probability_to: Path | None = None,
     tracer: str | None = None,
+    *,
+    tta: MirrorTTA | None = None,
+    progress: bool = False,
 ) -> Path:
     """Segment one case into a Grand-Challenge output folder: the mask and its JSON, both or neither.
 
     With `probability_to`, the lesion probability is written first, so a complete pair implies it.
     """
     write = functools.partial(write_outputs, output_dir=output_dir, name=files.pet_uuid)
-    return _segment_and_write(files, predictor, timer, probability_to, tracer, write)
+    return _segment_and_write(files, predictor, timer, probability_to, tracer, write, tta, progress)
 
 
 def _segment_and_write(
@@ -201,9 +207,12 @@ def _segment_and_write(
     probability_to: Path | None,
     tracer: str | None,
     write: Callable[[sitk.Image], Path],
+    tta: MirrorTTA | None = None,
+    progress: bool = False,
 ) -> Path:
     """One case segmented, its probability written first where asked for, then its mask by `write`."""
-    result = segment_case(files, predictor, timer, keep_probability=probability_to is not None, tracer=tracer)
+    keep = probability_to is not None
+    result = segment_case(files, predictor, timer, progress, keep_probability=keep, tta=tta, tracer=tracer)
     with timer.stage("write"):
         if probability_to is not None and result.probability is not None:
             write_probability(result.probability, result.mask, probability_to)

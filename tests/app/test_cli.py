@@ -1,5 +1,6 @@
 """The `petseg` command line: batch prediction, model tools, the demo."""
 
+import argparse
 import json
 import logging
 import subprocess
@@ -275,3 +276,35 @@ def test_phantoms_predict_and_evaluate_chain_in_either_layout(layout, tiny_model
     assert len(rows) == 3  # the header and both cases
     if layout == "gc":  # the case folders hold the PET: lesion-level metrics without --pet
         assert "suvmax" in (scores / "lesions.csv").read_text().splitlines()[0]
+
+
+def test_predict_takes_the_case_options_of_process_py(tiny_model_dir, tmp_path, capsys):
+    """One set of inference options serves both: --tta, --time-budget and --threshold work in predict."""
+    from petseg.app.process import process_parser
+
+    def options(parser) -> set[str]:
+        return {o for action in parser._actions for o in action.option_strings}
+
+    predict = next(
+        a.choices["predict"] for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    shared = {"--tta", "--time-budget", "--threshold", "--device", "--precision", "--compile", "--tracer"}
+    assert shared <= options(predict)
+    assert shared <= options(process_parser(tiny_model_dir))
+
+    cases = tmp_path / "cases"
+    generate(cases, cases=1, seed=3, tracer="fdg", size="tiny", layout="nnunet", progress=False)
+    model = ["--model", str(tiny_model_dir), "--device", "cpu", "-q"]
+    strict = ["--threshold", "1", "--tta", "auto", "--time-budget", "600"]
+    assert main(["predict", "--input", str(cases), "--output", str(tmp_path / "none"), *model, *strict]) == 0
+    (mask,) = (tmp_path / "none").glob("*.nii.gz")
+    assert not sitk.GetArrayFromImage(sitk.ReadImage(str(mask))).any()  # nothing is above probability 1
+    everything = ["--threshold", "0"]
+    assert (
+        main(["predict", "--input", str(cases), "--output", str(tmp_path / "all"), *model, *everything]) == 0
+    )
+    (mask,) = (tmp_path / "all").glob("*.nii.gz")
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(mask))).any()
+    with pytest.raises(SystemExit):
+        main(["predict", "--input", str(cases), "--output", str(tmp_path / "x"), "--threshold", "1.5"])
+    assert "must be from 0 to 1" in capsys.readouterr().err
