@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     from training.losses import LOSSES
 
     parser = command_parser("python -m training", "Train petseg fold ensembles.")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
     commands = subcommands(parser)
 
     train = commands.add_parser("train", help="train one fold (torchrun for several GPUs)")
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the lesion-probability threshold to fit at and write to the card (default: the card's)",
     )
-    components.add_argument("--device", choices=DEVICES, default="auto")
+    components.add_argument("--device", choices=DEVICES, default="auto", help="where the folds run")
     components.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     components.set_defaults(run=_fit_components)
 
@@ -262,12 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     weighting.add_argument("--model", type=Path, required=True, help="model folder (model.json + folds)")
     weighting.add_argument("--data", type=Path, required=True, help="nnU-Net-layout dataset with labels")
-    weighting.add_argument("--loss", choices=LOSSES, required=True)
+    weighting.add_argument("--loss", choices=LOSSES, required=True, help="the loss whose voxel weights are analysed")
     weighting.add_argument("--cases", type=int, default=None, help="only the first N cases (default: all)")
     weighting.add_argument(
         "--output", "--out", dest="out", type=Path, default=None, help="default: weighting-<loss>/"
     )
-    weighting.add_argument("--device", choices=DEVICES, default="auto")
+    weighting.add_argument("--device", choices=DEVICES, default="auto", help="where the folds run")
     weighting.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     weighting.set_defaults(run=_analyse_weighting)
 
@@ -285,14 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="model folder to write (required: the shipped model/ is only replaced when you name it)",
     )
     demo.add_argument("--work", type=Path, default=Path("demo-training"), help="phantoms and fold runs")
-    demo.add_argument("--cases", type=int, default=defaults.cases)
+    demo.add_argument("--cases", type=int, default=defaults.cases, help="number of phantom cases")
     demo.add_argument(
         "--fdg-share",
         type=float,
         default=defaults.fdg_share,
         help="share of FDG patients among the phantoms, the rest PSMA",
     )
-    demo.add_argument("--folds", type=int, default=defaults.folds)
+    demo.add_argument("--folds", type=int, default=defaults.folds, help="folds per ensemble")
     demo.add_argument(
         "--split-by-tracer",
         action=argparse.BooleanOptionalAction,
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.parallel,
         help="folds trained at once, each in its own process (a GPU has room for all five)",
     )
-    demo.add_argument("-q", "--quiet", action="store_true")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
     return parser
 
