@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     weighting.add_argument("--model", type=Path, required=True, help="model folder (model.json + folds)")
     weighting.add_argument("--data", type=Path, required=True, help="nnU-Net-layout dataset with labels")
-    weighting.add_argument("--loss", choices=LOSSES, required=True, help="the loss whose voxel weights are analysed")
+    weighting.add_argument("--loss", choices=LOSSES, required=True, help="the loss to analyse")
     weighting.add_argument("--cases", type=int, default=None, help="only the first N cases (default: all)")
     weighting.add_argument(
         "--output", "--out", dest="out", type=Path, default=None, help="default: weighting-<loss>/"

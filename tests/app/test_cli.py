@@ -308,3 +308,25 @@ def test_predict_takes_the_case_options_of_process_py(tiny_model_dir, tmp_path, 
     with pytest.raises(SystemExit):
         main(["predict", "--input", str(cases), "--output", str(tmp_path / "x"), "--threshold", "1.5"])
     assert "must be from 0 to 1" in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_line_has_a_help_line(tiny_model_dir):
+    from petseg.app.process import process_parser
+    from petseg.app.server import server_parser
+    from training.__main__ import build_parser as training_parser
+
+    missing = []
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command, sub in action.choices.items():
+                    walk(sub, f"{name} {command}")
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "petseg")
+    walk(training_parser(), "python -m training")
+    walk(process_parser(tiny_model_dir), "process.py")
+    walk(server_parser(tiny_model_dir), "app.py")
+    assert missing == []
