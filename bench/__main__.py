@@ -16,6 +16,7 @@ BENCHMARKS = {
     "metrics": "bench.metrics",
     "inference": "bench.inference",
     "window": "bench.window",
+    "gpu-check": "bench.gpu_check",
 }
 
 

@@ -9,6 +9,7 @@ A ratio above 1 means loading is not the bottleneck. Without `--data`, tiny phan
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=12, help="loader batches timed (after 2 warm-up)")
     parser.add_argument("--steps", type=int, default=5, help="training steps timed (after 1 warm-up)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
 
 
 def loader_rate(data: Path, patch: int, batch: int, workers: int, batches: int) -> float:
@@ -97,4 +99,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"  training steps {training:8.2f} patches/s  ({training / args.batch:.3f} steps/s on {device})")
     verdict = "loading keeps up" if loading >= training else "LOADER-BOUND"
     print(f"  loader / model {loading / training:8.2f}  ({verdict})")
+    if args.json is not None:
+        figures = {
+            "patch": args.patch,
+            "batch": args.batch,
+            "workers": args.workers,
+            "arch": args.arch,
+            "loss": args.loss,
+            "device": device,
+            "loader_patches_per_s": loading,
+            "model_patches_per_s": training,
+            "cpu_ms_per_patch_per_worker": 1000.0 * max(args.workers, 1) / loading,
+            "loader_over_model": loading / training,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
