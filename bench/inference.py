@@ -91,10 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--references",
-        nargs="+",
+        nargs="*",
         choices=REFERENCES,
         default=list(REFERENCES),
-        help="reference pipelines run beside petseg (default: both)",
+        help="reference pipelines run beside petseg (default: both; none when given without a name)",
     )
     parser.add_argument("--lesion-fraction", type=float, default=0.02, help="random ensemble only")
     parser.add_argument("--seed-gzip", action="store_true", help="the entry's .nii.gz copies, not .nii")
