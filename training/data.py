@@ -37,7 +37,9 @@ from monai.transforms import (
     RandomizableTransform,
     SpatialPadd,
 )
-from monai.utils import convert_to_tensor
+from monai.transforms.croppad.array import SpatialCrop
+from monai.transforms.transform import apply_transform
+from monai.utils import convert_to_tensor, fall_back_tuple
 from tqdm import tqdm
 
 import petseg.inference.preprocess
@@ -231,6 +233,18 @@ class PreprocessedCache:
             log.warning("%s: unreadable cache entry, preprocessing %r again", path, record.case_id)
         return self._fill(record, path)
 
+    def open(self, record: CaseRecord) -> dict[str, np.ndarray]:
+        """The entry's arrays memory-mapped, as stored (image float16, or float32 beyond its range; label
+        uint8): a patch then reads only its own pages of a whole-body volume. Preprocesses on a miss, and
+        falls back to `get` for an entry that cannot be mapped."""
+        path = self.path(record)
+        if not path.is_file():
+            self.get(record)
+        mapped = _map_entry(path)
+        if mapped is None:
+            return self.get(record)
+        return mapped
+
     def prepare(self, records: Sequence[CaseRecord], progress: bool = True, workers: int = 2) -> None:
         """Preprocess every record not cached yet, in `workers` processes (1: in this process)."""
         missing = [record for record in records if not self.path(record).is_file()]
@@ -306,6 +320,44 @@ def _atomic_write(path: Path, write: Any) -> None:
     write_atomically(path, into, what="cache entry")
 
 
+def _map_entry(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an entry as read-only memory maps, or None where they cannot be mapped.
+
+    `np.savez` stores its members uncompressed, so each `.npy` member is a contiguous run of bytes in the
+    file: after the zip's local header and the array's own header, the data can be mapped in place.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+            for key in ("image", "label"):
+                info = archive.getinfo(f"{key}.npy")
+                if info.compress_type != zipfile.ZIP_STORED:
+                    return None
+                handle.seek(info.header_offset)
+                local = handle.read(30)
+                if local[:4] != b"PK\x03\x04":
+                    return None
+                name_length = int.from_bytes(local[26:28], "little")
+                extra_length = int.from_bytes(local[28:30], "little")
+                handle.seek(info.header_offset + 30 + name_length + extra_length)
+                version = np.lib.format.read_magic(handle)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+                order = "F" if fortran else "C"
+                arrays[key] = np.memmap(
+                    path, dtype=dtype, mode="r", shape=shape, offset=handle.tell(), order=order
+                )
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        log.debug("%s: cannot map: %s", path, error)
+        return None
+    image, label = arrays["image"], arrays["label"]
+    if image.ndim != 4 or image.shape[0] != 2 or label.shape != (1, *image.shape[1:]):
+        return None
+    return arrays
+
+
 def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of one entry, or None when the file is damaged (it is then rebuilt)."""
     try:
@@ -335,6 +387,29 @@ class LesionCentredCropd(RandCropByPosNegLabeld):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
             return super().__call__(data, lazy=lazy)
+
+    def crop_mapped(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        """The same draw and the same patch as `__call__`, from memory-mapped volumes at least as large as
+        the patch: the centre comes from the label alone (as in `__call__`, which has no image key), and
+        only the patch's voxels are read and converted."""
+        # As a tensor, as `__call__` sees it after padding: MONAI's index maps differ between numpy and torch
+        # labels (the torch background includes the lesion voxels), and the draw must be the same.
+        label = torch.as_tensor(np.array(data[self.label_key]))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
+            self.randomize(label, None, None, None)
+        assert self.cropper.centers is not None
+        size = fall_back_tuple(self.cropper.spatial_size, default=label.shape[1:])
+        patches = []
+        for centre in self.cropper.centers:
+            spatial = SpatialCrop(roi_center=centre, roi_size=size).slices
+            patch = dict(data)
+            for key in self.keys:
+                patch[key] = convert_to_tensor(
+                    np.array(data[key][(slice(None), *spatial)], dtype=np.float32), track_meta=False
+                )
+            patches.append(patch)
+        return patches
 
 
 class HotUptakeCropd(RandomizableTransform, MapTransform):
@@ -535,9 +610,29 @@ class AsTrainingTensorsd(MapTransform):
 
 
 class PatchCompose(Compose):
-    """A `Compose` that returns the one patch as a dict, not as the crop's one-element list."""
+    """A `Compose` that returns the one patch as a dict, not as the crop's one-element list.
+
+    Given memory-mapped volumes (`PreprocessedCache.open`) at least as large as the patch, the lesion-centred
+    crop reads only the patch (`LesionCentredCropd.crop_mapped`: the same draw, the same voxels) and the
+    later steps run on it; otherwise the volumes are read whole and every step runs as listed.
+    """
 
     def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(input_, Mapping) and isinstance(input_.get("image"), np.memmap):
+            crop = self.transforms[1] if len(self.transforms) > 1 else None
+            shape = input_["label"].shape[1:]
+            if isinstance(crop, LesionCentredCropd) and all(
+                n >= p for n, p in zip(shape, fall_back_tuple(crop.cropper.spatial_size, shape), strict=True)
+            ):
+                output: Any = crop.crop_mapped(input_)
+                for transform in self.transforms[2:]:
+                    output = apply_transform(transform, output, map_items=True)
+                return output[0] if isinstance(output, list) and len(output) == 1 else output
+            input_ = {
+                **input_,
+                "image": np.asarray(input_["image"], dtype=np.float32),
+                "label": np.array(input_["label"]),
+            }
         output = super().__call__(input_, *args, **kwargs)
         if isinstance(output, list) and len(output) == 1:
             return output[0]
@@ -665,7 +760,7 @@ class PatchDataset(torch.utils.data.Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         self._seed_worker()
-        sample = self.transforms(self.cache.get(self.records[index % len(self.records)]))
+        sample = self.transforms(self.cache.open(self.records[index % len(self.records)]))
         if isinstance(sample, list) and len(sample) == 1:
             sample = sample[0]
         image = convert_to_tensor(sample["image"], dtype=torch.float32, track_meta=False)

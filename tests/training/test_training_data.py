@@ -539,3 +539,38 @@ def test_hot_crops_leave_the_other_draws_to_the_lesion_sampler() -> None:
     assert only_hot(cold)["label"].sum() > 0  # nothing hot outside the lesion: the lesion sampler decides
     with pytest.raises(ValueError, match="hot_probability must be in"):
         train_transforms(PATCH, hot_probability=1.5)
+
+
+def test_mapped_entries_give_the_same_patches_reading_only_the_patch(
+    cache: PreprocessedCache, records: list[CaseRecord], tmp_path: Path
+) -> None:
+    """`open` maps the stored arrays in place; a patch from them is the very patch `get` gives, draw for
+    draw (augmentation included), where the volume is at least the patch; smaller volumes are read whole
+    and padded as before; an entry that cannot be mapped falls back to `get`."""
+    mapped = cache.open(records[0])
+    assert isinstance(mapped["image"], np.memmap)
+    assert isinstance(mapped["label"], np.memmap)
+    whole = cache.get(records[0])
+    np.testing.assert_array_equal(np.asarray(mapped["image"], dtype=np.float32), whole["image"])
+    np.testing.assert_array_equal(mapped["label"], whole["label"])
+    for patch in ((16, 16, 16), PATCH):  # the tiny volumes hold a 16³ patch; 48³ needs padding
+        for augment in (False, True):
+            whole = train_transforms(patch, 0.8, augment, seed=5)
+            lazy = train_transforms(patch, 0.8, augment, seed=5)
+            for index in range(12):
+                record = records[index % len(records)]
+                a, b = whole(cache.get(record)), lazy(cache.open(record))
+                assert torch.equal(a["image"], b["image"]), (patch, augment, index)
+                assert torch.equal(a["label"], b["label"]), (patch, augment, index)
+    # A compressed entry (written by hand) cannot be mapped: the arrays are read whole instead.
+    entry = cache.path(records[1])
+    arrays = cache.get(records[1])
+    backup = tmp_path / "entry.npz"
+    shutil.copyfile(entry, backup)
+    try:
+        np.savez_compressed(entry, image=arrays["image"].astype(np.float16), label=arrays["label"])
+        fallback = cache.open(records[1])
+        assert not isinstance(fallback["image"], np.memmap)
+        np.testing.assert_array_equal(fallback["image"], arrays["image"])
+    finally:
+        shutil.copyfile(backup, entry)
