@@ -379,6 +379,22 @@ PET_CHANNEL = 1  # petseg.model.card.CHANNELS: [CT, PET]
 HOT_MIN_VOXELS = 16  # hot specks of PET noise are not organs
 
 
+class _AllVoxels:
+    """Every flat voxel index of a volume, as a background index map that is never built (50 M voxels of
+    int64 would be 400 MB a patch); not a `Sequence`, so MONAI does not turn it into an array."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> int:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return int(index)
+
+
 class LesionCentredCropd(RandCropByPosNegLabeld):
     """`RandCropByPosNegLabeld` without its warning on lesion-free labels, where it falls back to background
     centres: that fallback is what a lesion-free case (a third of autoPET) should get, not a problem."""
@@ -392,12 +408,14 @@ class LesionCentredCropd(RandCropByPosNegLabeld):
         """The same draw and the same patch as `__call__`, from memory-mapped volumes at least as large as
         the patch: the centre comes from the label alone (as in `__call__`, which has no image key), and
         only the patch's voxels are read and converted."""
-        # As a tensor, as `__call__` sees it after padding: MONAI's index maps differ between numpy and torch
-        # labels (the torch background includes the lesion voxels), and the draw must be the same.
-        label = torch.as_tensor(np.array(data[self.label_key]))
+        # The index maps `__call__` draws from, without building them: the lesion voxels, and as background
+        # every voxel. That is what MONAI's map gives for the tensor label `__call__` sees after padding (its
+        # torch background includes the lesion voxels; its numpy one does not), and the draw must be the same.
+        label = data[self.label_key]
+        lesion = np.flatnonzero(np.asarray(label).reshape(label.shape[0], -1).any(axis=0))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
-            self.randomize(label, None, None, None)
+            self.randomize(label, lesion, _AllVoxels(math.prod(label.shape[1:])), None)
         assert self.cropper.centers is not None
         size = fall_back_tuple(self.cropper.spatial_size, default=label.shape[1:])
         patches = []
