@@ -37,7 +37,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"best validation score {result.best_score:.4f} at epoch {result.best_epoch} ({config.out})")
     print(
         "next: train the other folds (--fold 0-4), then make the model folder with\n"
-        f"  python -m training export {config.out.parent / '<run of each fold>'} ... --out MODEL_DIR"
+        f"  python -m training export {config.out.parent / '<run of each fold>'} ... --output MODEL_DIR"
     )
     return 0
 
