@@ -100,12 +100,13 @@ _CASE_SUBFOLDERS = {
 }
 
 
-def _case_folder_images_exist(folder: Path) -> bool:
-    """A folder of Grand-Challenge case folders that hold their PET (`petseg phantoms --layout gc`)."""
+def _pets_beside_truths(folder: Path) -> dict[str, Path]:
+    """The PETs of a folder of Grand-Challenge case folders that hold their own (`petseg phantoms --layout
+    gc`), by case; empty for any other ground-truth folder."""
     try:
-        return not _flat_images(folder, "PET") and bool(_case_folder_images(folder, "PET"))
+        return {} if _flat_images(folder, "PET") else _case_folder_images(folder, "PET")
     except (InputError, OSError):
-        return False
+        return {}
 
 
 def _case_folder_images(folder: Path, what: str) -> dict[str, Path]:
@@ -133,9 +134,12 @@ def match_cases(
     if not truths:
         raise InputError(f"{truth_dir}: no ground-truth images (.mha, .nii.gz, ...)")
     predictions = _images_by_name(Path(prediction_dir), "prediction")
-    if pet_dir is None and _case_folder_images_exist(Path(truth_dir)):
-        pet_dir = Path(truth_dir)  # phantom case folders hold their PET beside the ground truth
-    pets = _images_by_name(Path(pet_dir), "PET") if pet_dir is not None else {}
+    if pet_dir is None:
+        pets = _pets_beside_truths(Path(truth_dir))
+        if pets:
+            pet_dir = Path(truth_dir)  # phantom case folders hold their PET beside the ground truth
+    else:
+        pets = _images_by_name(Path(pet_dir), "PET")
     cases = []
     for name, truth in truths.items():
         prediction = predictions.get(name)

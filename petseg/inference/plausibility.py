@@ -21,18 +21,21 @@ __all__ = ["IMPLAUSIBLE_COMPONENT_ML", "IMPLAUSIBLE_TOTAL_ML", "input_warnings",
 # Organ volumes in adults: kidney about 150 ml, full bladder up to 500 ml, liver 1,500 ml, brain 1,300 ml.
 IMPLAUSIBLE_COMPONENT_ML = 400.0  # one predicted lesion this large: organ-sized
 IMPLAUSIBLE_TOTAL_ML = 1500.0  # all predicted lesions together
+assert IMPLAUSIBLE_TOTAL_ML >= IMPLAUSIBLE_COMPONENT_ML  # mask_warnings' early return relies on it
 
 
 def mask_warnings(mask: sitk.Image) -> list[str]:
     """What is implausible about a lesion mask on its PET grid (empty when nothing is)."""
-    array = sitk.GetArrayViewFromImage(mask) > 0
-    if not array.any():
-        return []
+    voxels = sitk.GetArrayViewFromImage(mask)
     voxel_ml = math.prod(mask.GetSpacing()) / 1000.0
-    labels = cc3d.connected_components(np.ascontiguousarray(array), connectivity=18)
+    total = int(np.count_nonzero(voxels)) * voxel_ml
+    # Below the component limit (itself below the total one) nothing can be named: the usual mask of a
+    # case is then never labelled, which on a whole-body grid would cost a pass over 100 M voxels.
+    if total <= IMPLAUSIBLE_COMPONENT_ML:
+        return []
+    labels = cc3d.connected_components(np.ascontiguousarray(voxels > 0), connectivity=18)
     sizes_ml = np.bincount(labels.ravel())[1:] * voxel_ml
     found = []
-    total = float(sizes_ml.sum())
     if total > IMPLAUSIBLE_TOTAL_ML:
         found.append(
             f"the predicted lesions total {total:,.0f} ml (above {IMPLAUSIBLE_TOTAL_ML:,.0f} ml is rare even "

@@ -101,15 +101,14 @@ def generate(
         lesion_free = None if negatives else False
         if maps is not None:
             phantom = simulate(organ_scene(maps[index], seed, index, tracer, size, lesion_free))
-            if not autopet_ids:
-                phantom.case_id = phantom.info["case_id"] = ids.plain_id(phantom.case_id)
         else:
             case_tracer, patient = plan[index]
             phantom = make_case(
                 seed, index, tracer=case_tracer, size=size, patient_id=patient, lesion_free=lesion_free
             )
-            if not autopet_ids:
-                phantom.case_id = ids.plain_id(phantom.case_id)
+        if not autopet_ids:
+            phantom.case_id = phantom.info["case_id"] = ids.plain_id(phantom.case_id)
+        if maps is None:
             _make_unique(phantom, taken, seed, index, autopet_ids)
         taken.add(phantom.case_id)
         files = write_gc(phantom, out_dir) if layout == "gc" else write_nnunet(phantom, out_dir)
