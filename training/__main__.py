@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from petseg.app.arguments import command_parser, parse_arguments, subcommands
+from petseg.app.arguments import add_output, command_parser, parse_arguments, subcommands
 from petseg.app.console import setup_logging
 from petseg.app.runtime import guarded
 
@@ -72,7 +72,7 @@ def _card(args: argparse.Namespace) -> int:
     config = TrainConfig.from_json(read_recipe(args.recipe))
     card_path = args.out / CARD_NAME
     if card_path.exists():
-        raise TrainingError(f"{card_path}: a model card is already there; choose an empty --out")
+        raise TrainingError(f"{card_path}: a model card is already there; choose an empty --output")
     args.out.mkdir(parents=True, exist_ok=True)
     save_card(recipe_card(config, folds=args.folds, name=args.name), args.out)
     print(f"wrote {card_path}: the card of {args.recipe.name}, {args.folds} fold(s) to train")
@@ -175,9 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="fold runs -> model folder (safetensors + model.json)")
     export.add_argument("runs", type=Path, nargs="+", help="run folders, one per fold")
-    export.add_argument(
-        "--output", "--out", dest="out", type=Path, required=True, help="model folder to write"
-    )
+    add_output(export, dest="out", type=Path, required=True, help="model folder to write")
     export.add_argument("--name", default=None, help="model name in the card")
     export.add_argument("--synthetic", action="store_true", help="mark the card as trained on synthetic data")
     export.add_argument(
@@ -220,14 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument(
         "--recipe", type=Path, default=DEFAULT_RECIPE, help="training recipe (default: the autoPET III one)"
     )
-    card.add_argument(
-        "--output",
-        "--out",
-        dest="out",
-        type=Path,
-        required=True,
-        help="model folder to write model.json into",
-    )
+    add_output(card, dest="out", type=Path, required=True, help="model folder to write model.json into")
     card.add_argument("--folds", type=int, default=5, help="number of folds (default %(default)s)")
     card.add_argument("--name", default=None, help="model name in the card")
     card.set_defaults(run=_card)
@@ -264,9 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     weighting.add_argument("--data", type=Path, required=True, help="nnU-Net-layout dataset with labels")
     weighting.add_argument("--loss", choices=LOSSES, required=True, help="the loss to analyse")
     weighting.add_argument("--cases", type=int, default=None, help="only the first N cases (default: all)")
-    weighting.add_argument(
-        "--output", "--out", dest="out", type=Path, default=None, help="default: weighting-<loss>/"
-    )
+    add_output(weighting, dest="out", type=Path, default=None, help="default: weighting-<loss>/")
     weighting.add_argument("--device", choices=DEVICES, default="auto", help="where the folds run")
     weighting.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     weighting.set_defaults(run=_analyse_weighting)
@@ -276,9 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="phantoms -> five resunet-tiny folds per tracer (on the CPU by default) -> model folder",
     )
-    demo.add_argument(
-        "--output",
-        "--out",
+    add_output(
+        demo,
         dest="out",
         type=Path,
         required=True,

@@ -56,9 +56,9 @@ def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     return parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
 
-def add_output(parser: argparse.ArgumentParser, **options: Any) -> None:
-    """`--output DIR` (also spelled `--out`), the folder a command writes."""
-    parser.add_argument("--output", "--out", dest="output", metavar="DIR", **options)
+def add_output(parser: argparse.ArgumentParser, dest: str = "output", **options: Any) -> None:
+    """`--output DIR` (also spelled `--out`), the folder a command writes, into `args.<dest>`."""
+    parser.add_argument("--output", "--out", dest=dest, metavar="DIR", **options)
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

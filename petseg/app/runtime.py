@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from petseg.app.arguments import add_output
 from petseg.errors import PetsegError
 
 if TYPE_CHECKING:  # torch is imported with the ensemble, not with the argument parsers
@@ -231,14 +232,7 @@ def tta_plan(choice: str, predictor: Predictor, budget: TimeBudget) -> MirrorTTA
 def add_container_arguments(parser: argparse.ArgumentParser, default_model: Path) -> None:
     """--input, --output, --model and the compute options, as process.py and app.py both take them."""
     parser.add_argument("--input", type=Path, default=Path("/input"), help="input folder (default /input)")
-    parser.add_argument(
-        "--output",
-        "--out",
-        dest="output",
-        type=Path,
-        default=Path("/output"),
-        help="output folder (default /output)",
-    )
+    add_output(parser, type=Path, default=Path("/output"), help="output folder (default /output)")
     parser.add_argument(
         "--model",
         type=Path,
