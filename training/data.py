@@ -352,10 +352,7 @@ def _map_entry(path: Path) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         log.debug("%s: cannot map: %s", path, error)
         return None
-    image, label = arrays["image"], arrays["label"]
-    if image.ndim != 4 or image.shape[0] != 2 or label.shape != (1, *image.shape[1:]):
-        return None
-    return arrays
+    return arrays if _entry_shapes_fit(arrays["image"], arrays["label"]) else None
 
 
 def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
@@ -366,9 +363,14 @@ def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         log.debug("%s: %s", path, error)
         return None
-    if image.ndim != 4 or image.shape[0] != 2 or label.shape != (1, *image.shape[1:]):
+    if not _entry_shapes_fit(image, label):
         return None
     return {"image": image.astype(np.float32), "label": label.astype(np.uint8, copy=False)}
+
+
+def _entry_shapes_fit(image: np.ndarray, label: np.ndarray) -> bool:
+    """An entry holds a [CT, PET] image (2, X, Y, Z) and its label (1, X, Y, Z); anything else is damage."""
+    return image.ndim == 4 and image.shape[0] == 2 and label.shape == (1, *image.shape[1:])
 
 
 # ----------------------------------------------------------------------------------------------- transforms

@@ -174,7 +174,6 @@ def export(
         else:
             sha256 = save_state(run["state"], target)
         entries.append(Fold(fold=fold, weights=target.name, sha256=sha256, tracer=tracer))
-    build_network(architecture, ensemble.roi_size)  # the card must describe a buildable network
     scores = [float(run["chosen"]["val_score"]) for run in runs]
     phantoms = next((run["phantoms"] for run in runs if run.get("phantoms")), None)
     phantoms = phantoms or manifest_arguments(config.data)
@@ -239,6 +238,7 @@ def card_settings(
 ) -> tuple[Architecture, PreprocessSettings, EnsembleSettings]:
     """The network, preprocessing and ensemble a card of runs trained with `config` describes: the
     sliding window as validation used it, and the inference settings (`threshold`, growth) of `inference`.
+    The network is built once, so a card that describes none is refused before anything is written.
     """
     ensemble = replace(
         inference or EnsembleSettings(),
@@ -247,18 +247,15 @@ def card_settings(
         # Test-time mirrors only where training mirrored: left-right patches, or none.
         mirror_axes=((0,),) if config.flip_probability > 0 else (),
     )
-    return (
-        Architecture(config.arch, dict(config.arch_args)),
-        PreprocessSettings(spacing_mm=config.spacing_mm),
-        ensemble,
-    )
+    architecture = Architecture(config.arch, dict(config.arch_args))
+    build_network(architecture, ensemble.roi_size)
+    return architecture, PreprocessSettings(spacing_mm=config.spacing_mm), ensemble
 
 
 def recipe_card(config: TrainConfig, folds: int = 5, name: str | None = None) -> ModelCard:
     """The card a recipe's `folds` runs will be exported with, before there are weights: a model folder
     to fill (`trained` false, each fold's `fold<K>.safetensors` still to come)."""
     architecture, settings, ensemble = card_settings(config)
-    build_network(architecture, ensemble.roi_size)  # the card must describe a buildable network
     return ModelCard(
         name=name or f"petseg-{config.arch}-{config.loss}",
         architecture=architecture,
