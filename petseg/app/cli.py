@@ -51,6 +51,7 @@ def _phantoms(args: argparse.Namespace) -> int:
             fdg_share=args.fdg_share,
             negatives=args.negatives,
             autopet_ids=args.autopet_ids,
+            organ_maps=args.organ_maps,
         )
     except ValueError as error:
         raise PetsegError(str(error)) from None
@@ -237,6 +238,7 @@ def _non_negative_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from petseg.synthetic import LAYOUTS, SIZES, TRACERS
     from petseg.synthetic.generate import FDG_SHARE
+    from petseg.synthetic.organs import MAP_SETS
 
     parser = command_parser("petseg", "Whole-body PET/CT lesion segmentation.")
     parser.add_argument("--version", action="version", version=f"petseg {__version__}")
@@ -276,7 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="gc",
         help="gc: Grand-Challenge folders; nnunet: imagesTr/labelsTr",
     )
-    phantoms.add_argument("--organs", type=Path, default=None, help="folder of organ label maps (NIfTI)")
+    phantoms.add_argument(
+        "--organs",
+        type=Path,
+        default=None,
+        help="folder of organ label maps (NIfTI): the first cases are built around them, one per map, the "
+        "rest are analytic",
+    )
+    phantoms.add_argument(
+        "--organ-maps",
+        choices=MAP_SETS,
+        default="all",
+        help="which of the --organs maps: all, or one side of the fixed split by file name (about one in "
+        "four held out for evaluation)",
+    )
     phantoms.add_argument(
         "--no-negatives",
         dest="negatives",

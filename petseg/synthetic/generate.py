@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from petseg.errors import OutputError
+from petseg.errors import InputError, OutputError
 from petseg.io import write_json
 from petseg.synthetic import ids
 from petseg.synthetic.case import IDS, TRACERS, Phantom, check_common, make_case, rng_for, simulate
 from petseg.synthetic.layouts import LAYOUTS, finish_nnunet, write_gc, write_nnunet
-from petseg.synthetic.organs import find_maps, organ_scene
+from petseg.synthetic.organs import MAP_SETS, find_maps, organ_scene, select_maps
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def generate(
     fdg_share: float = FDG_SHARE,
     negatives: bool = True,
     autopet_ids: bool = False,
+    organ_maps: str = "all",
 ) -> list[dict]:
     """Write `cases` phantoms to `out_dir` and return their manifest rows (also in `out_dir/phantoms.json`).
 
@@ -76,6 +77,10 @@ def generate(
     in ten is lesion-free, as in autoPET). `autopet_ids` keeps autoPET's free-text study descriptions in
     the case ids, spaces included (`fdg_<hex>_<date>-NA-PET-CT Ganzkoerper  primaer mit KM-<n>`), to test
     code against them; by default ids are plain (`fdg_<hex>_<date>`).
+
+    With `organs_dir`, the first cases are built around its organ maps (of `organ_maps`: "all", or one side
+    of the fixed train/held-out split), one case per map, and any further cases are analytic, so `cases`
+    is always the number of cases written.
 
     Invalid arguments raise ValueError; an unusable organ-map folder raises InputError and an output folder
     that holds something other than an earlier phantom run raises OutputError.
@@ -89,17 +94,20 @@ def generate(
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if isinstance(fdg_share, bool) or not isinstance(fdg_share, (int, float)) or not 0.0 <= fdg_share <= 1.0:
         raise ValueError(f"fdg_share must be a number from 0 to 1, got {fdg_share!r}")
+    if organ_maps not in MAP_SETS:
+        raise ValueError(f"organ_maps must be one of {', '.join(MAP_SETS)}, got {organ_maps!r}")
     out_dir = Path(out_dir)
-    maps = find_maps(Path(organs_dir))[:cases] if organs_dir is not None else None
+    maps = select_maps(find_maps(Path(organs_dir)), organ_maps)[:cases] if organs_dir is not None else []
+    if organs_dir is not None and not maps:
+        raise InputError(f"{organs_dir}: no organ maps in the {organ_maps!r} set")
     previous = _previous_files(out_dir)
-    count = len(maps) if maps is not None else cases
-    plan = plan_cases(seed, count, tracer, fdg_share) if maps is None else []
+    plan = plan_cases(seed, cases, tracer, fdg_share)
 
     rows: list[dict] = []
     taken: set[str] = set()
-    for index in tqdm(range(count), desc="phantoms", unit="case", disable=not progress):
+    for index in tqdm(range(cases), desc="phantoms", unit="case", disable=not progress):
         lesion_free = None if negatives else False
-        if maps is not None:
+        if index < len(maps):
             phantom = simulate(organ_scene(maps[index], seed, index, tracer, size, lesion_free))
         else:
             case_tracer, patient = plan[index]
@@ -108,7 +116,7 @@ def generate(
             )
         if not autopet_ids:
             phantom.case_id = phantom.info["case_id"] = ids.plain_id(phantom.case_id)
-        if maps is None:
+        if index >= len(maps):
             _make_unique(phantom, taken, seed, index, autopet_ids)
         taken.add(phantom.case_id)
         files = write_gc(phantom, out_dir) if layout == "gc" else write_nnunet(phantom, out_dir)
@@ -127,6 +135,7 @@ def generate(
         "size": size,
         "layout": layout,
         "organs_dir": None if organs_dir is None else str(organs_dir),
+        "organ_maps": organ_maps,
         "negatives": bool(negatives),
         "autopet_ids": bool(autopet_ids),
     }

@@ -7,6 +7,7 @@ and table around them, and lesions are placed around the real organs as in analy
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,31 @@ def find_maps(folder: Path) -> list[Path]:
     if not maps:
         raise InputError(f"{folder}: no NIfTI organ label maps (.nii.gz, .nii) in the folder")
     return maps
+
+
+# Which maps of a folder a run takes: every one, or one side of the fixed split below.
+MAP_SETS = ("all", "train", "held-out")
+HELD_OUT_BUCKETS = 4  # one map in about four is held out for evaluation
+
+
+def is_held_out(path: Path) -> bool:
+    """Whether a map belongs to the held-out side of the split, decided by its file name alone.
+
+    A hash of the name, not its rank in a sorted folder: adding or removing other maps never moves a map
+    from one side to the other, so a model trained on the "train" side is never scored on one of its own
+    training maps.
+    """
+    digest = hashlib.sha256(image_stem(path).encode()).digest()
+    return int.from_bytes(digest[:4], "big") % HELD_OUT_BUCKETS == 0
+
+
+def select_maps(maps: list[Path], which: str) -> list[Path]:
+    """The maps of one side of the split ("train" or "held-out"), or all of them ("all")."""
+    if which not in MAP_SETS:
+        raise ValueError(f"organ map set must be one of {', '.join(MAP_SETS)}, got {which!r}")
+    if which == "all":
+        return list(maps)
+    return [path for path in maps if is_held_out(path) == (which == "held-out")]
 
 
 def tracer_of(path: Path, tracer: str) -> str:

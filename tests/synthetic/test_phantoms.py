@@ -19,7 +19,7 @@ from petseg.synthetic import GRIDS, LAYOUTS, SIZES, TRACERS, Phantom, generate, 
 from petseg.synthetic.generate import plan_cases
 from petseg.synthetic.grids import FAMILIES, DiagonalGrid
 from petseg.synthetic.layouts import ct_on_pet_grid
-from petseg.synthetic.organs import downsample_factors
+from petseg.synthetic.organs import downsample_factors, select_maps
 
 AUTOPET_DIRECTION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -420,8 +420,10 @@ def test_phantoms_around_real_organ_maps(tmp_path: Path) -> None:
     for path in picks:
         (chosen / path.name).symlink_to(path)
     rows = generate(tmp_path / "out", 5, seed=0, organs_dir=chosen, progress=False)
-    assert [row["case_id"] for row in rows] == sorted(image_stem(p) for p in picks)
-    for row, path in zip(rows, sorted(picks), strict=True):
+    assert len(rows) == 5  # the maps first, then analytic cases
+    assert [row["case_id"] for row in rows[:2]] == sorted(image_stem(p) for p in picks)
+    assert [row["source"] for row in rows[2:]] == ["analytic"] * 3
+    for row, path in zip(rows, sorted(picks), strict=False):
         assert row["tracer"] == path.name.split("_")[0]
         assert row["source"] == path.name
         organ_map = sitk.ReadImage(str(path))
@@ -445,6 +447,20 @@ def test_phantoms_around_real_organ_maps(tmp_path: Path) -> None:
         assert float(np.median(values[lungs])) < 0.8
         ct_on_pet = sitk.Resample(ct, pet, sitk.Transform(), sitk.sitkLinear, -1024.0)
         assert -950 < float(np.median(_array(ct_on_pet)[lungs])) < -700
+
+
+def test_the_organ_map_split_is_fixed_by_file_name(tmp_path: Path) -> None:
+    names = [f"{tracer}_{index:04x}_2020-01-01.nii.gz" for tracer in ("fdg", "psma") for index in range(40)]
+    maps = [tmp_path / name for name in names]
+    held_out = select_maps(maps, "held-out")
+    train = select_maps(maps, "train")
+    assert set(held_out).isdisjoint(train)
+    assert set(held_out) | set(train) == set(maps)
+    assert 0.1 < len(held_out) / len(maps) < 0.4
+    # Another folder's maps never move a map across the split.
+    assert select_maps(maps[::3], "held-out") == [path for path in held_out if path in maps[::3]]
+    with pytest.raises(ValueError, match="organ map set"):
+        select_maps(maps, "test")
 
 
 @pytest.mark.slow
