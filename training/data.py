@@ -55,7 +55,11 @@ SPLITS_FILE = "splits_final.json"
 CACHE_FOLDER = ".petseg-cache"  # inside the dataset, unless a run names another (`--cache`)
 
 # Bumped whenever the layout of a cache entry changes, so old entries are never misread.
-CACHE_FORMAT = 1
+# 2: each entry also holds its lesion voxels' flat indices (`LESION_INDICES`).
+CACHE_FORMAT = 2
+# The flat indices of the label's lesion voxels, computed once when the entry is written (as nnU-Net stores
+# its class locations): a lesion-centred crop then draws its centre without scanning the whole label.
+LESION_INDICES = "lesion_indices"
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_SAFE_LENGTH = 120
 # Preprocessing workers run only SimpleITK (whose default "Platform" threader keeps no thread pool to break)
@@ -224,7 +228,8 @@ class PreprocessedCache:
         return self.directory / f"{safe_name(record.case_id)}.{digest}.npz"
 
     def get(self, record: CaseRecord) -> dict[str, np.ndarray]:
-        """{"image": float32 (2, X, Y, Z), "label": uint8 (1, X, Y, Z)}, preprocessing on a miss."""
+        """{"image": float32 (2, X, Y, Z), "label": uint8 (1, X, Y, Z), `LESION_INDICES`: int64 (N,)},
+        preprocessing on a miss."""
         path = self.path(record)
         if path.is_file():
             loaded = _load_entry(path)
@@ -283,9 +288,10 @@ class PreprocessedCache:
             )
             stored = image
         label = np.ascontiguousarray(label, dtype=np.uint8)
-        _atomic_write(path, lambda f: np.savez(f, image=stored, label=label))
+        lesion = lesion_indices(label)
+        _atomic_write(path, lambda f: np.savez(f, image=stored, label=label, **{LESION_INDICES: lesion}))
         self._remove_stale(record, path)
-        return {"image": stored.astype(np.float32), "label": label}
+        return {"image": stored.astype(np.float32), "label": label, LESION_INDICES: lesion}
 
     def _remove_stale(self, record: CaseRecord, current: Path) -> None:
         """Entries of this case made from earlier versions of its files can never be read again."""
@@ -320,6 +326,11 @@ def _atomic_write(path: Path, write: Any) -> None:
     write_atomically(path, into, what="cache entry")
 
 
+def lesion_indices(label: np.ndarray) -> np.ndarray:
+    """Flat indices (over the spatial axes) of the voxels that are lesion in any channel of `label`."""
+    return np.flatnonzero(np.asarray(label).reshape(label.shape[0], -1).any(axis=0)).astype(np.int64)
+
+
 def _map_entry(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of an entry as read-only memory maps, or None where they cannot be mapped.
 
@@ -329,7 +340,7 @@ def _map_entry(path: Path) -> dict[str, np.ndarray] | None:
     arrays: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
-            for key in ("image", "label"):
+            for key in ("image", "label", LESION_INDICES):
                 info = archive.getinfo(f"{key}.npy")
                 if info.compress_type != zipfile.ZIP_STORED:
                     return None
@@ -352,25 +363,38 @@ def _map_entry(path: Path) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         log.debug("%s: cannot map: %s", path, error)
         return None
-    return arrays if _entry_shapes_fit(arrays["image"], arrays["label"]) else None
+    return arrays if _entry_fits(arrays) else None
 
 
 def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of one entry, or None when the file is damaged (it is then rebuilt)."""
     try:
         with np.load(path, allow_pickle=False) as entry:
-            image, label = entry["image"], entry["label"]
+            arrays = {key: entry[key] for key in ("image", "label", LESION_INDICES)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         log.debug("%s: %s", path, error)
         return None
-    if not _entry_shapes_fit(image, label):
+    if not _entry_fits(arrays):
         return None
-    return {"image": image.astype(np.float32), "label": label.astype(np.uint8, copy=False)}
+    return {
+        "image": arrays["image"].astype(np.float32),
+        "label": arrays["label"].astype(np.uint8, copy=False),
+        LESION_INDICES: arrays[LESION_INDICES],
+    }
 
 
-def _entry_shapes_fit(image: np.ndarray, label: np.ndarray) -> bool:
-    """An entry holds a [CT, PET] image (2, X, Y, Z) and its label (1, X, Y, Z); anything else is damage."""
-    return image.ndim == 4 and image.shape[0] == 2 and label.shape == (1, *image.shape[1:])
+def _entry_fits(arrays: dict[str, np.ndarray]) -> bool:
+    """An entry holds a [CT, PET] image (2, X, Y, Z), its label (1, X, Y, Z) and as many lesion indices as
+    the label has lesion voxels; anything else is damage."""
+    image, label, lesion = arrays["image"], arrays["label"], arrays[LESION_INDICES]
+    return (
+        image.ndim == 4
+        and image.shape[0] == 2
+        and label.shape == (1, *image.shape[1:])
+        and lesion.ndim == 1
+        and lesion.dtype == np.int64
+        and (lesion.size == 0 or int(lesion[-1]) < math.prod(label.shape[1:]))
+    )
 
 
 # ----------------------------------------------------------------------------------------------- transforms
@@ -414,7 +438,8 @@ class LesionCentredCropd(RandCropByPosNegLabeld):
         # every voxel. That is what MONAI's map gives for the tensor label `__call__` sees after padding (its
         # torch background includes the lesion voxels; its numpy one does not), and the draw must be the same.
         label = data[self.label_key]
-        lesion = np.flatnonzero(np.asarray(label).reshape(label.shape[0], -1).any(axis=0))
+        stored = data.get(LESION_INDICES)
+        lesion = np.asarray(stored) if stored is not None else lesion_indices(label)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
             self.randomize(label, lesion, _AllVoxels(math.prod(label.shape[1:])), None)

@@ -541,6 +541,29 @@ def test_hot_crops_leave_the_other_draws_to_the_lesion_sampler() -> None:
         train_transforms(PATCH, hot_probability=1.5)
 
 
+def test_entries_hold_their_lesion_indices_and_the_crop_draws_from_them(
+    cache: PreprocessedCache, records: list[CaseRecord]
+) -> None:
+    """Each entry stores the flat indices of its lesion voxels once; the mapped crop takes its lesion
+    centres from them, not from a scan of the label."""
+    for record in records:
+        mapped = cache.open(record)
+        label = np.asarray(mapped["label"])
+        np.testing.assert_array_equal(mapped["lesion_indices"], np.flatnonzero(label[0]))
+        np.testing.assert_array_equal(cache.get(record)["lesion_indices"], mapped["lesion_indices"])
+    record = next(r for r in records if np.asarray(cache.open(r)["label"]).any())
+    mapped = dict(cache.open(record))
+    shape = mapped["label"].shape[1:]
+    # Stored indices that name one voxel far from every lesion: every lesion-centred patch now holds it.
+    corner = np.ravel_multi_index((0, 0, 0), shape)
+    mapped["lesion_indices"] = np.array([corner], dtype=np.int64)
+    crop = train_transforms((16, 16, 16), lesion_probability=1.0, augment=False, seed=1).transforms[1]
+    for _ in range(4):
+        (patch,) = crop.crop_mapped(mapped)
+        assert crop.cropper.centers is not None
+        assert all(int(c) <= 8 for c in crop.cropper.centers[0])
+
+
 def test_mapped_entries_give_the_same_patches_reading_only_the_patch(
     cache: PreprocessedCache, records: list[CaseRecord], tmp_path: Path
 ) -> None:
@@ -568,7 +591,12 @@ def test_mapped_entries_give_the_same_patches_reading_only_the_patch(
     backup = tmp_path / "entry.npz"
     shutil.copyfile(entry, backup)
     try:
-        np.savez_compressed(entry, image=arrays["image"].astype(np.float16), label=arrays["label"])
+        np.savez_compressed(
+            entry,
+            image=arrays["image"].astype(np.float16),
+            label=arrays["label"],
+            lesion_indices=arrays["lesion_indices"],
+        )
         fallback = cache.open(records[1])
         assert not isinstance(fallback["image"], np.memmap)
         np.testing.assert_array_equal(fallback["image"], arrays["image"])
