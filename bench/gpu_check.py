@@ -49,8 +49,9 @@ def _steps(out: Path, smoke: bool, device: str) -> list[tuple[str, list[str], Pa
         inference += ["--overlap", "0.25", "--repeats", "1", "--references", "matched"]
         phantoms = ["--cases", "4", "--size", "tiny"]
         tiny_loader = ["--patch", "32", "--batch", "2", "--workers", "1", "--arch", "resunet-tiny"]
-        loaders = [("loader-32", tiny_loader)]
-        demo = ["--cases", "10", "--folds", "2", "--epochs", "1", "--no-split-by-tracer", "--parallel", "1"]
+        loaders = [("loader-32", tiny_loader), ("loader-32-device", [*tiny_loader, "--augment-on", "device"])]
+        demo = ["--cases", "10", "--size", "tiny", "--folds", "2", "--epochs", "1", "--no-split-by-tracer"]
+        demo += ["--parallel", "1", "--evaluation-cases", "2", "--evaluation-negatives", "1"]
     else:
         inference = ["--case", "autopet-661", "--arch", "resunet", "--folds", "5", "--window", "192"]
         # No reference pipeline: the entry's ran fp32 on the CPU, 300 windows of 192³ (bench/README.md has
@@ -61,7 +62,12 @@ def _steps(out: Path, smoke: bool, device: str) -> list[tuple[str, list[str], Pa
             (f"loader-{p}", ["--patch", str(p), "--batch", "2", "--workers", "12", "--arch", "resunet"])
             for p in (128, 64)
         ]
-        demo = ["--epochs", "3", "--parallel", "5", "--workers", "3"]
+        # The same at 128³ with the augmentation on the GPU: the loader workers only crop.
+        loaders.append((f"{loaders[0][0]}-device", [*loaders[0][1], "--augment-on", "device"]))
+        # 20 whole-body cases, not the recipe's 80: generating them is serial CPU work, and an epoch's
+        # training does not depend on the number of cases (64 patches; validation on a fifth of them).
+        demo = ["--cases", "20", "--epochs", "3", "--parallel", "5", "--workers", "3"]
+        demo += ["--evaluation-cases", "2", "--evaluation-negatives", "1"]  # the training time is the figure
     steps: list[tuple[str, list[str], Path | None]] = [
         (
             "inference",

@@ -105,6 +105,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     options = (
         "cases",
+        "size",
+        "evaluation_cases",
+        "evaluation_negatives",
         "fdg_share",
         "folds",
         "epochs",
@@ -120,6 +123,7 @@ def _demo(args: argparse.Namespace) -> int:
         workers=args.num_workers,
         spacing_mm=network_spacing(args.spacing_mm),
         tracers=DemoRecipe.tracers if args.split_by_tracer else (),
+        organs=args.organs,
     )
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]
@@ -146,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     from petseg.io.splits import TRACERS
     from petseg.model.networks import PRESETS
     from petseg.model.settings import EnsembleSettings
+    from petseg.synthetic import SIZES
     from training.components import DEFAULT_MINIMUM_PROBABILITY
     from training.config import DEFAULT_RECIPE, add_config_arguments, add_field_options
+    from training.data import AUGMENTATION_PLACES
     from training.demo import DemoRecipe
     from training.export import CHECKPOINTS
     from training.losses import LOSSES
@@ -157,7 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = subcommands(parser)
 
     train = commands.add_parser("train", help="train one fold (torchrun for several GPUs)")
-    choices = {"losses": LOSSES, "architectures": sorted(PRESETS), "tracers": TRACERS, "devices": DEVICES}
+    choices = {
+        "losses": LOSSES,
+        "architectures": sorted(PRESETS),
+        "tracers": TRACERS,
+        "devices": DEVICES,
+        "augmentation_places": AUGMENTATION_PLACES,
+    }
     add_config_arguments(train, choices)
     train.add_argument(
         "--batch-dice",
@@ -274,6 +286,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--work", type=Path, default=Path("demo-training"), help="phantoms and fold runs")
     demo.add_argument("--cases", type=int, default=defaults.cases, help="number of phantom cases")
+    demo.add_argument(
+        "--size",
+        choices=SIZES,
+        default=defaults.size,
+        help="phantom size: full (the real autoPET grids); tiny for quick checks of the path",
+    )
+    demo.add_argument(
+        "--evaluation-cases",
+        type=int,
+        default=defaults.evaluation_cases,
+        help="fresh phantoms with lesions scored after training (0: none)",
+    )
+    demo.add_argument(
+        "--evaluation-negatives",
+        type=int,
+        default=defaults.evaluation_negatives,
+        help="fresh lesion-free phantoms scored after training, for the false-positive volume (0: none)",
+    )
+    demo.add_argument(
+        "--organs",
+        type=Path,
+        default=None,
+        help="folder of organ label maps (NIfTI, e.g. the autoPET III maps): the first cases are built "
+        "around the maps of its training side, and the held-out side (about one in four, fixed by file "
+        "name) is scored after training; default: analytic phantoms only",
+    )
     demo.add_argument(
         "--fdg-share",
         type=float,

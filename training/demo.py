@@ -11,27 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from petseg.io import write_json
 from petseg.model.card import ModelCard, PreprocessSettings
 from petseg.synthetic.generate import FDG_SHARE
 from training.config import RECIPES
 from training.export import export
+from training.phantom_scores import EVALUATION_SEED, score_demo_model
 from training.trainer import CHECKPOINT, TrainConfig, TrainingError, TrainResult, network_spacing, train
 
 log = logging.getLogger("petseg.training")
 
-# Fresh phantoms for judging a demo ensemble: a seed no demo dataset uses, alternating FDG and PSMA, every
-# case with lesions (Dice is undefined without). The per-case Dice spreads widely, so a mean over few cases
-# is uncertain (docs/experiments/demo-recipe.md).
-EVALUATION_SEED = 20261122
-
-
 DEMO_RECIPE = RECIPES / "demo.json"
+SCORES_FILE = "phantom-scores.json"  # in the work folder: every evaluation case's figures
 
 
 def _demo_settings(path: Path = DEMO_RECIPE) -> dict[str, Any]:
@@ -42,6 +40,7 @@ def _demo_settings(path: Path = DEMO_RECIPE) -> dict[str, Any]:
 
 
 _DEMO = _demo_settings()
+MODEL_NAME: str = _DEMO["model_name"]
 EVALUATION_CASES: int = _DEMO["evaluation_cases"]
 
 
@@ -60,6 +59,10 @@ class DemoRecipe:
 
     cases: int = _from_recipe("cases")
     seed: int = _from_recipe("seed")
+    size: str = _from_recipe("size")  # the phantom size: "full" (real autoPET grids); "tiny" for unit tests
+    # A folder of organ label maps: the first cases are built around the maps of the split's "train" side;
+    # the "held-out" side is scored after training. None: analytic phantoms only.
+    organs: Path | None = None
     fdg_share: float = _from_recipe("fdg_share")  # FDG patients among the phantoms; the rest PSMA
     # One five-fold ensemble per tracer, each trained on that tracer's cases only; inference runs the one the
     # card's tracer classifier names. Empty: one ensemble for every case.
@@ -91,6 +94,7 @@ class DemoRecipe:
     grow_within_mm: float = _from_recipe("grow_within_mm")
     component_filter: float | None = _from_recipe("component_filter")
     evaluation_cases: int = EVALUATION_CASES
+    evaluation_negatives: int = _from_recipe("evaluation_negatives")  # lesion-free phantoms for the FPV
 
 
 def run_training_demo(
@@ -106,9 +110,20 @@ def run_training_demo(
     data = Path(work_dir) / "phantoms"
     if (data / "dataset.json").exists():
         _check_phantoms(data, recipe)
+    elif data.exists():
+        raise TrainingError(
+            f"{data}: holds no dataset.json, so not a finished phantom set; "
+            "delete it or use another --work folder"
+        )
     else:
-        log.info("generating %d tiny phantom cases in %s", recipe.cases, data)
-        generate(data, **_generator_arguments(recipe), progress=progress)
+        # Generated under a scratch name and renamed when complete: an interrupted run starts the
+        # generation again rather than finding a folder of half the cases.
+        partial = data.with_name(data.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        log.info("generating %d %s phantom cases in %s", recipe.cases, recipe.size, data)
+        generate(partial, **_generator_arguments(recipe), progress=progress)
+        partial.rename(data)
     _prepare_shared_state(data, spacing)
     runs = [
         (tracer, fold, Path(work_dir) / (f"{tracer}-fold{fold}" if tracer else f"fold{fold}"))
@@ -158,7 +173,7 @@ def run_training_demo(
     card = export(
         run_dirs,
         model_dir,
-        name="petseg-demo-resunet-tiny-phantoms",
+        name=MODEL_NAME,
         synthetic=True,
         threshold=recipe.threshold,
         grow_to_suvmax_fraction=recipe.grow_to_suvmax_fraction,
@@ -169,12 +184,30 @@ def run_training_demo(
         card = _fit_component_filter(model_dir, data, recipe.component_filter, recipe.device, progress)
     minutes = (time.perf_counter() - started) / 60
     log.info("demo ensemble written to %s in %.1f min", model_dir, minutes)
-    scores = dice_on_fresh_phantoms(model_dir, cases=recipe.evaluation_cases, device=recipe.device)
+    scores = score_demo_model(
+        model_dir,
+        cases=recipe.evaluation_cases,
+        negatives=recipe.evaluation_negatives,
+        organs_dir=recipe.organs,
+        device=recipe.device,
+    )
+    write_json(
+        {"seed": EVALUATION_SEED, "training_minutes": round(minutes, 1), **scores.to_json()},
+        Path(work_dir) / SCORES_FILE,
+    )
+    summary = scores.summary()
     log.info(
-        "mean Dice on %d fresh phantoms (seed %d): %.3f",
-        len(scores),
+        "on phantoms of seed %d: mean Dice %s on %d fresh, %s on %d around held-out organ maps; "
+        "false-positive volume %s ml a lesion-free case (%d cases, at most %s ml); scores in %s",
         EVALUATION_SEED,
-        sum(scores) / len(scores),
+        summary["fresh_mean_dice"],
+        len(scores.fresh),
+        summary["held_out_mean_dice"],
+        len(scores.held_out),
+        summary["negatives_mean_fpv_ml"],
+        len(scores.negatives),
+        summary["negatives_max_fpv_ml"],
+        Path(work_dir) / SCORES_FILE,
     )
     return card
 
@@ -201,8 +234,10 @@ def _generator_arguments(recipe: DemoRecipe) -> dict[str, Any]:
         "seed": recipe.seed,
         "tracer": "mixed",
         "fdg_share": recipe.fdg_share,
-        "size": "tiny",
+        "size": recipe.size,
         "layout": "nnunet",
+        "organs_dir": None if recipe.organs is None else str(recipe.organs),
+        "organ_maps": "train" if recipe.organs is not None else "all",
     }
 
 
@@ -221,6 +256,8 @@ def _check_phantoms(data: Path, recipe: DemoRecipe) -> None:
             "use another --work folder"
         )
     made.setdefault("fdg_share", FDG_SHARE)
+    made.setdefault("organs_dir", None)
+    made.setdefault("organ_maps", "all")
     differ = [
         f"{key} {made.get(key)!r} (recipe: {value!r})"
         for key, value in _generator_arguments(recipe).items()
@@ -276,48 +313,3 @@ def fold_pool(parallel: int) -> ProcessPoolExecutor:
 
 def _use_start_method(method: str) -> None:
     multiprocessing.set_start_method(method, force=True)
-
-
-def dice_on_fresh_phantoms(
-    model_dir: Path, seed: int = EVALUATION_SEED, cases: int = EVALUATION_CASES, device: str = "cpu"
-) -> list[float]:
-    """Per-case Dice of the model in `model_dir` on phantoms generated now, scored on the PET grid.
-
-    Whole cases go through `petseg.inference.pipeline.segment`, the container's own path. The phantoms have
-    the size the model was trained on (its card's `provenance.phantoms`), and `seed` must not be the training
-    seed.
-    """
-    import tempfile
-
-    import SimpleITK as sitk
-
-    from petseg.evaluation.metrics import dice
-    from petseg.inference.pipeline import segment
-    from petseg.inference.predict import Predictor
-    from petseg.inference.timing import StageTimer
-    from petseg.io import CaseFiles, write_image
-    from petseg.model.card import load_card
-    from petseg.synthetic import make_case
-
-    card = load_card(Path(model_dir))
-    trained_on = card.provenance.get("phantoms") or {}
-    if trained_on.get("seed") == seed:
-        raise TrainingError(f"seed {seed} generated the training phantoms of {model_dir}: pick another")
-    predictor = Predictor.load(Path(model_dir), device=device)
-    scores = []
-    with tempfile.TemporaryDirectory(prefix="petseg-fresh-") as scratch:
-        for index in range(cases):
-            phantom = make_case(
-                seed=seed,
-                index=index,
-                tracer="fdg" if index % 2 == 0 else "psma",
-                size=trained_on.get("size", "tiny"),
-                lesion_free=False,
-            )
-            files = CaseFiles(
-                ct=write_image(phantom.ct, Path(scratch) / f"{index}_ct.mha"),
-                pet=write_image(phantom.pet, Path(scratch) / f"{index}_pet.mha"),
-            )
-            mask = sitk.GetArrayFromImage(segment(files, predictor, StageTimer(quiet=True))).astype(bool)
-            scores.append(dice(mask, sitk.GetArrayFromImage(phantom.label).astype(bool)))
-    return scores

@@ -233,7 +233,9 @@ def test_two_process_ddp_ranks_agree_on_the_validation_score(dataset, tmp_path):
     assert float(rows[0]["val_score"]) == pytest.approx(float(scores["0"]), abs=1e-6)
 
 
-def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset, tmp_path, capsys, caplog):
+def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(
+    dataset, tmp_path, capsys, caplog, tiny_fdg_input
+):
     from petseg.app.process import process_main
     from petseg.inference.predict import Predictor
     from petseg.model.card import load_card
@@ -271,7 +273,7 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
     predictor = Predictor.load(tmp_path / "model", device="cpu")  # the exported folder is a working model
     assert len(predictor.ensemble.networks) == 2
 
-    sample = REPO / "test" / "fdg_e8cad43d56_03-09-2001" / "input"
+    sample = tiny_fdg_input
     assert (
         process_main(
             ["--input", str(sample), "--output", str(tmp_path / "out"), "--model", str(tmp_path / "model")]
@@ -344,19 +346,22 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(dataset,
 
 # A demo recipe that runs in seconds: one epoch of small patches, two evaluation phantoms.
 QUICK_DEMO = {
+    "size": "tiny",
     "epochs": 1,
     "patch_size": 32,
     "batch_size": 2,
     "window": 32,
     "workers": 0,
     "evaluation_cases": 2,
+    "evaluation_negatives": 1,
     "component_filter": None,  # one epoch gives no components worth a filter (fitted in test_components)
 }
 
 
 def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     from petseg.model.card import load_card
-    from training.demo import DemoRecipe, dice_on_fresh_phantoms, run_training_demo
+    from training.demo import DemoRecipe, run_training_demo
+    from training.phantom_scores import dice_on_fresh_phantoms
 
     recipe = DemoRecipe(
         **QUICK_DEMO,
@@ -399,7 +404,8 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
 
 def test_training_demo_trains_one_ensemble_per_tracer(tmp_path, caplog):
     from petseg.model.card import load_card
-    from training.demo import DemoRecipe, dice_on_fresh_phantoms, run_training_demo
+    from training.demo import DemoRecipe, run_training_demo
+    from training.phantom_scores import dice_on_fresh_phantoms
 
     # Fold 0 validates on both tracers; the recipe's component filter is fitted after export.
     quick = {**QUICK_DEMO, "component_filter": DemoRecipe.component_filter}
@@ -417,7 +423,16 @@ def test_training_demo_trains_one_ensemble_per_tracer(tmp_path, caplog):
         ("fdg", 0, "fdg-fold0.safetensors"),
         ("psma", 0, "psma-fold0.safetensors"),
     ]
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["fdg-fold0", "phantoms", "psma-fold0"]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [
+        "fdg-fold0",
+        "phantom-scores.json",
+        "phantoms",
+        "psma-fold0",
+    ]
+    scores = json.loads((tmp_path / "work" / "phantom-scores.json").read_text())
+    assert len(scores["fresh"]) == 2
+    assert len(scores["negatives"]) == 1
+    assert all(row["lesion_free"] and row["dice"] is None for row in scores["negatives"])
     classifier = load_card(tmp_path / "model").tracer_classifier
     assert classifier is not None
     assert classifier.training_cases == 16
@@ -478,20 +493,23 @@ def test_training_demo_refuses_phantoms_made_by_another_recipe(tmp_path):
     data = tmp_path / "work" / "phantoms"
     generate(data, cases=2, seed=100, tracer="mixed", size="tiny", layout="nnunet", progress=False)
     with pytest.raises(TrainingError, match=r"other settings \(cases 2 \(recipe: 3\), fdg_share"):
-        run_training_demo(tmp_path / "work", tmp_path / "model", DemoRecipe(cases=3), progress=False)
+        run_training_demo(
+            tmp_path / "work", tmp_path / "model", DemoRecipe(cases=3, size="tiny"), progress=False
+        )
     with pytest.raises(TrainingError, match=r"fdg_share 0.6 \(recipe: 0.5\)"):
-        _check_phantoms(data, DemoRecipe(cases=2, fdg_share=0.5))
+        _check_phantoms(data, DemoRecipe(size="tiny", cases=2, fdg_share=0.5))
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["phantoms"]  # nothing trained
     assert not (tmp_path / "model").exists()
 
-    _check_phantoms(data, DemoRecipe(cases=2, fdg_share=0.6))  # the same recipe reuses them
+    _check_phantoms(data, DemoRecipe(size="tiny", cases=2, fdg_share=0.6))  # the same recipe reuses them
     manifest = json.loads((data / "phantoms.json").read_text())
-    del manifest["arguments"]["fdg_share"]  # written before the option existed: the generator's default
+    for option in ("fdg_share", "organs_dir", "organ_maps"):  # written before these options existed
+        del manifest["arguments"][option]
     (data / "phantoms.json").write_text(json.dumps(manifest))
-    _check_phantoms(data, DemoRecipe(cases=2, fdg_share=0.6))
+    _check_phantoms(data, DemoRecipe(size="tiny", cases=2, fdg_share=0.6))
     (data / "phantoms.json").write_text("{")
     with pytest.raises(TrainingError, match="cannot read the manifest"):
-        _check_phantoms(data, DemoRecipe(cases=2, fdg_share=0.6))
+        _check_phantoms(data, DemoRecipe(size="tiny", cases=2, fdg_share=0.6))
 
 
 def test_git_commit_says_when_the_tree_differs_from_the_commit(tmp_path):
@@ -666,3 +684,32 @@ def test_a_figure_without_a_value_is_null_in_best_json_and_the_log_says_why(tmp_
         "val_score 0.4000  val_dice 0.4000  val_fpv_ml 2.0000",
         "",
     )
+
+
+def test_augmentation_on_the_training_device_trains_and_resumes_exactly(
+    dataset, tmp_path, monkeypatch, caplog
+):
+    """`augment_on device`: the loader only crops and the batch is augmented where it lies (here the CPU);
+    the epoch's seed drives it, so an interrupted run resumes to the same weights."""
+    with caplog.at_level("INFO", logger="petseg.training"):
+        train(config(dataset, tmp_path / "straight", augment_on="device"))
+    assert "augmentation on the training device" in caplog.text
+    straight = load_checkpoint(tmp_path / "straight")
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_die(state, run_dir):
+        real_save(state, run_dir)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(dataset, tmp_path / "interrupted", augment_on="device"))
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    train(config(dataset, tmp_path / "interrupted", augment_on="device", resume=True))
+    resumed = load_checkpoint(tmp_path / "interrupted")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    in_loader = load_checkpoint(tmp_path / "straight")  # the loader's augmentation draws differently
+    train(config(dataset, tmp_path / "loader", augment_on="loader"))
+    loader_weights = load_checkpoint(tmp_path / "loader")["model"]
+    assert any(not torch.equal(value, loader_weights[key]) for key, value in in_loader["model"].items())
