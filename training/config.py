@@ -24,7 +24,8 @@ RECIPES = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = RECIPES / "autopet3-resunet-gdfl.json"
 RECIPE_FORMAT = "petseg-training-recipe"
 # Settings that may change when a run is resumed; everything else must match the stored run.
-RESUMABLE = {"resume", "num_workers", "device", "cache_dir", "progress"}
+# Where and how a run computes, not what it learns: free to change on resume, and not compared by export.
+RESUMABLE = {"resume", "num_workers", "device", "augment_on", "cache_dir", "progress"}
 
 
 class TrainingError(PetsegError):
@@ -107,6 +108,11 @@ class TrainConfig:
     # left-right mirrored patches (training.data)
     flip_probability: float = _default("flip_probability", help="probability of a left-right mirrored patch")
     augment: bool = _default("augment", kind="negated", flag="--no-augment", help="no augmentation")
+    # where the patches are augmented (training.data.augmentation_on)
+    augment_on: str = _default(
+        "augment_on", choices="augmentation_places", help="augment the patches in the loader's workers or "
+        "on the training device after the batch has moved there; auto: on the device when it is a GPU",
+    )  # fmt: skip
     # set by the loss's own options (--batch-dice, --l1dfl-eps, ...), not one option of its own
     loss_options: dict[str, float | bool] = _default("loss_options", kind="loss_options")  # noqa: RUF009
     val_every: int = _default("val_every", help="validate every N epochs")

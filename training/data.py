@@ -602,8 +602,12 @@ class RandElasticd(RandomizableTransform, MapTransform):
         self.randomize(tuple(d[self.first_key(d)].shape[1:]))
         if not self._do_transform:
             return d
-        sigma = (0.0, self.sigma, self.sigma, self.sigma)
-        field = scipy.ndimage.gaussian_filter(self.noise, sigma, truncate=3.0, mode="constant")
+        device = convert_to_tensor(d[self.first_key(d)], track_meta=False).device
+        if device.type == "cpu":
+            sigma = (0.0, self.sigma, self.sigma, self.sigma)
+            field: Any = scipy.ndimage.gaussian_filter(self.noise, sigma, truncate=3.0, mode="constant")
+        else:  # on an accelerator the same smoothing runs where the patch lies (`augmentation_on`)
+            field = gaussian_smooth(torch.from_numpy(self.noise).to(device), self.sigma)
         field *= self.magnitude
         grid = _sampling_grid(field)  # one grid for all keys: image and label move together
         for key, mode in self.key_iterator(d, self.mode):
@@ -619,13 +623,34 @@ def displace(image: Any, field: np.ndarray, mode: str) -> torch.Tensor:
     return _sample(image, _sampling_grid(field), mode)
 
 
-def _sampling_grid(field: np.ndarray) -> torch.Tensor:
-    """`grid_sample`'s grid (1, X, Y, Z, 3) for a displacement field (3, X, Y, Z) in voxels."""
-    shape = field.shape[1:]
+def gaussian_smooth(field: torch.Tensor, sigma: float, truncate: float = 3.0) -> torch.Tensor:
+    """`scipy.ndimage.gaussian_filter(field, (0, sigma, sigma, sigma), truncate=truncate, mode="constant")`
+    for a (C, X, Y, Z) tensor, on the tensor's device: the same kernel (radius `int(truncate * sigma +
+    0.5)`), one separable pass per spatial axis with zeros outside."""
+    radius = int(truncate * float(sigma) + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=field.device)
+    kernel = torch.exp(-0.5 * (offsets / float(sigma)) ** 2)
+    kernel = (kernel / kernel.sum()).to(field.dtype)
+    smoothed = field
+    for axis in (1, 2, 3):
+        moved = smoothed.movedim(axis, -1)
+        rows = moved.reshape(-1, 1, moved.shape[-1])
+        filtered = torch.nn.functional.conv1d(rows, kernel.view(1, 1, -1), padding=radius)
+        smoothed = filtered.reshape(moved.shape).movedim(-1, axis)
+    return smoothed.contiguous()
+
+
+def _sampling_grid(field: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """`grid_sample`'s grid (1, X, Y, Z, 3) for a displacement field (3, X, Y, Z) in voxels, on the
+    field's device."""
+    values = field if isinstance(field, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(field))
+    values = values.to(torch.float32)
+    shape = values.shape[1:]
     axes = []
     for axis, size in enumerate(shape):
-        index = torch.arange(size, dtype=torch.float32).reshape([-1 if a == axis else 1 for a in range(3)])
-        position = index + torch.from_numpy(np.ascontiguousarray(field[axis], dtype=np.float32))
+        index = torch.arange(size, dtype=torch.float32, device=values.device)
+        index = index.reshape([-1 if a == axis else 1 for a in range(3)])
+        position = index + values[axis]
         axes.append(position * (2.0 / max(size - 1, 1)) - 1.0)
     # grid_sample reads (N, C, D, H, W) with grid[..., 0] along W: our (X, Y, Z) is (D, H, W), so reversed.
     return torch.stack(axes[::-1], dim=-1)[None]
@@ -633,6 +658,7 @@ def _sampling_grid(field: np.ndarray) -> torch.Tensor:
 
 def _sample(image: Any, grid: torch.Tensor, mode: str) -> torch.Tensor:
     image = convert_to_tensor(image, dtype=torch.float32, track_meta=False)
+    grid = grid.to(image.device)
     resampled = torch.nn.functional.grid_sample(
         image[None], grid, mode=mode, padding_mode="zeros", align_corners=True
     )
@@ -739,34 +765,76 @@ def train_transforms(
         CastToTyped(keys, dtype=(torch.float32, torch.float32)),
     ]
     if augment:
-        steps += [
-            RandAffined(
-                keys,
-                prob=0.5,
-                rotate_range=(0.0, 0.0, math.pi / 12),
-                translate_range=(10.0, 10.0, 10.0),
-                scale_range=(0.1, 0.1, 0.1),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
-            RandElasticd(
-                keys,
-                sigma_range=ELASTIC_SIGMA,
-                magnitude_range=ELASTIC_MAGNITUDE,
-                prob=0.5,
-                mode=("bilinear", "nearest"),
-            ),
-            RandCTGammad("image", prob=0.3, gamma=(0.7, 1.5)),
-            RandGaussianNoised("image", prob=0.5, mean=0.0, std=0.1),
-        ]
-        if flip_probability > 0:
-            # Axis 0 of the canonical (RAS) grid is left-right.
-            steps.append(RandFlipd(keys, prob=flip_probability, spatial_axis=0))
+        steps += augmentation_steps(flip_probability)
     steps.append(AsTrainingTensorsd())
     transforms = PatchCompose(steps)
     if seed is not None:
         transforms.set_random_state(seed=seed)
     return transforms
+
+
+def augmentation_steps(flip_probability: float = 0.0) -> list[Any]:
+    """Step 3 of `train_transforms`, the random augmentation of a patch, as dictionary transforms that run
+    on a patch wherever its tensors lie (the CPU in a loader worker, or the training device)."""
+    keys = ("image", "label")
+    steps: list[Any] = [
+        RandAffined(
+            keys,
+            prob=0.5,
+            rotate_range=(0.0, 0.0, math.pi / 12),
+            translate_range=(10.0, 10.0, 10.0),
+            scale_range=(0.1, 0.1, 0.1),
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        RandElasticd(
+            keys,
+            sigma_range=ELASTIC_SIGMA,
+            magnitude_range=ELASTIC_MAGNITUDE,
+            prob=0.5,
+            mode=("bilinear", "nearest"),
+        ),
+        RandCTGammad("image", prob=0.3, gamma=(0.7, 1.5)),
+        RandGaussianNoised("image", prob=0.5, mean=0.0, std=0.1),
+    ]
+    if flip_probability > 0:
+        # Axis 0 of the canonical (RAS) grid is left-right.
+        steps.append(RandFlipd(keys, prob=flip_probability, spatial_axis=0))
+    return steps
+
+
+# Where a patch is augmented: in the loader's workers, or on the training device after the batch has moved
+# there ("auto": on the device when that is a GPU, whose loader cores would otherwise be the bottleneck).
+AUGMENTATION_PLACES = ("auto", "loader", "device")
+
+
+def augmentation_on(place: str, device: torch.device) -> str:
+    """ "loader" or "device" for a run's `augment_on` setting and training device."""
+    if place not in AUGMENTATION_PLACES:
+        raise ValueError(f"augment_on must be one of {', '.join(AUGMENTATION_PLACES)}, got {place!r}")
+    if place == "auto":
+        return "device" if device.type != "cpu" else "loader"
+    return place
+
+
+class BatchAugmentation:
+    """The augmentation of `train_transforms` for a batch that already lies on the training device.
+
+    The loader then only crops (and reads the patch from the memory-mapped cache); each patch of the batch
+    goes through the same dictionary transforms, with one random stream seeded per epoch, so a resumed run
+    draws the same augmentation again.
+    """
+
+    def __init__(self, flip_probability: float = 0.0, seed: int | None = None) -> None:
+        self.transforms = Compose([*augmentation_steps(flip_probability), AsTrainingTensorsd()])
+        if seed is not None:
+            self.transforms.set_random_state(seed=seed)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 2, X, Y, Z) images and (B, 1, X, Y, Z) labels, augmented patch by patch."""
+        pairs = zip(images, labels, strict=True)
+        patches = [self.transforms({"image": image, "label": label}) for image, label in pairs]
+        return torch.stack([p["image"] for p in patches]), torch.stack([p["label"] for p in patches])
 
 
 # ----------------------------------------------------------------------------------------------- datasets

@@ -46,9 +46,11 @@ from training.config import (
 )
 from training.data import (
     CACHE_FOLDER,
+    BatchAugmentation,
     CaseRecord,
     PatchDataset,
     PreprocessedCache,
+    augmentation_on,
     discover_dataset,
     load_folds,
     train_transforms,
@@ -442,19 +444,30 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     if config.resume:
         run_log.rewrite(history)
     patch = (config.patch_size,) * 3
+    augment_place = augmentation_on(config.augment_on, compute.device)
+    if config.augment:
+        log.info(
+            "augmentation %s", "on the training device" if augment_place == "device" else "in the loader"
+        )
     explained: set[str] = set()  # reasons for a missing figure, said once
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
             epoch_seed = _derived_seed(config.seed, epoch, dist.rank)
             _seed_everything(epoch_seed)
+            on_device = config.augment and augment_place == "device"
+            device_augmentation = (
+                BatchAugmentation(config.flip_probability, seed=(epoch_seed + 1) % 2**31)
+                if on_device
+                else None
+            )
             dataset = PatchDataset(
                 train_records,
                 cache,
                 train_transforms(
                     patch,
                     config.lesion_probability,
-                    config.augment,
+                    config.augment and not on_device,
                     seed=epoch_seed % 2**31,
                     hot_probability=config.hot_probability,
                     hot_suv=config.hot_suv,
@@ -492,6 +505,9 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                     compute.device, non_blocking=True, memory_format=torch.channels_last_3d
                 )
                 labels = batch["label"].to(compute.device, non_blocking=True)
+                if device_augmentation is not None:
+                    images, labels = device_augmentation(images, labels)
+                    images = images.contiguous(memory_format=torch.channels_last_3d)
                 loss_sum += training_step(model, loss_fn, optimizer, scaler, images, labels, compute)
                 batches += 1
                 bar.set_postfix(loss=f"{loss_sum / batches:.4f}")

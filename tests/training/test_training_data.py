@@ -559,7 +559,7 @@ def test_entries_hold_their_lesion_indices_and_the_crop_draws_from_them(
     mapped["lesion_indices"] = np.array([corner], dtype=np.int64)
     crop = train_transforms((16, 16, 16), lesion_probability=1.0, augment=False, seed=1).transforms[1]
     for _ in range(4):
-        (patch,) = crop.crop_mapped(mapped)
+        (_patch,) = crop.crop_mapped(mapped)
         assert crop.cropper.centers is not None
         assert all(int(c) <= 8 for c in crop.cropper.centers[0])
 
@@ -602,3 +602,49 @@ def test_mapped_entries_give_the_same_patches_reading_only_the_patch(
         np.testing.assert_array_equal(fallback["image"], arrays["image"])
     finally:
         shutil.copyfile(backup, entry)
+
+
+def test_elastic_smoothing_on_a_device_is_scipys() -> None:
+    """The device path of `RandElasticd` smooths its field with `gaussian_smooth`: scipy's kernel, truncation
+    and zero border, to float precision (checked here on the CPU)."""
+    import scipy.ndimage
+
+    from training.data import gaussian_smooth
+
+    rng = np.random.default_rng(0)
+    for shape, sigma in (((3, 20, 17, 9), 5.3), ((3, 32, 32, 32), 8.0), ((3, 5, 6, 7), 2.0)):
+        noise = rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+        expected = scipy.ndimage.gaussian_filter(
+            noise, (0, sigma, sigma, sigma), truncate=3.0, mode="constant"
+        )
+        smoothed = gaussian_smooth(torch.from_numpy(noise), sigma).numpy()
+        np.testing.assert_allclose(smoothed, expected, atol=1e-7)
+
+
+def test_batch_augmentation_on_the_device_is_the_loaders_augmentation() -> None:
+    """`BatchAugmentation` runs step 3 of `train_transforms` on a batch where it lies: with the same random
+    stream a patch gets exactly what the loader's transforms would give it; labels stay {0, 1}."""
+    from monai.transforms import Compose
+
+    from training.data import AsTrainingTensorsd, BatchAugmentation, augmentation_on, augmentation_steps
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand((3, 2, 24, 24, 24), generator=generator)
+    labels = (torch.rand((3, 1, 24, 24, 24), generator=generator) > 0.9).float()
+    on_device = BatchAugmentation(flip_probability=0.5, seed=7)
+    augmented, augmented_labels = on_device(images, labels)
+    assert augmented.shape == images.shape
+    assert augmented_labels.shape == labels.shape
+    assert set(torch.unique(augmented_labels).tolist()) <= {0.0, 1.0}
+    loader = Compose([*augmentation_steps(0.5), AsTrainingTensorsd()])
+    loader.set_random_state(seed=7)
+    for index in range(3):
+        expected = loader({"image": images[index], "label": labels[index]})
+        assert torch.equal(expected["image"], augmented[index])
+        assert torch.equal(expected["label"], augmented_labels[index])
+    assert not torch.equal(augmented, images)  # some patch was augmented
+    assert augmentation_on("auto", torch.device("cpu")) == "loader"
+    assert augmentation_on("auto", torch.device("cuda")) == "device"
+    assert augmentation_on("device", torch.device("cpu")) == "device"
+    with pytest.raises(ValueError, match="augment_on must be one of"):
+        augmentation_on("gpu", torch.device("cpu"))
