@@ -38,6 +38,23 @@ def five_fold_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model_dir
 
 
+@pytest.fixture(scope="session")
+def tiny_fdg_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny FDG phantom with lesions, its CT on its own finer grid, as a Grand-Challenge /input folder.
+
+    For tests that run whole cases through small test models: the whole-body samples in test/ would make
+    each of them take minutes.
+    """
+    from petseg.synthetic import make_case
+    from petseg.synthetic.layouts import write_gc
+
+    out = tmp_path_factory.mktemp("tiny-fdg")
+    phantom = make_case(seed=2024, index=0, tracer="fdg", size="tiny", grid="fdg-400", ct_own_grid=True)
+    assert phantom.info["lesions"], "the tiny FDG case must have lesions"
+    write_gc(phantom, out)
+    return out / phantom.case_id / "input"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -162,14 +162,14 @@ def test_a_card_with_a_component_filter_round_trips_and_bad_ones_are_refused():
             parse_card(data)
 
 
-def test_the_pipeline_applies_the_cards_filter_before_thresholding(tmp_path, capsys):
+def test_the_pipeline_applies_the_cards_filter_before_thresholding(tmp_path, capsys, tiny_fdg_input):
     """The FDG sample through the shipped folds: a filter that keeps everything changes nothing, one that
     removes everything leaves an empty mask."""
     import SimpleITK as sitk
 
     from petseg.app.process import process_main
 
-    sample = REPO / "test" / "fdg_e8cad43d56_03-09-2001" / "input"
+    sample = tiny_fdg_input
     masks = {}
     for name, intercept in (("none", None), ("keep", 50.0), ("remove", -50.0)):
         model = tmp_path / name
@@ -218,7 +218,7 @@ def shipped_model_on_a_dataset(tmp_path_factory):
 
 
 def test_fit_components_learns_from_out_of_fold_predictions_and_writes_the_card(
-    shipped_model_on_a_dataset, tmp_path, capsys
+    shipped_model_on_a_dataset, tmp_path, capsys, tiny_fdg_input
 ):
     from petseg.app.process import process_main
     from training.__main__ import main
@@ -244,7 +244,7 @@ def test_fit_components_learns_from_out_of_fold_predictions_and_writes_the_card(
     assert card.component_filter.minimum_probability == 0.3
     for key, fitted in card.component_filter.models.items():
         assert (fitted.components, fitted.lesions) == (is_lesion[key].size, int(is_lesion[key].sum()))
-    sample = REPO / "test" / "fdg_e8cad43d56_03-09-2001" / "input"
+    sample = tiny_fdg_input
     out = tmp_path / "out"
     assert process_main(["--input", str(sample), "--output", str(out), "--model", str(model)]) == 0
     assert "component filter: kept" in capsys.readouterr().err

@@ -190,7 +190,9 @@ def _config(dataset, out, tracer, **changes) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def test_per_tracer_folds_train_export_and_segment_with_their_own_ensemble(dataset, tmp_path, capsys):
+def test_per_tracer_folds_train_export_and_segment_with_their_own_ensemble(
+    dataset, tmp_path, capsys, tiny_fdg_input
+):
     from petseg.app.process import process_main
     from petseg.inference.predict import Predictor
 
@@ -254,7 +256,7 @@ def test_per_tracer_folds_train_export_and_segment_with_their_own_ensemble(datas
     assert predictor.ensembles["fdg"].networks[0] is not predictor.ensembles["psma"].networks[0]
 
     # The FDG sample is classified as FDG and runs the FDG ensemble; --tracer overrides the classifier.
-    sample = REPO / "test" / "fdg_e8cad43d56_03-09-2001" / "input"
+    sample = tiny_fdg_input
     model = ["--model", str(tmp_path / "model")]
     capsys.readouterr()
     assert process_main(["--input", str(sample), "--output", str(tmp_path / "out"), *model]) == 0
