@@ -222,6 +222,7 @@ def _demo(args: argparse.Namespace) -> int:
         phantoms=args.phantoms,
         seed=args.seed,
         device=args.device,
+        size=args.size,
     )
 
 
@@ -253,8 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--input", type=Path, default=None, help="folder of cases (default: the sample cases, test/)"
     )
-    demo.add_argument("--phantoms", type=int, default=0, help="instead, generate N fresh tiny phantom cases")
+    demo.add_argument("--phantoms", type=int, default=0, help="instead, generate N fresh phantom cases")
     demo.add_argument("--seed", type=int, default=0, help="seed of --phantoms")
+    demo.add_argument(
+        "--size",
+        choices=SIZES,
+        default=None,
+        help="size of the --phantoms (default: the size the model was trained on, else full)",
+    )
     demo.add_argument("--device", choices=DEVICES, default="auto", help="where the networks run")
     demo.set_defaults(run=_demo)
 

@@ -55,17 +55,20 @@ def run_demo(
     phantoms: int = 0,
     seed: int = 0,
     device: str = "auto",
+    size: str | None = None,
 ) -> int:
+    """`phantoms` > 0: segment that many fresh phantoms instead of `cases_dir`, of `size` (default: the size
+    the model was trained on, where its card says, else full size)."""
     out_dir = Path(out_dir)
+    predictor, description = _load_for_demo(Path(model_dir), out_dir, seed, device)
     if phantoms:
         from petseg.synthetic import generate
 
+        trained_on = predictor.card.provenance.get("phantoms") or {}
+        size = size or trained_on.get("size") or "full"
         cases_dir = out_dir / "phantoms"
-        log.info("generating %d tiny phantom case(s) in %s", phantoms, cases_dir)
-        generate(
-            cases_dir, cases=phantoms, seed=seed, tracer="mixed", size="tiny", layout="gc", progress=False
-        )
-    predictor, description = _load_for_demo(Path(model_dir), out_dir, seed, device)
+        log.info("generating %d %s phantom case(s) in %s", phantoms, size, cases_dir)
+        generate(cases_dir, cases=phantoms, seed=seed, tracer="mixed", size=size, layout="gc", progress=False)
 
     rows = []
     for case in discover_cases(cases_dir):

@@ -187,7 +187,7 @@ def fit_component_filter(
     Lesions and false positives weigh equally in total (the training cases' share of lesion-free scans
     would otherwise set the prior), and each component weighs with the square root of its volume: a
     wrongly removed lesion of 100 voxels costs the Dice far more than a kept false positive of 5
-    (the weighted and unweighted fits are compared in docs/experiments/demo-recipe.md).
+    (the weighted and unweighted fits are compared in docs/experiments/demo-recipe-tiny.md).
     """
     import numpy as np
 

@@ -4,7 +4,7 @@ Both are whole-body phantoms on real autoPET grids: an FDG case with lesions on 
 2.04 x 2.04 x 3 mm with 326 slices (the size of the Grand-Challenge example case), and a lesion-free PSMA
 case on the coarse 168 x 168 grid at 4.07 x 4.07 x 5 mm (so an empty mask is exercised). To keep them small
 in git they are stored as a scanner's archive would quantize them (`compact`): the PET in steps of 1/64 SUV,
-the CT in steps of 4 HU with the air around the body at -1024 HU, and the CT on the PET grid (a CT on its
+the CT in steps of 8 HU with the air around the body at -1024 HU, and the CT on the PET grid (a CT on its
 own finer grid alone would be 20-70 MB).
 
 Besides its ground truth, each case can carry the mask that a given model (the shipped one) produces for
@@ -39,7 +39,7 @@ SAMPLES = (
     {"index": 1, "tracer": "psma", "grid": "psma-168", "ct_own_grid": False, "lesion_free": True},
 )
 PET_STEP_SUV = 1.0 / 64  # a scanner stores PET as integers times a slope; this is a coarse slope
-CT_STEP_HU = 4
+CT_STEP_HU = 8
 AIR_HU = -1024
 AIR_BELOW_HU = -960  # the air around the body (noise about -1024 HU); lungs lie well above it
 

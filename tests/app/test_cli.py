@@ -179,7 +179,8 @@ def test_demo_on_fresh_phantoms_with_a_model_lacking_weights(tmp_path, capsys):
     (empty / "model.json").write_text(recipe_card_text())
     for weights in empty.glob("*.safetensors"):
         weights.unlink()
-    assert main(["demo", "--out", str(tmp_path / "b"), "--model", str(empty), "--phantoms", "1"]) == 0
+    args = ["demo", "--out", str(tmp_path / "b"), "--model", str(empty), "--phantoms", "1", "--size", "tiny"]
+    assert main(args) == 0
     captured = capsys.readouterr()
     assert "UNTRAINED resunet-tiny ensemble" in captured.out
     assert "fold weights not found" in captured.err
