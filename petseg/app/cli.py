@@ -277,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --tracer mixed, the share of patients given FDG (default {FDG_SHARE:g}), the rest PSMA",
     )
     phantoms.add_argument(
-        "--size", choices=SIZES, default="tiny", help="tiny for tests; full: the real autoPET grids"
+        "--size",
+        choices=SIZES,
+        default="full",
+        help="full: whole bodies on the real autoPET grids; tiny (a body shrunk to 0.16) for quick tests",
     )
     phantoms.add_argument(
         "--layout",

@@ -146,7 +146,18 @@ def test_phantoms_command_writes_cases(tmp_path):
 
 
 def test_phantoms_command_takes_the_tracer_mix(tmp_path, capsys):
-    args = ["phantoms", "--out", str(tmp_path / "a"), "--cases", "2", "--fdg-share", "1", "-q"]
+    args = [
+        "phantoms",
+        "--out",
+        str(tmp_path / "a"),
+        "--cases",
+        "2",
+        "--fdg-share",
+        "1",
+        "--size",
+        "tiny",
+        "-q",
+    ]
     assert main(args) == 0
     manifest = json.loads((tmp_path / "a" / "phantoms.json").read_text())
     assert {row["tracer"] for row in manifest["cases"]} == {"fdg"}
@@ -267,7 +278,8 @@ def test_check_model_on_the_cpu_does_not_warn_about_a_gpu(tiny_model_dir, caplog
 def test_phantoms_predict_and_evaluate_chain_in_either_layout(layout, tiny_model_dir, tmp_path):
     """What `phantoms` writes, `predict` reads, and what both write, `evaluate` scores: no renaming."""
     cases, predictions, scores = tmp_path / "cases", tmp_path / "pred", tmp_path / "scores"
-    assert main(["phantoms", "--output", str(cases), "--cases", "2", "--layout", layout, "-q"]) == 0
+    args = ["phantoms", "--output", str(cases), "--cases", "2", "--layout", layout, "--size", "tiny", "-q"]
+    assert main(args) == 0
     model = ["--model", str(tiny_model_dir), "--device", "cpu"]
     assert main(["predict", "--input", str(cases), "--output", str(predictions), *model, "-q"]) == 0
     assert (

@@ -482,7 +482,7 @@ def test_plain_ids_by_default_autopet_ids_on_request_and_no_negatives(tmp_path):
     from petseg.app.cli import main
 
     plain, autopet = tmp_path / "plain", tmp_path / "autopet"
-    common = ["--cases", "12", "--seed", "5", "--tracer", "fdg", "-q"]
+    common = ["--cases", "12", "--seed", "5", "--tracer", "fdg", "--size", "tiny", "-q"]
     assert main(["phantoms", "--output", str(plain), *common]) == 0
     assert main(["phantoms", "--output", str(autopet), *common, "--autopet-ids"]) == 0
     plain_rows = json.loads((plain / "phantoms.json").read_text())["cases"]
