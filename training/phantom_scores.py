@@ -13,6 +13,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def score_phantoms(
     predictor = Predictor.load(Path(model_dir), device=device)
     scores = []
     with tempfile.TemporaryDirectory(prefix="petseg-fresh-") as scratch:
-        for number, phantom in enumerate(phantoms):
+        for number, phantom in enumerate(_prefetched(phantoms)):
             files = CaseFiles(
                 ct=write_image(phantom.ct, Path(scratch) / f"{number}_ct.mha"),
                 pet=write_image(phantom.pet, Path(scratch) / f"{number}_pet.mha"),
@@ -119,6 +120,20 @@ def score_phantoms(
             for path in (files.ct, files.pet):
                 path.unlink()
     return scores
+
+
+def _prefetched(phantoms: Iterator) -> Iterator:
+    """The phantoms, the next one generated in a thread while the caller segments this one: generation is
+    mostly single-threaded numpy and scipy, which leave the GIL, so the two overlap on a multi-core CPU."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        iterator = iter(phantoms)
+        pending = pool.submit(next, iterator, None)
+        while True:
+            phantom = pending.result()
+            if phantom is None:
+                return
+            pending = pool.submit(next, iterator, None)
+            yield phantom
 
 
 def dice_on_fresh_phantoms(

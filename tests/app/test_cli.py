@@ -175,7 +175,12 @@ def test_module_entry_point_and_version():
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys, tiny_model_dir):
-    assert main(["demo", "--out", str(tmp_path / "a"), "--model", str(tiny_model_dir)]) == 0
+    from petseg.synthetic.samples import write_samples
+
+    # The sample cases in miniature: an untrained model marks so much of a whole body that it takes minutes.
+    write_samples(tmp_path / "samples", size="tiny")
+    args = ["demo", "--out", str(tmp_path / "a"), "--model", str(tiny_model_dir)]
+    assert main([*args, "--input", str(tmp_path / "samples")]) == 0
     out = capsys.readouterr().out
     assert "UNTRAINED" in out
     assert "2 case(s) from" in out
