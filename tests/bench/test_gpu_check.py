@@ -24,10 +24,13 @@ def test_the_gpu_check_runs_at_smoke_sizes_on_the_cpu(tmp_path):
 
     status = main(["gpu-check", "--out", str(tmp_path), "--smoke", "--device", "cpu"])
     report = json.loads((tmp_path / "gpu-check.json").read_text())
-    assert set(report["steps"]) == {"inference", "phantoms", "loader-32", "demo-training"}
+    assert set(report["steps"]) == {"inference", "phantoms", "loader-32", "loader-32-device", "demo-training"}
     failed = {name: step.get("tail") for name, step in report["steps"].items() if step["status"] != 0}
     assert status == 0, failed
     assert report["steps"]["loader-32"]["figures"]["loader_patches_per_s"] > 0
+    on_device = report["steps"]["loader-32-device"]["figures"]
+    assert on_device["augment_on"] == "device"
+    assert on_device["loader_patches_per_s"] > 0
     assert report["steps"]["inference"]["figures"]
     assert report["steps"]["demo-training"]["recipe_minutes_estimate"] > 0
     table = (tmp_path / "gpu-check.md").read_text()
