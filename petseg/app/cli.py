@@ -61,7 +61,7 @@ def _phantoms(args: argparse.Namespace) -> int:
 def _samples(args: argparse.Namespace) -> int:
     from petseg.synthetic.samples import write_expected, write_samples
 
-    rows = write_samples(args.output)
+    rows = write_samples(args.output, size=args.size)
     log.info(
         "wrote %d sample case(s) to %s: %s", len(rows), args.output, ", ".join(r["case_id"] for r in rows)
     )
@@ -328,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", type=Path, default=None, help="model of --expected (default: as process.py, model/)"
     )
     samples.add_argument("--device", choices=DEVICES, default="auto", help="where the networks run")
+    samples.add_argument(
+        "--size",
+        choices=("full", "tiny"),
+        default="full",
+        help="full: the whole-body cases of test/; tiny: the same cases in miniature, for quick tests",
+    )
     samples.set_defaults(run=_samples)
 
     predict = commands.add_parser("predict", help="segment every case in a folder (gc or nnU-Net layout)")
