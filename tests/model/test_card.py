@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -57,7 +58,11 @@ def test_shipped_model_is_the_synthetic_demo_and_small():
     # Its folds never saw a mirrored patch, so --tta auto must not add mirrored passes.
     assert sampling.get("flip_probability", 0.0) == 0.0
     assert card.ensemble.mirror_axes == ()
-    assert card.preprocessing == parse_card({**shipped(), "preprocessing": {}}).preprocessing
+    # The standard preprocessing on the demo recipe's coarser network grid.
+    from training.demo import DemoRecipe
+
+    standard = parse_card({**shipped(), "preprocessing": {}}).preprocessing
+    assert card.preprocessing == dataclasses.replace(standard, spacing_mm=tuple(DemoRecipe().spacing_mm))
     size = sum(p.stat().st_size for p in (REPO / "model").iterdir())
     assert size <= 10 * 2**20
 
