@@ -107,7 +107,7 @@ def score_phantoms(
             score = PhantomScore(
                 case_id=phantom.case_id,
                 tracer=phantom.tracer,
-                source=phantom.info.get("organ_map", {}).get("file", "analytic"),
+                source=phantom.source,
                 lesion_free=not truth.any(),
                 dice=figures.dice,
                 fpv_ml=figures.fpv_ml,

@@ -72,6 +72,11 @@ class Phantom:
     label: sitk.Image  # uint8 {0,1} lesion mask on the PET grid
     info: dict  # JSON-serialisable description (grids, anatomy scale, organs, lesions)
 
+    @property
+    def source(self) -> str:
+        """The organ map's file name for a phantom built around one, else "analytic"."""
+        return self.info.get("organ_map", {}).get("file", "analytic")
+
 
 def rng_for(seed: int, index: int, purpose: int) -> np.random.Generator:
     return np.random.default_rng([seed, index, purpose])

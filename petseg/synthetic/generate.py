@@ -185,7 +185,7 @@ def _row(phantom: Phantom, files: dict[str, str]) -> dict:
         "lesion_count": len(info["lesions"]),
         "lesion_volume_ml": info["lesion_volume_ml"],
         "lesions": info["lesions"],
-        "source": info.get("organ_map", {}).get("file", "analytic"),
+        "source": phantom.source,
     }
 
 
