@@ -113,6 +113,7 @@ def _demo(args: argparse.Namespace) -> int:
         "epochs",
         "flip_probability",
         "hot_probability",
+        "lesion_sampling",
         "batch_dice",
         "val_every",
         "device",
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     from petseg.synthetic import SIZES
     from training.components import DEFAULT_MINIMUM_PROBABILITY
     from training.config import DEFAULT_RECIPE, add_config_arguments, add_field_options
-    from training.data import AUGMENTATION_PLACES
+    from training.data import AUGMENTATION_PLACES, LESION_SAMPLING
     from training.demo import DemoRecipe
     from training.export import CHECKPOINTS
     from training.losses import LOSSES
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tracers": TRACERS,
         "devices": DEVICES,
         "augmentation_places": AUGMENTATION_PLACES,
+        "lesion_sampling": LESION_SAMPLING,
     }
     add_config_arguments(train, choices)
     train.add_argument(
@@ -326,7 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="one ensemble per tracer, each trained on its tracer's phantoms (default); "
         "--no-split-by-tracer: one ensemble for every case",
     )
-    fields_of_train = ("epochs", "spacing_mm", "hot_probability", "flip_probability", "val_every")
+    fields_of_train = (
+        "epochs",
+        "spacing_mm",
+        "hot_probability",
+        "lesion_sampling",
+        "flip_probability",
+        "val_every",
+    )
     add_field_options(demo, {name: getattr(defaults, name) for name in fields_of_train}, choices)
     demo.add_argument(
         "--batch-dice",

@@ -99,6 +99,11 @@ class TrainConfig:
         "samples_per_epoch", help="patches per epoch; default: one per training case"
     )
     lesion_probability: float = _default("lesion_probability", help="share of lesion-centred patches")
+    # how a lesion-centred patch picks its lesion (training.data.LESION_SAMPLING)
+    lesion_sampling: str = _default(
+        "lesion_sampling", choices="lesion_sampling", help="centre a lesion patch on any lesion voxel alike "
+        "(voxel), or on one lesion drawn first, each alike (lesion)",
+    )  # fmt: skip
     # share of patches centred on hot non-lesion uptake (training.data)
     hot_probability: float = _default(
         "hot_probability", help="share of patches centred on hot uptake outside the lesions (glands, "

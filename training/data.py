@@ -56,10 +56,17 @@ CACHE_FOLDER = ".petseg-cache"  # inside the dataset, unless a run names another
 
 # Bumped whenever the layout of a cache entry changes, so old entries are never misread.
 # 2: each entry also holds its lesion voxels' flat indices (`LESION_INDICES`).
-CACHE_FORMAT = 2
+# 3: and the lesion (26-connected component, numbered from 1) each of those voxels belongs to.
+CACHE_FORMAT = 3
 # The flat indices of the label's lesion voxels, computed once when the entry is written (as nnU-Net stores
 # its class locations): a lesion-centred crop then draws its centre without scanning the whole label.
 LESION_INDICES = "lesion_indices"
+# For each of those voxels, its lesion: a per-lesion draw picks a lesion first without labelling components.
+LESION_COMPONENTS = "lesion_components"
+ENTRY_KEYS = ("image", "label", LESION_INDICES, LESION_COMPONENTS)
+# How a lesion-centred patch picks its centre: any lesion voxel alike ("voxel", so a 40 ml lesion is drawn
+# 400 times as often as a 0.1 ml one), or a lesion first, each alike, then a voxel of it ("lesion").
+LESION_SAMPLING = ("voxel", "lesion")
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_SAFE_LENGTH = 120
 # Preprocessing workers run only SimpleITK (whose default "Platform" threader keeps no thread pool to break)
@@ -228,8 +235,8 @@ class PreprocessedCache:
         return self.directory / f"{safe_name(record.case_id)}.{digest}.npz"
 
     def get(self, record: CaseRecord) -> dict[str, np.ndarray]:
-        """{"image": float32 (2, X, Y, Z), "label": uint8 (1, X, Y, Z), `LESION_INDICES`: int64 (N,)},
-        preprocessing on a miss."""
+        """{"image": float32 (2, X, Y, Z), "label": uint8 (1, X, Y, Z), `LESION_INDICES`: int64 (N,),
+        `LESION_COMPONENTS`: int32 (N,)}, preprocessing on a miss."""
         path = self.path(record)
         if path.is_file():
             loaded = _load_entry(path)
@@ -289,9 +296,11 @@ class PreprocessedCache:
             stored = image
         label = np.ascontiguousarray(label, dtype=np.uint8)
         lesion = lesion_indices(label)
-        _atomic_write(path, lambda f: np.savez(f, image=stored, label=label, **{LESION_INDICES: lesion}))
+        components = lesion_components(label, lesion)
+        entry = {LESION_INDICES: lesion, LESION_COMPONENTS: components}
+        _atomic_write(path, lambda f: np.savez(f, image=stored, label=label, **entry))
         self._remove_stale(record, path)
-        return {"image": stored.astype(np.float32), "label": label, LESION_INDICES: lesion}
+        return {"image": stored.astype(np.float32), "label": label, **entry}
 
     def _remove_stale(self, record: CaseRecord, current: Path) -> None:
         """Entries of this case made from earlier versions of its files can never be read again."""
@@ -331,6 +340,16 @@ def lesion_indices(label: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.asarray(label).reshape(label.shape[0], -1).any(axis=0)).astype(np.int64)
 
 
+def lesion_components(label: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The lesion (26-connected component of the voxels lesion in any channel, numbered from 1) of each
+    flat index in `indices` (`lesion_indices(label)`), int32."""
+    if indices.size == 0:
+        return np.zeros(0, dtype=np.int32)
+    lesion = np.asarray(label).reshape(label.shape[0], -1).any(axis=0).reshape(label.shape[1:])
+    labels = cc3d.connected_components(lesion, connectivity=26)
+    return labels.reshape(-1)[indices].astype(np.int32)
+
+
 def _map_entry(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of an entry as read-only memory maps, or None where they cannot be mapped.
 
@@ -340,7 +359,7 @@ def _map_entry(path: Path) -> dict[str, np.ndarray] | None:
     arrays: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
-            for key in ("image", "label", LESION_INDICES):
+            for key in ENTRY_KEYS:
                 info = archive.getinfo(f"{key}.npy")
                 if info.compress_type != zipfile.ZIP_STORED:
                     return None
@@ -370,7 +389,7 @@ def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of one entry, or None when the file is damaged (it is then rebuilt)."""
     try:
         with np.load(path, allow_pickle=False) as entry:
-            arrays = {key: entry[key] for key in ("image", "label", LESION_INDICES)}
+            arrays = {key: entry[key] for key in ENTRY_KEYS}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         log.debug("%s: %s", path, error)
         return None
@@ -380,13 +399,15 @@ def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
         "image": arrays["image"].astype(np.float32),
         "label": arrays["label"].astype(np.uint8, copy=False),
         LESION_INDICES: arrays[LESION_INDICES],
+        LESION_COMPONENTS: arrays[LESION_COMPONENTS],
     }
 
 
 def _entry_fits(arrays: dict[str, np.ndarray]) -> bool:
-    """An entry holds a [CT, PET] image (2, X, Y, Z), its label (1, X, Y, Z) and as many lesion indices as
-    the label has lesion voxels; anything else is damage."""
+    """An entry holds a [CT, PET] image (2, X, Y, Z), its label (1, X, Y, Z), and as many lesion indices
+    (and their lesions) as the label has lesion voxels; anything else is damage."""
     image, label, lesion = arrays["image"], arrays["label"], arrays[LESION_INDICES]
+    components = arrays[LESION_COMPONENTS]
     return (
         image.ndim == 4
         and image.shape[0] == 2
@@ -394,6 +415,8 @@ def _entry_fits(arrays: dict[str, np.ndarray]) -> bool:
         and lesion.ndim == 1
         and lesion.dtype == np.int64
         and (lesion.size == 0 or int(lesion[-1]) < math.prod(label.shape[1:]))
+        and components.shape == lesion.shape
+        and components.dtype == np.int32
     )
 
 
@@ -423,12 +446,42 @@ class _AllVoxels:
 
 class LesionCentredCropd(RandCropByPosNegLabeld):
     """`RandCropByPosNegLabeld` without its warning on lesion-free labels, where it falls back to background
-    centres: that fallback is what a lesion-free case (a third of autoPET) should get, not a problem."""
+    centres: that fallback is what a lesion-free case (a third of autoPET) should get, not a problem.
+
+    With `per_lesion`, a lesion-centred patch first draws one lesion (26-connected component), each alike,
+    then a voxel of it: drawn voxel by voxel, the small lesions that decide a case's Dice when they are its
+    only ones are seldom the centre of a patch. The background draw is the same either way.
+    """
+
+    _FOREGROUND = "_lesion_centre_foreground"
+    _BACKGROUND = "_lesion_centre_background"
+
+    def __init__(self, *args: Any, per_lesion: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.per_lesion = per_lesion
+        if per_lesion:
+            self.fg_indices_key, self.bg_indices_key = self._FOREGROUND, self._BACKGROUND
 
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> list[dict[Hashable, Any]]:
+        if self.per_lesion:
+            label = np.asarray(data[self.label_key])
+            lesion = lesion_indices(label)
+            data = {
+                **data,
+                self._FOREGROUND: self.lesion_choice(lesion, lesion_components(label, lesion)),
+                self._BACKGROUND: _AllVoxels(math.prod(label.shape[1:])),
+            }
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
             return super().__call__(data, lazy=lazy)
+
+    def lesion_choice(self, lesion: np.ndarray, components: np.ndarray) -> np.ndarray:
+        """The lesion voxels a centre may be drawn from: all of them, or with `per_lesion` those of one
+        lesion drawn uniformly from the case's (`components` gives each voxel's lesion)."""
+        if not self.per_lesion or lesion.size == 0:
+            return lesion
+        numbers = np.unique(components)
+        return lesion[components == numbers[self.R.randint(len(numbers))]]
 
     def crop_mapped(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         """The same draw and the same patch as `__call__`, from memory-mapped volumes at least as large as
@@ -440,6 +493,10 @@ class LesionCentredCropd(RandCropByPosNegLabeld):
         label = data[self.label_key]
         stored = data.get(LESION_INDICES)
         lesion = np.asarray(stored) if stored is not None else lesion_indices(label)
+        if self.per_lesion:
+            numbers = data.get(LESION_COMPONENTS)
+            components = np.asarray(numbers) if numbers is not None else lesion_components(label, lesion)
+            lesion = self.lesion_choice(lesion, components)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
             self.randomize(label, lesion, _AllVoxels(math.prod(label.shape[1:])), None)
@@ -718,6 +775,7 @@ def train_transforms(
     hot_probability: float = 0.0,
     hot_suv: float = 4.0,
     flip_probability: float = 0.0,
+    lesion_sampling: str = "voxel",
 ) -> Compose:
     """One random patch of a cached case, {"image": (2, P, P, P), "label": (1, P, P, P)} float32 tensors.
 
@@ -725,8 +783,10 @@ def train_transforms(
     2. crop `patch_size` centred on a lesion voxel with probability `lesion_probability`, else on a random
        background voxel (about uniform: lesions are a tiny share of the voxels); a lesion-free case always
        gets the background draw. Crops near a border are shifted inwards, never outside the volume, and
-       still contain their centre voxel. With `hot_probability` > 0, that share of the patches is centred
-       on hot uptake (PET above `hot_suv`) outside the lesions instead (`HotUptakeCropd`);
+       still contain their centre voxel. `lesion_sampling` "lesion" draws a lesion first, each alike, then
+       a voxel of it (`LesionCentredCropd`); "voxel" draws any lesion voxel alike. With `hot_probability`
+       > 0, that share of the patches is centred on hot uptake (PET above `hot_suv`) outside the lesions
+       instead (`HotUptakeCropd`);
     3. with `augment`: affine (p 0.5: +-10 voxels, +-pi/12 about the axial z axis, scale +-0.1), elastic
        (p 0.5: smoothing sigma 5-8 voxels, magnitude 100-200: displacements with a standard deviation of
        0.3-1.8 voxels, at most about 5), both with zero padding and the label always nearest-neighbour;
@@ -748,6 +808,9 @@ def train_transforms(
         raise ValueError(f"hot_probability must be in [0, 1], got {hot_probability!r}")
     if not 0.0 <= flip_probability <= 1.0:
         raise ValueError(f"flip_probability must be in [0, 1], got {flip_probability!r}")
+    if lesion_sampling not in LESION_SAMPLING:
+        known = ", ".join(LESION_SAMPLING)
+        raise ValueError(f"lesion_sampling must be one of {known}, got {lesion_sampling!r}")
     keys = ("image", "label")
     crop: Any = LesionCentredCropd(
         keys,
@@ -756,6 +819,7 @@ def train_transforms(
         pos=lesion_probability,
         neg=1.0 - lesion_probability,
         num_samples=1,
+        per_lesion=lesion_sampling == "lesion",
     )
     if hot_probability > 0:
         crop = HotUptakeCropd(keys, "label", patch, crop, hot_probability, hot_suv)

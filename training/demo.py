@@ -70,6 +70,7 @@ class DemoRecipe:
     channels: tuple[int, ...] | None = _from_recipe("channels")  # None: resunet-tiny's own (8, 16, 32, 64)
     spacing_mm: tuple[float, float, float] = _from_recipe("spacing_mm")  # the network grid
     hot_probability: float = _from_recipe("hot_probability")
+    lesion_sampling: str = _from_recipe("lesion_sampling")
     flip_probability: float = _from_recipe("flip_probability")
     batch_dice: bool = _from_recipe("batch_dice")  # the dfl loss's Dice pooled over the batch
     checkpoint: str = _from_recipe("checkpoint")
@@ -148,6 +149,7 @@ def run_training_demo(
             patch_size=recipe.patch_size,
             samples_per_epoch=recipe.samples_per_epoch,
             hot_probability=recipe.hot_probability,
+            lesion_sampling=recipe.lesion_sampling,
             flip_probability=recipe.flip_probability,
             val_every=recipe.val_every,
             window=recipe.window,

@@ -69,6 +69,7 @@ SHARED = (
     "learning_rate",
     "augment",
     "lesion_probability",
+    "lesion_sampling",
     "hot_probability",
     "hot_suv",
     "flip_probability",
@@ -206,6 +207,7 @@ def export(
             "patch_size": config.patch_size,
             "sampling": {
                 "lesion_probability": config.lesion_probability,
+                "lesion_sampling": config.lesion_sampling,
                 "hot_probability": config.hot_probability,
                 "hot_suv": config.hot_suv,
                 "flip_probability": config.flip_probability,

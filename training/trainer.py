@@ -46,6 +46,7 @@ from training.config import (
 )
 from training.data import (
     CACHE_FOLDER,
+    LESION_SAMPLING,
     BatchAugmentation,
     CaseRecord,
     PatchDataset,
@@ -221,6 +222,10 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
     for name in ("lesion_probability", "hot_probability", "flip_probability"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise TrainingError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(config, name)}")
+    if config.lesion_sampling not in LESION_SAMPLING:
+        raise TrainingError(
+            f"--lesion-sampling must be one of {', '.join(LESION_SAMPLING)}, got {config.lesion_sampling}"
+        )
     network_spacing(config.spacing_mm)
     if config.tracer is not None and config.tracer not in TRACERS:
         raise TrainingError(f"--tracer must be one of {', '.join(TRACERS)}, got {config.tracer}")
@@ -472,6 +477,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                     hot_probability=config.hot_probability,
                     hot_suv=config.hot_suv,
                     flip_probability=config.flip_probability,
+                    lesion_sampling=config.lesion_sampling,
                 ),
                 config.samples_per_epoch,
             )

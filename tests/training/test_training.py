@@ -207,6 +207,8 @@ def test_bad_settings_are_one_line_errors(dataset, tmp_path):
         train(config(dataset, tmp_path / "x", fold=7))
     with pytest.raises(TrainingError, match=r"--hot-probability must be in \[0, 1\], got 1.5"):
         train(config(dataset, tmp_path / "x", hot_probability=1.5))
+    with pytest.raises(TrainingError, match="--lesion-sampling must be one of voxel, lesion, got blob"):
+        train(config(dataset, tmp_path / "x", lesion_sampling="blob"))
     with pytest.raises(
         TrainingError, match=r"--spacing-mm takes one positive value or three \(x y z\), got 4 0 4"
     ):
@@ -371,6 +373,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
         parallel=2,  # the folds train side by side, in spawned processes
         channels=(4, 8, 16, 32),  # the options the shipped recipe leaves off must reach the card
         hot_probability=0.5,
+        lesion_sampling="lesion",
         flip_probability=0.5,
         batch_dice=True,
         checkpoint="last",
@@ -391,6 +394,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert again.architecture.args == {"channels": list(recipe.channels)}
     assert again.provenance["sampling"]["hot_probability"] == 0.5
     assert again.provenance["sampling"]["flip_probability"] == 0.5
+    assert again.provenance["sampling"]["lesion_sampling"] == "lesion"
     assert again.provenance["loss_options"] == {"batch": True}
     assert again.provenance["checkpoint"] == "last"
     assert again.provenance["checkpoint_epochs"] == {"fold0": 1, "fold1": 1}

@@ -564,6 +564,65 @@ def test_entries_hold_their_lesion_indices_and_the_crop_draws_from_them(
         assert all(int(c) <= 8 for c in crop.cropper.centers[0])
 
 
+def test_entries_hold_each_lesion_voxels_lesion(cache: PreprocessedCache, records: list[CaseRecord]) -> None:
+    """Beside the lesion voxels' indices, an entry stores which lesion (26-connected component) each is in,
+    numbered as cc3d numbers the label's components."""
+    import cc3d
+
+    from training.data import lesion_components, lesion_indices
+
+    for record in records:
+        entry = cache.open(record)
+        label = np.asarray(entry["label"])
+        components = cc3d.connected_components(label[0] > 0, connectivity=26)
+        expected = components.reshape(-1)[entry["lesion_indices"]]
+        np.testing.assert_array_equal(entry["lesion_components"], expected)
+        assert entry["lesion_components"].dtype == np.int32
+    two = _large_and_small_lesion_case()["label"]
+    lesion = lesion_indices(two)
+    numbers, sizes = np.unique(lesion_components(two, lesion), return_counts=True)
+    assert numbers.tolist() == [1, 2]
+    assert sorted(sizes.tolist()) == [2, 8000]
+
+
+def _large_and_small_lesion_case() -> dict[str, np.ndarray]:
+    """A 96^3 case with a 20^3-voxel lesion near one corner and a 2-voxel one near the opposite corner."""
+    shape = (96, 96, 96)
+    label = np.zeros((1, *shape), np.uint8)
+    label[0, 4:24, 4:24, 4:24] = 1
+    label[0, 88, 88, 88:90] = 1
+    pet = np.where(label[0] > 0, 10.0, 0.5).astype(np.float32)
+    return {"image": np.stack([np.zeros(shape, np.float32), pet]), "label": label}
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_per_lesion_sampling_draws_each_lesion_alike(mapped: bool, tmp_path: Path) -> None:
+    """Drawn voxel by voxel, a 2-voxel lesion beside an 8000-voxel one is almost never a patch's centre;
+    drawn lesion by lesion, it is about half of them. The same holds on memory-mapped volumes."""
+    from training.data import LESION_COMPONENTS, LESION_INDICES, lesion_components, lesion_indices
+
+    case = _large_and_small_lesion_case()
+    if mapped:
+        lesion = lesion_indices(case["label"])
+        arrays = {**case, LESION_INDICES: lesion, LESION_COMPONENTS: lesion_components(case["label"], lesion)}
+        case = {}
+        for key, array in arrays.items():
+            np.save(tmp_path / f"{key}.npy", array)
+            case[key] = np.load(tmp_path / f"{key}.npy", mmap_mode="r")
+        assert isinstance(case["image"], np.memmap)
+
+    def small_share(sampling: str) -> float:
+        transforms = train_transforms((32, 32, 32), 1.0, augment=False, seed=11, lesion_sampling=sampling)
+        # a patch centred on the small lesion holds under 8 lesion voxels in its octant beyond the centre
+        small = [bool(transforms(case)["label"][0, 16:, 16:, 16:].sum() < 8) for _ in range(60)]
+        return float(np.mean(small))
+
+    assert small_share("voxel") < 0.05
+    assert 0.3 < small_share("lesion") < 0.7
+    with pytest.raises(ValueError, match="lesion_sampling must be one of voxel, lesion"):
+        train_transforms(PATCH, lesion_sampling="component")
+
+
 def test_mapped_entries_give_the_same_patches_reading_only_the_patch(
     cache: PreprocessedCache, records: list[CaseRecord], tmp_path: Path
 ) -> None:
@@ -577,14 +636,14 @@ def test_mapped_entries_give_the_same_patches_reading_only_the_patch(
     np.testing.assert_array_equal(np.asarray(mapped["image"], dtype=np.float32), whole["image"])
     np.testing.assert_array_equal(mapped["label"], whole["label"])
     for patch in ((16, 16, 16), PATCH):  # the tiny volumes hold a 16³ patch; 48³ needs padding
-        for augment in (False, True):
-            whole = train_transforms(patch, 0.8, augment, seed=5)
-            lazy = train_transforms(patch, 0.8, augment, seed=5)
+        for augment, sampling in ((False, "voxel"), (True, "voxel"), (True, "lesion")):
+            whole = train_transforms(patch, 0.8, augment, seed=5, lesion_sampling=sampling)
+            lazy = train_transforms(patch, 0.8, augment, seed=5, lesion_sampling=sampling)
             for index in range(12):
                 record = records[index % len(records)]
                 a, b = whole(cache.get(record)), lazy(cache.open(record))
-                assert torch.equal(a["image"], b["image"]), (patch, augment, index)
-                assert torch.equal(a["label"], b["label"]), (patch, augment, index)
+                assert torch.equal(a["image"], b["image"]), (patch, augment, sampling, index)
+                assert torch.equal(a["label"], b["label"]), (patch, augment, sampling, index)
     # A compressed entry (written by hand) cannot be mapped: the arrays are read whole instead.
     entry = cache.path(records[1])
     arrays = cache.get(records[1])
@@ -596,6 +655,7 @@ def test_mapped_entries_give_the_same_patches_reading_only_the_patch(
             image=arrays["image"].astype(np.float16),
             label=arrays["label"],
             lesion_indices=arrays["lesion_indices"],
+            lesion_components=arrays["lesion_components"],
         )
         fallback = cache.open(records[1])
         assert not isinstance(fallback["image"], np.memmap)
