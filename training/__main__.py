@@ -42,8 +42,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suv_floor(text: str) -> tuple[str, float]:
+    """One TRACER=SUV pair of `--suv-floor`."""
+    tracer, _, value = text.partition("=")
+    try:
+        return tracer.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TRACER=SUV (e.g. fdg=1.5), got {text!r}") from None
+
+
 def _export(args: argparse.Namespace) -> int:
     from training.export import export
+
+    if args.suv_floor is not None:
+        args.suv_floor = dict(args.suv_floor)
 
     options = (
         "name",
@@ -53,6 +65,7 @@ def _export(args: argparse.Namespace) -> int:
         "grow_within_mm",
         "checkpoint",
         "component_filter",
+        "suv_floor",
     )
     card = export(args.runs, args.out, **{option: getattr(args, option) for option in options})
     mean = card.provenance["validation_score_mean"]
@@ -114,6 +127,7 @@ def _demo(args: argparse.Namespace) -> int:
         "flip_probability",
         "hot_probability",
         "lesion_sampling",
+        "misalign_probability",
         "batch_dice",
         "val_every",
         "device",
@@ -215,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=EnsembleSettings.grow_within_mm,
         help="how far the growth may reach, in mm (default %(default)s)",
+    )
+    export.add_argument(
+        "--suv-floor",
+        type=_suv_floor,
+        nargs="+",
+        default=None,
+        metavar="TRACER=SUV",
+        help="remove predicted voxels below this SUV, per tracer (fdg=1.5 psma=1.0) or for all cases "
+        "(all=1.0) (default: off)",
     )
     export.add_argument(
         "--component-filter",
@@ -334,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hot_probability",
         "lesion_sampling",
         "flip_probability",
+        "misalign_probability",
         "val_every",
     )
     add_field_options(demo, {name: getattr(defaults, name) for name in fields_of_train}, choices)

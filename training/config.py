@@ -112,6 +112,13 @@ class TrainConfig:
     hot_suv: float = _default("hot_suv", help="SUV above which uptake is hot")
     # left-right mirrored patches (training.data)
     flip_probability: float = _default("flip_probability", help="probability of a left-right mirrored patch")
+    # the CT channel alone rotated and shifted against the PET (training.data.CTMisalignment)
+    misalign_probability: float = _default(
+        "misalign_probability", help="probability of a CT rotation, and separately of a CT shift, against "
+        "the PET (0: off)",
+    )  # fmt: skip
+    misalign_rotation_deg: float = _default("misalign_rotation_deg", help="largest CT rotation per axis")
+    misalign_shift_voxels: int = _default("misalign_shift_voxels", help="largest CT shift (x, y), voxels")
     augment: bool = _default("augment", kind="negated", flag="--no-augment", help="no augmentation")
     # where the patches are augmented (training.data.augmentation_on)
     augment_on: str = _default(

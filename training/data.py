@@ -776,6 +776,7 @@ def train_transforms(
     hot_suv: float = 4.0,
     flip_probability: float = 0.0,
     lesion_sampling: str = "voxel",
+    misalignment: CTMisalignment | None = None,
 ) -> Compose:
     """One random patch of a cached case, {"image": (2, P, P, P), "label": (1, P, P, P)} float32 tensors.
 
@@ -787,7 +788,8 @@ def train_transforms(
        a voxel of it (`LesionCentredCropd`); "voxel" draws any lesion voxel alike. With `hot_probability`
        > 0, that share of the patches is centred on hot uptake (PET above `hot_suv`) outside the lesions
        instead (`HotUptakeCropd`);
-    3. with `augment`: affine (p 0.5: +-10 voxels, +-pi/12 about the axial z axis, scale +-0.1), elastic
+    3. with `augment`: with `misalignment`, the CT channel alone rotated and shifted (`CTMisalignment`);
+       affine (p 0.5: +-10 voxels, +-pi/12 about the axial z axis, scale +-0.1), elastic
        (p 0.5: smoothing sigma 5-8 voxels, magnitude 100-200: displacements with a standard deviation of
        0.3-1.8 voxels, at most about 5), both with zero padding and the label always nearest-neighbour;
        gamma 0.7-1.5 on the CT channel only (p 0.3, see `RandCTGammad`); Gaussian noise with a standard
@@ -829,7 +831,7 @@ def train_transforms(
         CastToTyped(keys, dtype=(torch.float32, torch.float32)),
     ]
     if augment:
-        steps += augmentation_steps(flip_probability)
+        steps += augmentation_steps(flip_probability, misalignment)
     steps.append(AsTrainingTensorsd())
     transforms = PatchCompose(steps)
     if seed is not None:
@@ -837,11 +839,94 @@ def train_transforms(
     return transforms
 
 
-def augmentation_steps(flip_probability: float = 0.0) -> list[Any]:
+@dataclass(frozen=True)
+class CTMisalignment:
+    """How far the CT channel alone may be moved against the PET: PET and CT of one scan are never exactly
+    registered (breathing, a patient who moved between the two), and a network that only ever saw them
+    aligned learns to rely on it. With `probability` each, a patch's CT is rotated by up to `rotation_deg`
+    about each axis, and shifted by up to `shift_voxels` whole voxels left-right and front-back (not along
+    the body's axis); the PET and the label never move. Probability 0: off."""
+
+    probability: float = 0.0
+    rotation_deg: float = 5.0
+    shift_voxels: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"misalign_probability must be in [0, 1], got {self.probability!r}")
+        if not 0.0 <= self.rotation_deg <= 45.0:
+            raise ValueError(f"misalign_rotation_deg must be in [0, 45], got {self.rotation_deg!r}")
+        if not 0 <= self.shift_voxels <= 16:
+            raise ValueError(f"misalign_shift_voxels must be in [0, 16], got {self.shift_voxels!r}")
+
+
+CT_CHANNEL = 0  # petseg.model.card.CHANNELS: [CT, PET]
+
+
+def misalign_ct(image: Any, angles_rad: Sequence[float], shift_voxels: Sequence[int]) -> torch.Tensor:
+    """`image` (2, X, Y, Z) with its CT channel rotated by `angles_rad` about the patch centre (about the x,
+    y and z axes, in that order) and then shifted by `shift_voxels`, zero (air) where it moved in from
+    outside; the PET channel is returned unchanged. The deterministic twin of `RandCTMisalignd`."""
+    from monai.transforms import Affine
+
+    image = convert_to_tensor(image, dtype=torch.float32, track_meta=False)
+    affine = Affine(
+        rotate_params=tuple(float(a) for a in angles_rad),
+        translate_params=tuple(-float(s) for s in shift_voxels),  # MONAI's maps output to input
+        padding_mode="zeros",
+        mode="bilinear",
+        image_only=True,
+    )
+    ct = convert_to_tensor(affine(image[CT_CHANNEL : CT_CHANNEL + 1]), track_meta=False)
+    return torch.cat([ct.to(image), image[CT_CHANNEL + 1 :]])
+
+
+class RandCTMisalignd(RandomizableTransform, MapTransform):
+    """`CTMisalignment`'s random draw: with its probability a rotation (uniform in +-rotation_deg about each
+    axis), independently with its probability a shift (whole voxels, uniform in +-shift_voxels along x and
+    y), both applied by `misalign_ct`."""
+
+    def __init__(self, image_key: str, misalignment: CTMisalignment) -> None:
+        MapTransform.__init__(self, [image_key])
+        RandomizableTransform.__init__(self, 1.0)
+        self.misalignment = misalignment
+        self.angles_rad = (0.0, 0.0, 0.0)
+        self.shift_voxels = (0, 0, 0)
+
+    def randomize(self, data: Any = None) -> None:
+        m = self.misalignment
+        rotate = self.R.uniform() < m.probability
+        shift = self.R.uniform() < m.probability
+        limit = math.radians(m.rotation_deg)
+        self.angles_rad = (
+            tuple(float(self.R.uniform(-limit, limit)) for _ in range(3)) if rotate else (0.0,) * 3
+        )
+        steps = (
+            [int(self.R.randint(-m.shift_voxels, m.shift_voxels + 1)) for _ in range(2)] if shift else [0, 0]
+        )
+        self.shift_voxels = (steps[0], steps[1], 0)
+        self._do_transform = rotate or shift
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = misalign_ct(d[key], self.angles_rad, self.shift_voxels)
+        return d
+
+
+def augmentation_steps(
+    flip_probability: float = 0.0, misalignment: CTMisalignment | None = None
+) -> list[Any]:
     """Step 3 of `train_transforms`, the random augmentation of a patch, as dictionary transforms that run
     on a patch wherever its tensors lie (the CPU in a loader worker, or the training device)."""
     keys = ("image", "label")
-    steps: list[Any] = [
+    steps: list[Any] = []
+    if misalignment is not None and misalignment.probability > 0:
+        steps.append(RandCTMisalignd("image", misalignment))  # first, as the scanner would: then the rest
+    steps += [
         RandAffined(
             keys,
             prob=0.5,
@@ -889,8 +974,13 @@ class BatchAugmentation:
     draws the same augmentation again.
     """
 
-    def __init__(self, flip_probability: float = 0.0, seed: int | None = None) -> None:
-        self.transforms = Compose([*augmentation_steps(flip_probability), AsTrainingTensorsd()])
+    def __init__(
+        self,
+        flip_probability: float = 0.0,
+        seed: int | None = None,
+        misalignment: CTMisalignment | None = None,
+    ) -> None:
+        self.transforms = Compose([*augmentation_steps(flip_probability, misalignment), AsTrainingTensorsd()])
         if seed is not None:
             self.transforms.set_random_state(seed=seed)
 

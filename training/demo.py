@@ -72,6 +72,9 @@ class DemoRecipe:
     hot_probability: float = _from_recipe("hot_probability")
     lesion_sampling: str = _from_recipe("lesion_sampling")
     flip_probability: float = _from_recipe("flip_probability")
+    misalign_probability: float = _from_recipe("misalign_probability")  # the CT moved against the PET
+    misalign_rotation_deg: float = _from_recipe("misalign_rotation_deg")
+    misalign_shift_voxels: int = _from_recipe("misalign_shift_voxels")
     batch_dice: bool = _from_recipe("batch_dice")  # the dfl loss's Dice pooled over the batch
     checkpoint: str = _from_recipe("checkpoint")
     folds: int = _from_recipe("folds")
@@ -94,6 +97,8 @@ class DemoRecipe:
     grow_to_suvmax_fraction: float | None = _from_recipe("grow_to_suvmax_fraction")
     grow_within_mm: float = _from_recipe("grow_within_mm")
     component_filter: float | None = _from_recipe("component_filter")
+    # SUV floors by tracer or "all" (None: off); read-only, like every recipe value
+    suv_floor: dict[str, float] | None = _from_recipe("suv_floor")  # noqa: RUF009
     evaluation_cases: int = EVALUATION_CASES
     evaluation_negatives: int = _from_recipe("evaluation_negatives")  # lesion-free phantoms for the FPV
 
@@ -151,6 +156,9 @@ def run_training_demo(
             hot_probability=recipe.hot_probability,
             lesion_sampling=recipe.lesion_sampling,
             flip_probability=recipe.flip_probability,
+            misalign_probability=recipe.misalign_probability,
+            misalign_rotation_deg=recipe.misalign_rotation_deg,
+            misalign_shift_voxels=recipe.misalign_shift_voxels,
             val_every=recipe.val_every,
             window=recipe.window,
             overlap=recipe.overlap,
@@ -181,6 +189,7 @@ def run_training_demo(
         grow_to_suvmax_fraction=recipe.grow_to_suvmax_fraction,
         grow_within_mm=recipe.grow_within_mm,
         checkpoint=recipe.checkpoint,
+        suv_floor=recipe.suv_floor,
     )
     if recipe.component_filter is not None:
         card = _fit_component_filter(model_dir, data, recipe.component_filter, recipe.device, progress)

@@ -73,6 +73,9 @@ SHARED = (
     "hot_probability",
     "hot_suv",
     "flip_probability",
+    "misalign_probability",
+    "misalign_rotation_deg",
+    "misalign_shift_voxels",
     "spacing_mm",
 )
 
@@ -115,12 +118,14 @@ def export(
     grow_within_mm: float = EnsembleSettings.grow_within_mm,
     checkpoint: str = "best",
     component_filter: float | None = None,
+    suv_floor: dict[str, float] | None = None,
 ) -> ModelCard:
     """Write each run's `checkpoint` ("best" or "last") weights to `out_dir/fold<K>.safetensors` and
     `out_dir/model.json`.
 
     `threshold` and `grow_to_suvmax_fraction` (growth of predicted lesions to their uptake contour,
-    `petseg.inference.postprocess.grow_to_uptake_contour`) are inference settings the runs cannot know. With
+    `petseg.inference.postprocess.grow_to_uptake_contour`) and `suv_floor` (SUV under which predicted voxels
+    are removed, by tracer or "all") are inference settings the runs cannot know. With
     `component_filter`, the exported folds then fit a component filter at that minimum probability
     (`training.components`) on their runs' dataset.
     """
@@ -130,6 +135,7 @@ def export(
         "threshold": threshold,
         "grow_to_suvmax_fraction": grow_to_suvmax_fraction,
         "grow_within_mm": grow_within_mm,
+        "suv_floor": suv_floor,
     }
     try:  # the card's own checks, before anything is written: a card export writes must load
         inference = parse_ensemble(settings, "export")
@@ -211,6 +217,9 @@ def export(
                 "hot_probability": config.hot_probability,
                 "hot_suv": config.hot_suv,
                 "flip_probability": config.flip_probability,
+                "misalign_probability": config.misalign_probability,
+                "misalign_rotation_deg": config.misalign_rotation_deg,
+                "misalign_shift_voxels": config.misalign_shift_voxels,
                 "augment": config.augment,
             },
             # null where a fold had no validation score (NaN): a card holds finite numbers only

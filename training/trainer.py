@@ -49,6 +49,7 @@ from training.data import (
     LESION_SAMPLING,
     BatchAugmentation,
     CaseRecord,
+    CTMisalignment,
     PatchDataset,
     PreprocessedCache,
     augmentation_on,
@@ -226,9 +227,20 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
         raise TrainingError(
             f"--lesion-sampling must be one of {', '.join(LESION_SAMPLING)}, got {config.lesion_sampling}"
         )
+    ct_misalignment(config)
     network_spacing(config.spacing_mm)
     if config.tracer is not None and config.tracer not in TRACERS:
         raise TrainingError(f"--tracer must be one of {', '.join(TRACERS)}, got {config.tracer}")
+
+
+def ct_misalignment(config: TrainConfig) -> CTMisalignment:
+    """The run's CT misalignment settings, checked (a one-line error naming the option)."""
+    try:
+        return CTMisalignment(
+            config.misalign_probability, config.misalign_rotation_deg, config.misalign_shift_voxels
+        )
+    except ValueError as error:
+        raise TrainingError(f"--{str(error).replace('_', '-')}") from None
 
 
 def _compute_device(config: TrainConfig, dist: Distributed) -> ComputeDevice:
@@ -450,6 +462,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
         run_log.rewrite(history)
     patch = (config.patch_size,) * 3
     augment_place = augmentation_on(config.augment_on, compute.device)
+    misalignment = ct_misalignment(config)
     if config.augment:
         log.info(
             "augmentation %s", "on the training device" if augment_place == "device" else "in the loader"
@@ -462,7 +475,9 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             _seed_everything(epoch_seed)
             on_device = config.augment and augment_place == "device"
             device_augmentation = (
-                BatchAugmentation(config.flip_probability, seed=(epoch_seed + 1) % 2**31)
+                BatchAugmentation(
+                    config.flip_probability, seed=(epoch_seed + 1) % 2**31, misalignment=misalignment
+                )
                 if on_device
                 else None
             )
@@ -478,6 +493,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                     hot_suv=config.hot_suv,
                     flip_probability=config.flip_probability,
                     lesion_sampling=config.lesion_sampling,
+                    misalignment=misalignment,
                 ),
                 config.samples_per_epoch,
             )

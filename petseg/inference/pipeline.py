@@ -108,9 +108,11 @@ def _segment(
             source or "case",
             "; ".join(outside),
         )
-    # The uptake contour needs the PET on its own grid; otherwise it is freed before the network runs.
-    grows = predictor.card.ensemble.grow_to_suvmax_fraction is not None
-    uptake = sitk.GetArrayFromImage(pet) if grows else None
+    # The uptake contour and the SUV floor need the PET on its own grid; otherwise it is freed before the
+    # network runs.
+    settings = predictor.card.ensemble
+    reads_uptake = settings.grow_to_suvmax_fraction is not None or settings.suv_floor is not None
+    uptake = sitk.GetArrayFromImage(pet) if reads_uptake else None
     del ct, pet
     log.debug("network grid %s at %s mm", case.back_map.network_grid.size, case.back_map.network_grid.spacing)
     report = None

@@ -14,6 +14,7 @@ from scipy import ndimage
 from petseg.geometry import Grid
 from petseg.inference.preprocess import PreprocessedCase
 from petseg.model.card import ModelCard
+from petseg.model.components import ALL_TRACERS
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def postprocess(
     2. the back-map of the body box onto the PET grid (`ensemble.back_interpolation`), 0 elsewhere;
     3. the threshold (`ensemble.threshold`);
     4. growth of each lesion to its uptake contour (`ensemble.grow_to_suvmax_fraction`; needs `uptake_zyx`,
-       the PET on its own grid).
+       the PET on its own grid);
+    5. the SUV floor (`ensemble.suv_floor`, for `tracer`; needs `uptake_zyx` too).
 
     One path whether or not the probability is kept: with `keep_probability` the back-mapped probability
     (z, y, x, float32, before growth) is returned too, and thresholding it gives the mask before growth.
@@ -73,7 +75,25 @@ def postprocess(
             settings.grow_to_suvmax_fraction,
             settings.grow_within_mm,
         )
+    if settings.suv_floor is not None:
+        if uptake_zyx is None:
+            raise ValueError("the card sets an SUV floor: postprocess needs the PET")
+        floor = suv_floor_for(settings.suv_floor, tracer)
+        below = mask & (uptake_zyx < floor)
+        log.info("SUV floor %.2f: removed %d predicted voxel(s)", floor, int(below.sum()))
+        mask &= ~below
     return mask_image(mask, back_map.pet_grid), on_pet
+
+
+def suv_floor_for(floors: dict[str, float], tracer: str | None) -> float:
+    """The floor of `tracer`'s cases; "all" serves every tracer. A card with floors per tracer whose case
+    has no tracer named (one ensemble for every tracer, no `--tracer`) takes the lowest: a floor too low
+    keeps a false positive, one too high removes a lesion."""
+    if tracer is not None and tracer in floors:
+        return floors[tracer]
+    if ALL_TRACERS in floors:
+        return floors[ALL_TRACERS]
+    return min(floors.values())
 
 
 def grow_to_uptake_contour(

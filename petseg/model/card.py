@@ -536,6 +536,7 @@ def parse_ensemble(data: Any, source: str = CARD_NAME) -> EnsembleSettings:
         ),
         grow_to_suvmax_fraction=_optional_fraction(ens, "grow_to_suvmax_fraction"),
         grow_within_mm=ens.number("grow_within_mm", ens_defaults.grow_within_mm, low=0.0, high=100.0),
+        suv_floor=_suv_floor(ens),
         mirror_axes=_mirror_axes(ens),
     )
 
@@ -558,6 +559,24 @@ def _mirror_axes(reader: _Reader) -> tuple[tuple[int, ...], ...] | None:
     if len(set(mirrors)) != len(mirrors):
         raise reader.fail("mirror_axes", f"must not repeat a mirror, got {value!r}")
     return tuple(mirrors)
+
+
+SUV_FLOOR_KEYS = (*TRACERS, ALL_TRACERS)
+MAX_SUV_FLOOR = 20.0  # a floor above this would remove most lesions: a typing error, not a choice
+
+
+def _suv_floor(reader: _Reader) -> dict[str, float] | None:
+    """null (off), or an object of SUV floors in [0, MAX_SUV_FLOOR] keyed by tracer or "all"."""
+    value = reader.get("suv_floor", (dict, type(None)), None)
+    if value is None:
+        return None
+    if not value or set(value) - set(SUV_FLOOR_KEYS):
+        raise reader.fail(
+            "suv_floor",
+            f"must be null or an object keyed by {', '.join(SUV_FLOOR_KEYS)}, got {_shown(value)}",
+        )
+    floors = _Reader(value, f"{reader.where}.suv_floor", reader.source)
+    return {key: floors.number(key, low=0.0, high=MAX_SUV_FLOOR) for key in SUV_FLOOR_KEYS if key in value}
 
 
 def _optional_fraction(reader: _Reader, key: str) -> float | None:

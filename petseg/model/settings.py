@@ -89,6 +89,10 @@ class EnsembleSettings:
     # `grow_within_mm` of the prediction (`petseg.inference.postprocess.grow_to_uptake_contour`); None: off.
     grow_to_suvmax_fraction: float | None = None
     grow_within_mm: float = 6.0
+    # Optional: predicted voxels below this SUV are removed, the last step of postprocessing; one floor per
+    # tracer ("fdg", "psma") or one for every case ("all"). Physiological background is rarely above SUV
+    # 1.5 (FDG) or 1.0 (PSMA), lesions almost always are. None: off.
+    suv_floor: dict[str, float] | None = None
     # The mirrored passes `--tta auto` may add, as sets of network-grid axes (0 left-right, 1
     # anterior-posterior, 2 superior-inferior), most useful first. A network trained without a mirror
     # is hurt by it at test time, so `training export` lists only the mirrors its folds trained with

@@ -119,3 +119,36 @@ def test_a_card_that_asks_for_growth_gets_it_on_the_pet_grid(tmp_path, tiny_mode
     lean = sitk.GetArrayFromImage(segment(files, growing, StageTimer(quiet=True))).astype(bool)
     np.testing.assert_array_equal(lean, mask)  # the lean path and the probability path agree
     assert result.mask.GetSpacing() == phantom.pet.GetSpacing()
+
+
+def test_the_suv_floor_removes_predicted_voxels_below_it_for_the_cases_tracer(tmp_path, tiny_model_dir):
+    """With a card's `suv_floor`, the mask is the floorless mask less its voxels below the floor of the case's
+    tracer ("all" serving every tracer); without a tracer, per-tracer floors give way to the lowest."""
+    from dataclasses import replace
+
+    from petseg.inference.postprocess import suv_floor_for
+
+    phantom = make_case(seed=5, index=0, tracer="fdg", size="tiny", lesion_free=False)
+    files = CaseFiles(
+        ct=write_image(phantom.ct, tmp_path / "ct.mha"), pet=write_image(phantom.pet, tmp_path / "pet.mha")
+    )
+    plain = sitk.GetArrayFromImage(
+        segment(files, Predictor.load(tiny_model_dir, device="cpu"), StageTimer(quiet=True))
+    ).astype(bool)
+    pet = sitk.GetArrayFromImage(phantom.pet)
+    floor = float(np.median(pet[plain]))  # half the random ensemble's voxels lie below it
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    card = load_card(model)
+    save_card(replace(card, ensemble=replace(card.ensemble, suv_floor={"all": floor})), model)
+    assert load_card(model).ensemble.suv_floor == {"all": floor}
+    floored = sitk.GetArrayFromImage(
+        segment(files, Predictor.load(model, device="cpu"), StageTimer(quiet=True))
+    ).astype(bool)
+    np.testing.assert_array_equal(floored, plain & (pet >= floor))
+    assert 0 < floored.sum() < plain.sum()
+
+    assert suv_floor_for({"fdg": 1.5, "psma": 1.0}, "fdg") == 1.5
+    assert suv_floor_for({"fdg": 1.5, "psma": 1.0}, "psma") == 1.0
+    assert suv_floor_for({"fdg": 1.5, "psma": 1.0}, None) == 1.0
+    assert suv_floor_for({"fdg": 1.5, "all": 2.0}, "psma") == 2.0

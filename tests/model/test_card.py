@@ -140,6 +140,12 @@ def edit(path: str, value):
         ("ensemble.mirror_axes", [0], "ensemble.mirror_axes must list non-empty lists"),
         ("ensemble.mirror_axes", [[0], [0]], "ensemble.mirror_axes must not repeat a mirror"),
         ("ensemble.mirror_axes", "lr", "ensemble.mirror_axes must be a list or null"),
+        ("ensemble.suv_floor", 1.5, "ensemble.suv_floor must be an object or null"),
+        ("ensemble.suv_floor", {}, "ensemble.suv_floor must be null or an object keyed by fdg, psma, all"),
+        ("ensemble.suv_floor", {"FDG": 1.5}, "ensemble.suv_floor must be null or an object keyed by"),
+        ("ensemble.suv_floor", {"fdg": -1}, "ensemble.suv_floor.fdg must be in [0.0, 20.0], got -1.0"),
+        ("ensemble.suv_floor", {"psma": 150}, "ensemble.suv_floor.psma must be in [0.0, 20.0]"),
+        ("ensemble.suv_floor", {"all": "1.5"}, "ensemble.suv_floor.all must be an integer or a number"),
     ],
 )
 def test_invalid_cards_are_rejected_with_the_field_named(path, value, message):

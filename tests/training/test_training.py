@@ -209,6 +209,10 @@ def test_bad_settings_are_one_line_errors(dataset, tmp_path):
         train(config(dataset, tmp_path / "x", hot_probability=1.5))
     with pytest.raises(TrainingError, match="--lesion-sampling must be one of voxel, lesion, got blob"):
         train(config(dataset, tmp_path / "x", lesion_sampling="blob"))
+    with pytest.raises(TrainingError, match=r"--misalign-probability must be in \[0, 1\], got 2.0"):
+        train(config(dataset, tmp_path / "x", misalign_probability=2.0))
+    with pytest.raises(TrainingError, match=r"--misalign-shift-voxels must be in \[0, 16\], got -1"):
+        train(config(dataset, tmp_path / "x", misalign_shift_voxels=-1))
     with pytest.raises(
         TrainingError, match=r"--spacing-mm takes one positive value or three \(x y z\), got 4 0 4"
     ):
@@ -335,11 +339,16 @@ def test_export_builds_a_card_from_the_runs_and_refuses_mixed_ensembles(
     assert load_card(tmp_path / "tuned").ensemble == tuned.ensemble
     assert (tuned.ensemble.threshold, tuned.ensemble.grow_to_suvmax_fraction) == (0.7, 0.4)
     assert tuned.ensemble.grow_within_mm == 5.0
+    floored = export(runs, tmp_path / "floored", suv_floor={"fdg": 1.5, "psma": 1.0})
+    assert load_card(tmp_path / "floored").ensemble.suv_floor == {"fdg": 1.5, "psma": 1.0}
+    assert card.ensemble.suv_floor is None
+    assert floored.ensemble.suv_floor == {"fdg": 1.5, "psma": 1.0}
     for bad, message in (
         ({"threshold": 1.5}, "threshold must be in"),
         ({"grow_to_suvmax_fraction": 0.0}, "grow_to_suvmax_fraction must be null or in"),
         ({"grow_within_mm": -1.0}, r"grow_within_mm must be in \[0.0, 100.0\]"),
         ({"grow_within_mm": 150.0}, r"grow_within_mm must be in \[0.0, 100.0\]"),  # a card could not load it
+        ({"suv_floor": {"fgd": 1.5}}, "suv_floor must be null or an object keyed by fdg, psma, all"),
     ):
         with pytest.raises(TrainingError, match=message):
             export(runs, tmp_path / "bad", **bad)
@@ -374,6 +383,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
         channels=(4, 8, 16, 32),  # the options the shipped recipe leaves off must reach the card
         hot_probability=0.5,
         lesion_sampling="lesion",
+        misalign_probability=0.5,
         flip_probability=0.5,
         batch_dice=True,
         checkpoint="last",
@@ -395,6 +405,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert again.provenance["sampling"]["hot_probability"] == 0.5
     assert again.provenance["sampling"]["flip_probability"] == 0.5
     assert again.provenance["sampling"]["lesion_sampling"] == "lesion"
+    assert again.provenance["sampling"]["misalign_probability"] == 0.5
     assert again.provenance["loss_options"] == {"batch": True}
     assert again.provenance["checkpoint"] == "last"
     assert again.provenance["checkpoint_epochs"] == {"fold0": 1, "fold1": 1}
@@ -571,6 +582,13 @@ def test_export_command_passes_the_inference_settings(tmp_path, capsys):
     assert "export: ensemble.threshold must be in [0.0, 1.0], got 1.5" in capsys.readouterr().err
     assert main([*argv, "--grow-to-suvmax-fraction", "0.4"]) == TrainingError.exit_code
     assert "not a training run" in capsys.readouterr().err  # the settings were fine: the run was read
+    floors = build_parser().parse_args([*argv, "--suv-floor", "fdg=1.5", "psma=1"])
+    assert floors.suv_floor == [("fdg", 1.5), ("psma", 1.0)]
+    assert main([*argv, "--suv-floor", "all=-2"]) == TrainingError.exit_code
+    assert "export: ensemble.suv_floor.all must be in [0.0, 20.0], got -2.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--suv-floor", "fdg:1.5"])
+    assert "expected TRACER=SUV (e.g. fdg=1.5), got 'fdg:1.5'" in capsys.readouterr().err
 
 
 def test_network_overrides_reach_the_card_and_must_agree_across_folds(dataset, tmp_path, capsys, monkeypatch):

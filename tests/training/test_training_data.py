@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import warnings
@@ -708,3 +709,59 @@ def test_batch_augmentation_on_the_device_is_the_loaders_augmentation() -> None:
     assert augmentation_on("device", torch.device("cpu")) == "device"
     with pytest.raises(ValueError, match="augment_on must be one of"):
         augmentation_on("gpu", torch.device("cpu"))
+
+
+def test_ct_misalignment_moves_the_ct_channel_alone() -> None:
+    """`misalign_ct` shifts (whole voxels: exactly) and rotates the CT channel; the PET channel is the same
+    tensor values, and a zero move is the identity."""
+    from training.data import misalign_ct
+
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.random((2, 20, 18, 12)).astype(np.float32))
+    image[0] = 0.0
+    image[0, 6:10, 5:9, 4:7] = 1.0
+    shifted = misalign_ct(image, (0.0, 0.0, 0.0), (2, -1, 0))
+    expected = torch.zeros_like(image[0])
+    expected[8:12, 4:8, 4:7] = 1.0
+    torch.testing.assert_close(shifted[0], expected, atol=1e-5, rtol=0)
+    assert torch.equal(shifted[1], image[1])
+    torch.testing.assert_close(misalign_ct(image, (0.0, 0.0, 0.0), (0, 0, 0)), image, atol=1e-5, rtol=0)
+    rotated = misalign_ct(image, (0.0, 0.0, math.radians(5.0)), (0, 0, 0))
+    assert not torch.allclose(rotated[0], image[0], atol=1e-3)
+    assert torch.equal(rotated[1], image[1])
+    assert abs(float(rotated[0].sum()) - float(image[0].sum())) < 0.1 * float(image[0].sum())  # moved, kept
+
+
+def test_random_ct_misalignment_draws_within_its_ranges_and_leaves_pet_and_label() -> None:
+    """The recipe's probability and ranges bound every draw (no shift along the body's axis); PET and
+    label never change; probability 0 changes nothing; a seed repeats the draws."""
+    from training.data import CTMisalignment, RandCTMisalignd
+
+    case = _hot_gland_case()
+    data = {
+        "image": torch.from_numpy(case["image"][:, :32, :32, :32].copy()),
+        "label": torch.from_numpy(case["label"][:, :32, :32, :32].copy()),
+    }
+    never = RandCTMisalignd("image", CTMisalignment(probability=0.0))
+    assert all(torch.equal(never(data)["image"], data["image"]) for _ in range(5))
+    always = RandCTMisalignd("image", CTMisalignment(probability=1.0, rotation_deg=5.0, shift_voxels=2))
+    always.set_random_state(3)
+    draws = []
+    for _ in range(20):
+        out = always(data)
+        assert torch.equal(out["image"][1], data["image"][1])
+        assert out["label"] is data["label"]
+        assert not torch.equal(out["image"][0], data["image"][0])
+        draws.append((always.angles_rad, always.shift_voxels))
+    assert all(abs(a) <= math.radians(5.0) for angles, _ in draws for a in angles)
+    assert all(abs(s) <= 2 and shift[2] == 0 for _, shift in draws for s in shift)
+    assert len({shift for _, shift in draws}) > 3  # the shifts do vary
+    again = RandCTMisalignd("image", CTMisalignment(probability=1.0))
+    again.set_random_state(3)
+    assert [(again(data), (again.angles_rad, again.shift_voxels))[1] for _ in range(20)] == draws
+    some = RandCTMisalignd("image", CTMisalignment(probability=0.1))
+    some.set_random_state(1)
+    moved = sum(not torch.equal(some(data)["image"][0], data["image"][0]) for _ in range(200))
+    assert 20 <= moved <= 56  # 1 - 0.9^2 = 19 % of the patches: rotation or shift or both
+    with pytest.raises(ValueError, match="misalign_probability must be in"):
+        CTMisalignment(probability=1.5)
