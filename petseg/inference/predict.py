@@ -97,10 +97,14 @@ def training_device(preference: str = "auto", cuda_index: int | None = None) -> 
     return compute
 
 
+LESION_CHANNELS = 2  # [background, lesion]: the first outputs of every network (petseg.model.networks)
+
+
 class FoldEnsemble(torch.nn.Module):
     """All folds on one window batch, combined into one lesion score per voxel.
 
-    average="probabilities": the mean of the folds' softmax lesion probabilities.
+    average="probabilities": the mean of the folds' softmax lesion probabilities (over the two lesion
+    channels: the outputs of an organ head, which follow them, are not read).
     average="logits": the mean of the folds' logit differences (lesion - background); its sigmoid,
     thresholded at 0.5, is the argmax of the mean logits, which is what the autoPET III entry computed.
     """
@@ -132,7 +136,7 @@ class FoldEnsemble(torch.nn.Module):
             window = window.contiguous(memory_format=torch.channels_last_3d)
         total: torch.Tensor | None = None
         for network in self.runners:
-            logits = network(window).float()
+            logits = network(window)[:, :LESION_CHANNELS].float()
             if self.average == "probabilities":
                 score = torch.softmax(logits, dim=1)[:, 1:2]
             else:

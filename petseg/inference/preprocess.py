@@ -37,11 +37,13 @@ MAX_NETWORK_SIDE = 2048
 
 @dataclass
 class PreprocessedCase:
-    """Network input (2, X, Y, Z) float32 [CT, PET], optional label (1, X, Y, Z) uint8, and the way back."""
+    """Network input (2, X, Y, Z) float32 [CT, PET], optional label (1, X, Y, Z) uint8, and the way back;
+    for training with organ supervision also the organ label map (1, X, Y, Z) uint8, its values kept."""
 
     image: np.ndarray
     label: np.ndarray | None
     back_map: BackMap
+    organs: np.ndarray | None = None
 
 
 def ct_on_pet_grid(ct: sitk.Image, pet: sitk.Image, fill_hu: float) -> sitk.Image:
@@ -124,15 +126,20 @@ def preprocess(
     settings: PreprocessSettings,
     label: sitk.Image | None = None,
     source: str = "PET",
+    organs: sitk.Image | None = None,
 ) -> PreprocessedCase:
     """Prepare one case for the network (see the module docstring for the steps).
 
-    `source` names the PET in the error raised for a grid no body needs (its file, where known).
+    `source` names the PET in the error raised for a grid no body needs (its file, where known). `label`
+    (lesions, made binary) and `organs` (an organ label map, values kept) must lie on the PET grid; both go
+    onto the network grid by nearest neighbour, so they stay aligned with the image voxel for voxel.
     """
     pet = sitk.Cast(pet, sitk.sitkFloat32) if pet.GetPixelID() != sitk.sitkFloat32 else pet
     pet_grid = Grid.of(pet)
     if label is not None and not Grid.of(label).matches(pet_grid):
         raise InputError("label is not on the PET grid (size, spacing, origin or direction differ)")
+    if organs is not None and not Grid.of(organs).matches(pet_grid):
+        raise InputError("organ map is not on the PET grid (size, spacing, origin or direction differ)")
     ct = ct_on_pet_grid(ct, pet, settings.ct_fill_hu)
     box = body_box(ct, settings.body_threshold_hu, settings.body_margin_mm)
     grid = network_grid(pet_grid, box, settings.spacing_mm)
@@ -154,6 +161,13 @@ def preprocess(
     if label is not None:
         resampled = grid.resample(label, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         label_net = (_to_network_array(resampled) > 0).astype(np.uint8)[None]
+    organs_net = None
+    if organs is not None:
+        resampled = grid.resample(organs, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        organs_net = np.ascontiguousarray(_to_network_array(resampled))[None]
     return PreprocessedCase(
-        image=image, label=label_net, back_map=BackMap(network_grid=grid, pet_grid=pet_grid, body_box=box)
+        image=image,
+        label=label_net,
+        back_map=BackMap(network_grid=grid, pet_grid=pet_grid, body_box=box),
+        organs=organs_net,
     )

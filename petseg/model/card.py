@@ -94,7 +94,11 @@ class ModelCard:
             "format": CARD_FORMAT,
             "version": CARD_VERSION,
             "name": self.name,
-            "architecture": asdict(self.architecture),
+            "architecture": {
+                key: value
+                for key, value in asdict(self.architecture).items()
+                if key != "organ_classes" or value  # written only for a network with an organ head
+            },
             "preprocessing": asdict(self.preprocessing),
             "folds": [fold.to_json() for fold in self.folds],
             "ensemble": asdict(self.ensemble),
@@ -316,8 +320,15 @@ def parse_card(data: Any, source: str = CARD_NAME) -> ModelCard:
         raise root.fail("training", "needs a card of version 2")
 
     arch = _Reader(root.get("architecture", dict), "architecture", source)
-    arch.unknown_keys({"name", "args"})
-    architecture = Architecture(name=arch.get("name", str), args=dict(arch.get("args", dict, {})))
+    arch.unknown_keys({"name", "args", "organ_classes"})
+    organ_classes = arch.get("organ_classes", int, 0)
+    if not 0 <= organ_classes <= MAX_ORGAN_CLASSES or organ_classes == 1:
+        raise arch.fail(
+            "organ_classes", f"must be 0 (no organ head) or 2 to {MAX_ORGAN_CLASSES}, got {organ_classes}"
+        )
+    architecture = Architecture(
+        name=arch.get("name", str), args=dict(arch.get("args", dict, {})), organ_classes=organ_classes
+    )
     _check_architecture_args(architecture.args, source)
 
     defaults = PreprocessSettings()
@@ -561,6 +572,7 @@ def _mirror_axes(reader: _Reader) -> tuple[tuple[int, ...], ...] | None:
     return tuple(mirrors)
 
 
+MAX_ORGAN_CLASSES = 255  # organ label maps are uint8
 SUV_FLOOR_KEYS = (*TRACERS, ALL_TRACERS)
 MAX_SUV_FLOOR = 20.0  # a floor above this would remove most lesions: a typing error, not a choice
 

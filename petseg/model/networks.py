@@ -26,7 +26,7 @@ from petseg.model.fold_files import file_sha256, fold_weights_problem
 from petseg.model.settings import Architecture, EnsembleSettings, check_relative_path
 
 IN_CHANNELS = 2  # [CT, PET]
-OUT_CHANNELS = 2  # [background, lesion]
+OUT_CHANNELS = 2  # [background, lesion]; a network with an organ head adds its organ classes after these
 
 
 class FoldSource(Protocol):
@@ -37,7 +37,7 @@ class FoldSource(Protocol):
     ensemble: EnsembleSettings
 
 
-def _resunet(**overrides: Any) -> torch.nn.Module:
+def _resunet(out_channels: int = OUT_CHANNELS, **overrides: Any) -> torch.nn.Module:
     args: dict[str, Any] = {
         "channels": (32, 64, 128, 256, 512),
         "strides": (2, 2, 2, 2),
@@ -45,16 +45,16 @@ def _resunet(**overrides: Any) -> torch.nn.Module:
         "norm": Norm.BATCH,
     }
     args.update(overrides)
-    return UNet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, **args)
+    return UNet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=out_channels, **args)
 
 
-def _resunet_tiny(**overrides: Any) -> torch.nn.Module:
+def _resunet_tiny(out_channels: int = OUT_CHANNELS, **overrides: Any) -> torch.nn.Module:
     args: dict[str, Any] = {"channels": (8, 16, 32, 64), "strides": (2, 2, 2), "num_res_units": 1}
     args.update(overrides)
-    return _resunet(**args)
+    return _resunet(out_channels, **args)
 
 
-def _segresnet(**overrides: Any) -> torch.nn.Module:
+def _segresnet(out_channels: int = OUT_CHANNELS, **overrides: Any) -> torch.nn.Module:
     """The L1DFL paper: encoder blocks (1, 2, 2, 4), 16 initial filters doubling per level, GroupNorm,
     ReLU."""
     args: dict[str, Any] = {
@@ -63,17 +63,17 @@ def _segresnet(**overrides: Any) -> torch.nn.Module:
         "norm": ("group", {"num_groups": 8}),
     }
     args.update(overrides)
-    return SegResNet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, act="RELU", **args)
+    return SegResNet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=out_channels, act="RELU", **args)
 
 
-def _attention_unet(**overrides: Any) -> torch.nn.Module:
+def _attention_unet(out_channels: int = OUT_CHANNELS, **overrides: Any) -> torch.nn.Module:
     """The L1DFL paper: five levels of 16-256 channels, batch norm, attention gates."""
     args: dict[str, Any] = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2)}
     args.update(overrides)
-    return AttentionUnet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, **args)
+    return AttentionUnet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=out_channels, **args)
 
 
-def _unet(**overrides: Any) -> torch.nn.Module:
+def _unet(out_channels: int = OUT_CHANNELS, **overrides: Any) -> torch.nn.Module:
     """The L1DFL paper: six levels of 16-512 channels, residual units, batch norm, transposed-conv decoder."""
     args: dict[str, Any] = {
         "channels": (16, 32, 64, 128, 256, 512),
@@ -82,10 +82,12 @@ def _unet(**overrides: Any) -> torch.nn.Module:
         "norm": Norm.BATCH,
     }
     args.update(overrides)
-    return UNet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, **args)
+    return UNet(spatial_dims=3, in_channels=IN_CHANNELS, out_channels=out_channels, **args)
 
 
-def _unetr(roi_size: tuple[int, int, int] = (128, 128, 128), **overrides: Any) -> torch.nn.Module:
+def _unetr(
+    out_channels: int = OUT_CHANNELS, roi_size: tuple[int, int, int] = (128, 128, 128), **overrides: Any
+) -> torch.nn.Module:
     """The L1DFL paper: ViT encoder, hidden size 256, MLP 1024, 4 heads, convolutional patch embedding.
 
     A transformer's input size is fixed: it is the card's sliding-window size.
@@ -93,7 +95,7 @@ def _unetr(roi_size: tuple[int, int, int] = (128, 128, 128), **overrides: Any) -
     args: dict[str, Any] = {"hidden_size": 256, "mlp_dim": 1024, "num_heads": 4, "proj_type": "conv"}
     args.update(overrides)
     return UNETR(
-        in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, img_size=tuple(roi_size), spatial_dims=3, **args
+        in_channels=IN_CHANNELS, out_channels=out_channels, img_size=tuple(roi_size), spatial_dims=3, **args
     )
 
 
@@ -133,7 +135,7 @@ def build_network(
     if architecture.name in _NEEDS_ROI and roi_size is not None:
         args.setdefault("roi_size", tuple(roi_size))
     try:
-        return PRESETS[architecture.name](**args)
+        return PRESETS[architecture.name](OUT_CHANNELS + architecture.organ_classes, **args)
     except (TypeError, ValueError, AssertionError) as error:
         raise ModelError(
             f"architecture {architecture.name!r} with args {architecture.args}: {error}"

@@ -23,10 +23,16 @@ BACK_INTERPOLATIONS = ("nearest", "linear")
 
 @dataclass(frozen=True)
 class Architecture:
-    """Network preset name plus keyword overrides passed to its constructor."""
+    """Network preset name plus keyword overrides passed to its constructor.
+
+    `organ_classes` > 0: the network has an organ head, that many output channels after the two lesion
+    channels (organ labels 0 = background, 1 ... organ_classes - 1), trained beside the lesions so that it
+    tells physiological uptake from disease; inference reads the lesion channels only.
+    """
 
     name: str
     args: dict[str, Any] = field(default_factory=dict)
+    organ_classes: int = 0
 
 
 @dataclass(frozen=True)

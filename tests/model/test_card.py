@@ -74,6 +74,18 @@ def test_round_trip(tmp_path):
     assert again.to_json() == card.to_json()
 
 
+def test_an_organ_head_is_recorded_only_where_there_is_one():
+    data = shipped()
+    assert "organ_classes" not in data["architecture"]
+    card = parse_card(data)
+    assert card.architecture.organ_classes == 0
+    assert "organ_classes" not in card.to_json()["architecture"]  # cards without a head read as before
+    data["architecture"]["organ_classes"] = 11
+    headed = parse_card(data)
+    assert headed.architecture.organ_classes == 11
+    assert parse_card(headed.to_json()).architecture == headed.architecture
+
+
 def test_mirror_axes_null_empty_or_listed():
     data = shipped()
     del data["ensemble"]["mirror_axes"]
@@ -140,6 +152,9 @@ def edit(path: str, value):
         ("ensemble.mirror_axes", [0], "ensemble.mirror_axes must list non-empty lists"),
         ("ensemble.mirror_axes", [[0], [0]], "ensemble.mirror_axes must not repeat a mirror"),
         ("ensemble.mirror_axes", "lr", "ensemble.mirror_axes must be a list or null"),
+        ("architecture.organ_classes", 1, "architecture.organ_classes must be 0 (no organ head) or 2 to 255"),
+        ("architecture.organ_classes", 300, "must be 0 (no organ head) or 2 to 255, got 300"),
+        ("architecture.organ_classes", "11", "architecture.organ_classes must be an integer"),
         ("ensemble.suv_floor", 1.5, "ensemble.suv_floor must be an object or null"),
         ("ensemble.suv_floor", {}, "ensemble.suv_floor must be null or an object keyed by fdg, psma, all"),
         ("ensemble.suv_floor", {"FDG": 1.5}, "ensemble.suv_floor must be null or an object keyed by"),

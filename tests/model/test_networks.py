@@ -33,6 +33,26 @@ def test_tiny_preset_runs_and_keeps_the_shape():
     assert count_parameters(network) < 1_000_000
 
 
+@pytest.mark.parametrize("name", ["resunet-tiny", "segresnet", "attention-unet"])
+def test_an_organ_head_adds_output_channels_and_inference_reads_the_lesion_channels_only(name):
+    """With `organ_classes`, the network outputs [background, lesion, organ classes...]; the fold ensemble's
+    lesion probability is the softmax over the first two alone, the same as the network's without the rest."""
+    from petseg.inference.predict import FoldEnsemble
+
+    torch.manual_seed(0)
+    network = build_network(Architecture(name, organ_classes=11)).eval()
+    window = torch.rand(1, 2, 32, 32, 32)
+    with torch.inference_mode():
+        out = network(window)
+        probability = FoldEnsemble([network])(window)
+        difference = FoldEnsemble([network], average="logits")(window)
+    assert out.shape == (1, 13, 32, 32, 32)
+    torch.testing.assert_close(probability, torch.softmax(out[:, :2], dim=1)[:, 1:2])
+    torch.testing.assert_close(difference, out[:, 1:2] - out[:, 0:1])
+    plain = build_network(Architecture(name))
+    assert count_parameters(network) > count_parameters(plain)  # only the output layer grows
+
+
 def test_unknown_architecture_is_a_model_error():
     with pytest.raises(ModelError, match="unknown architecture 'nope'"):
         build_network(Architecture("nope"))
