@@ -119,6 +119,13 @@ class TrainConfig:
     )  # fmt: skip
     misalign_rotation_deg: float = _default("misalign_rotation_deg", help="largest CT rotation per axis")
     misalign_shift_voxels: int = _default("misalign_shift_voxels", help="largest CT shift (x, y), voxels")
+    # organ supervision: organ label maps <case>.nii.gz (petseg.model.organs values); None: no organ head
+    organs: Path | None = field(
+        default=None,
+        metadata={"cli": {"help": "folder of organ label maps <case>.nii.gz (the autoPET III files, or a "
+                                  "phantom dataset's organsTr): adds an organ head"}},
+    )  # fmt: skip
+    organ_weight: float = _default("organ_weight", help="weight of the organ head's loss (lesion loss: 1)")
     augment: bool = _default("augment", kind="negated", flag="--no-augment", help="no augmentation")
     # where the patches are augmented (training.data.augmentation_on)
     augment_on: str = _default(
@@ -155,13 +162,20 @@ class TrainConfig:
         window = (self.window,) * 3
         return EnsembleSettings(roi_size=window, overlap=self.overlap, sw_batch_size=self.sw_batch_size)
 
+    @property
+    def organ_classes(self) -> int:
+        """Outputs of the organ head: the autoPET III organ classes with `organs`, else none."""
+        from petseg.model.organs import ORGAN_CLASSES
+
+        return ORGAN_CLASSES if self.organs is not None else 0
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         """A run's settings as `run.json` holds them (`comparable()` plus the run's own), typed again; a
         setting an older run.json lacks was at its default then."""
         known = {f.name: f for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        for name in ("data", "out", "cache_dir"):
+        for name in ("data", "out", "cache_dir", "organs"):
             if values.get(name) is not None:
                 values[name] = Path(values[name])
         if "spacing_mm" in values:

@@ -25,6 +25,7 @@ from typing import Any
 import cc3d
 import numpy as np
 import scipy.ndimage
+import SimpleITK as sitk
 import torch
 from monai.transforms import (
     CastToTyped,
@@ -44,9 +45,11 @@ from tqdm import tqdm
 
 import petseg.inference.preprocess
 from petseg.errors import InputError, OutputError
+from petseg.geometry import Grid
 from petseg.io import CaseFiles, read_case, read_image, write_atomically
 from petseg.io import nnunet_layout as nnunet
 from petseg.io.splits import Folds, grouped_folds, read_splits, write_splits
+from petseg.model.organs import ORGAN_CLASSES, ORGAN_NAMES
 from petseg.model.settings import PreprocessSettings
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ LESION_INDICES = "lesion_indices"
 # For each of those voxels, its lesion: a per-lesion draw picks a lesion first without labelling components.
 LESION_COMPONENTS = "lesion_components"
 ENTRY_KEYS = ("image", "label", LESION_INDICES, LESION_COMPONENTS)
+ORGANS = "organs"  # an entry's organ label map (1, X, Y, Z) uint8, where its case has one
 # How a lesion-centred patch picks its centre: any lesion voxel alike ("voxel", so a 40 ml lesion is drawn
 # 400 times as often as a 0.1 ml one), or a lesion first, each alike, then a voxel of it ("lesion").
 LESION_SAMPLING = ("voxel", "lesion")
@@ -77,19 +81,21 @@ _POOL_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods()
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """The three files of one training case."""
+    """The three files of one training case, and its organ label map when training with an organ head."""
 
     case_id: str
     ct: Path
     pet: Path
     label: Path
+    organs: Path | None = None
 
 
 # ----------------------------------------------------------------------------------------------- discovery
 
 
-def discover_dataset(root: Path) -> list[CaseRecord]:
-    """All cases of an nnU-Net raw dataset, sorted by case id.
+def discover_dataset(root: Path, organs_dir: Path | None = None) -> list[CaseRecord]:
+    """All cases of an nnU-Net raw dataset, sorted by case id; with `organs_dir`, each with its organ label
+    map `<case>.nii.gz` (or `.mha`) from there.
 
     A dataset with a missing file is refused as a whole rather than silently trained on a subset: a lost PET
     or label is almost always a broken copy, and a model trained without those cases would be hard to trace.
@@ -130,7 +136,8 @@ def discover_dataset(root: Path) -> list[CaseRecord]:
         if case_id not in label_files:
             raise InputError(f"{nnunet.label_path(root, case_id)}: label of case {case_id!r} not found")
         ct, pet = found[nnunet.CT_CHANNEL], found[nnunet.PET_CHANNEL]
-        records.append(CaseRecord(case_id, ct=ct, pet=pet, label=label_files[case_id]))
+        organs = None if organs_dir is None else organ_map_of(Path(organs_dir), case_id)
+        records.append(CaseRecord(case_id, ct=ct, pet=pet, label=label_files[case_id], organs=organs))
     orphans = sorted(set(label_files) - set(channels))
     if orphans:
         raise InputError(f"{label_files[orphans[0]]}: label without images ({len(orphans)} such labels)")
@@ -138,6 +145,18 @@ def discover_dataset(root: Path) -> list[CaseRecord]:
         pattern = nnunet.channel_name("*", nnunet.CT_CHANNEL)
         raise InputError(f"{images}: no training cases (no {pattern} files)")
     return records
+
+
+def organ_map_of(organs_dir: Path, case_id: str) -> Path:
+    """`organs_dir/<case>.nii.gz` or `.mha`; a one-line error naming the file when there is none."""
+    if not organs_dir.is_dir():
+        raise InputError(f"{organs_dir}: organ map folder not found")
+    for ending in (nnunet.FILE_ENDING, ".mha"):
+        path = organs_dir / f"{case_id}{ending}"
+        if path.is_file():
+            return path
+    expected = organs_dir / f"{case_id}{nnunet.FILE_ENDING}"
+    raise InputError(f"{expected}: organ map of case {case_id!r} not found")
 
 
 def _dataset_files(folder: Path) -> Iterator[Path]:
@@ -178,12 +197,32 @@ def load_folds(root: Path, case_ids: Sequence[str], n_folds: int = 5, seed: int 
 # ----------------------------------------------------------------------------------------------- cache
 
 
-def _read_and_preprocess(record: CaseRecord, settings: PreprocessSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Exactly the inference path (`read_case` + `preprocess`), plus the label."""
+def _read_and_preprocess(
+    record: CaseRecord, settings: PreprocessSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Exactly the inference path (`read_case` + `preprocess`), plus the label and the organ map (checked:
+    on the PET grid, and only the organ labels an organ head knows)."""
     ct, pet = read_case(CaseFiles(ct=record.ct, pet=record.pet))
     label = read_image(record.label, "label")
-    case = petseg.inference.preprocess.preprocess(ct, pet, settings, label=label)
-    return case.image, case.label
+    organs = None
+    if record.organs is not None:
+        organs = read_image(record.organs, "organ map")
+        if not Grid.of(organs).matches(Grid.of(pet)):
+            raise InputError(
+                f"{record.organs}: not on the grid of its PET {Path(record.pet).name} (size, spacing, origin "
+                "or direction differ)"
+            )
+        values = np.unique(sitk.GetArrayViewFromImage(organs))
+        unknown = values[(values < 0) | (values >= ORGAN_CLASSES)]
+        if unknown.size:
+            shown = ", ".join(str(v) for v in unknown[:5].tolist())
+            raise InputError(
+                f"{record.organs}: unknown organ label(s) {shown}; an organ map holds 0-{ORGAN_CLASSES - 1} "
+                f"({', '.join(ORGAN_NAMES[1:])})"
+            )
+        organs = sitk.Cast(organs, sitk.sitkUInt8)
+    case = petseg.inference.preprocess.preprocess(ct, pet, settings, label=label, organs=organs)
+    return case.image, case.label, case.organs
 
 
 class PreprocessedCache:
@@ -225,7 +264,10 @@ class PreprocessedCache:
     def path(self, record: CaseRecord) -> Path:
         """Where `record`'s entry lives for the current state of its source files."""
         identity = [record.case_id]
-        for source in (record.ct, record.pet, record.label):
+        sources = [record.ct, record.pet, record.label]
+        if record.organs is not None:  # an entry with an organ map is another entry
+            sources.append(record.organs)
+        for source in sources:
             try:
                 stat = Path(source).stat()
             except OSError as error:
@@ -285,7 +327,7 @@ class PreprocessedCache:
         self._fill(record, self.path(record))
 
     def _fill(self, record: CaseRecord, path: Path) -> dict[str, np.ndarray]:
-        image, label = _read_and_preprocess(record, self.settings)
+        image, label, organs = _read_and_preprocess(record, self.settings)
         stored = image.astype(np.float16)
         if not np.isfinite(stored).all():
             log.warning(
@@ -298,6 +340,8 @@ class PreprocessedCache:
         lesion = lesion_indices(label)
         components = lesion_components(label, lesion)
         entry = {LESION_INDICES: lesion, LESION_COMPONENTS: components}
+        if organs is not None:
+            entry[ORGANS] = np.ascontiguousarray(organs, dtype=np.uint8)
         _atomic_write(path, lambda f: np.savez(f, image=stored, label=label, **entry))
         self._remove_stale(record, path)
         return {"image": stored.astype(np.float32), "label": label, **entry}
@@ -359,7 +403,9 @@ def _map_entry(path: Path) -> dict[str, np.ndarray] | None:
     arrays: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
-            for key in ENTRY_KEYS:
+            for key in (*ENTRY_KEYS, ORGANS):
+                if key == ORGANS and f"{key}.npy" not in archive.namelist():
+                    continue
                 info = archive.getinfo(f"{key}.npy")
                 if info.compress_type != zipfile.ZIP_STORED:
                     return None
@@ -390,6 +436,8 @@ def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as entry:
             arrays = {key: entry[key] for key in ENTRY_KEYS}
+            if ORGANS in entry.files:
+                arrays[ORGANS] = entry[ORGANS]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         log.debug("%s: %s", path, error)
         return None
@@ -400,6 +448,7 @@ def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
         "label": arrays["label"].astype(np.uint8, copy=False),
         LESION_INDICES: arrays[LESION_INDICES],
         LESION_COMPONENTS: arrays[LESION_COMPONENTS],
+        **({ORGANS: arrays[ORGANS].astype(np.uint8, copy=False)} if ORGANS in arrays else {}),
     }
 
 
@@ -417,6 +466,7 @@ def _entry_fits(arrays: dict[str, np.ndarray]) -> bool:
         and (lesion.size == 0 or int(lesion[-1]) < math.prod(label.shape[1:]))
         and components.shape == lesion.shape
         and components.dtype == np.int32
+        and (ORGANS not in arrays or arrays[ORGANS].shape == label.shape)
     )
 
 
@@ -723,7 +773,8 @@ def _sample(image: Any, grid: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 class AsTrainingTensorsd(MapTransform):
-    """Plain float32 tensors, the label thresholded back to exactly {0, 1}."""
+    """Plain float32 tensors, the label thresholded back to exactly {0, 1} (and an organ map rounded to its
+    whole labels)."""
 
     def __init__(self, image_key: str = "image", label_key: str = "label") -> None:
         super().__init__([image_key, label_key])
@@ -734,6 +785,8 @@ class AsTrainingTensorsd(MapTransform):
         d[self.image_key] = convert_to_tensor(d[self.image_key], dtype=torch.float32, track_meta=False)
         label = convert_to_tensor(d[self.label_key], track_meta=False)
         d[self.label_key] = (label > 0.5).to(torch.float32)
+        if ORGANS in d:  # organ labels, nearest-neighbour moved: whole numbers again after any float error
+            d[ORGANS] = convert_to_tensor(d[ORGANS], dtype=torch.float32, track_meta=False).round()
         return d
 
 
@@ -760,6 +813,7 @@ class PatchCompose(Compose):
                 **input_,
                 "image": np.asarray(input_["image"], dtype=np.float32),
                 "label": np.array(input_["label"]),
+                **({ORGANS: np.array(input_[ORGANS])} if ORGANS in input_ else {}),
             }
         output = super().__call__(input_, *args, **kwargs)
         if isinstance(output, list) and len(output) == 1:
@@ -777,6 +831,7 @@ def train_transforms(
     flip_probability: float = 0.0,
     lesion_sampling: str = "voxel",
     misalignment: CTMisalignment | None = None,
+    organs: bool = False,
 ) -> Compose:
     """One random patch of a cached case, {"image": (2, P, P, P), "label": (1, P, P, P)} float32 tensors.
 
@@ -813,7 +868,7 @@ def train_transforms(
     if lesion_sampling not in LESION_SAMPLING:
         known = ", ".join(LESION_SAMPLING)
         raise ValueError(f"lesion_sampling must be one of {known}, got {lesion_sampling!r}")
-    keys = ("image", "label")
+    keys: tuple[str, ...] = ("image", "label", ORGANS) if organs else ("image", "label")
     crop: Any = LesionCentredCropd(
         keys,
         label_key="label",
@@ -828,10 +883,10 @@ def train_transforms(
     steps: list[Any] = [
         SpatialPadd(keys, spatial_size=patch, mode="constant"),
         crop,
-        CastToTyped(keys, dtype=(torch.float32, torch.float32)),
+        CastToTyped(keys, dtype=(torch.float32,) * len(keys)),
     ]
     if augment:
-        steps += augmentation_steps(flip_probability, misalignment)
+        steps += augmentation_steps(flip_probability, misalignment, organs)
     steps.append(AsTrainingTensorsd())
     transforms = PatchCompose(steps)
     if seed is not None:
@@ -918,11 +973,13 @@ class RandCTMisalignd(RandomizableTransform, MapTransform):
 
 
 def augmentation_steps(
-    flip_probability: float = 0.0, misalignment: CTMisalignment | None = None
+    flip_probability: float = 0.0, misalignment: CTMisalignment | None = None, organs: bool = False
 ) -> list[Any]:
     """Step 3 of `train_transforms`, the random augmentation of a patch, as dictionary transforms that run
-    on a patch wherever its tensors lie (the CPU in a loader worker, or the training device)."""
-    keys = ("image", "label")
+    on a patch wherever its tensors lie (the CPU in a loader worker, or the training device). With `organs`
+    the organ map moves with the label (nearest neighbour)."""
+    keys: tuple[str, ...] = ("image", "label", ORGANS) if organs else ("image", "label")
+    modes = ("bilinear", *("nearest",) * (len(keys) - 1))
     steps: list[Any] = []
     if misalignment is not None and misalignment.probability > 0:
         steps.append(RandCTMisalignd("image", misalignment))  # first, as the scanner would: then the rest
@@ -933,7 +990,7 @@ def augmentation_steps(
             rotate_range=(0.0, 0.0, math.pi / 12),
             translate_range=(10.0, 10.0, 10.0),
             scale_range=(0.1, 0.1, 0.1),
-            mode=("bilinear", "nearest"),
+            mode=modes,
             padding_mode="zeros",
         ),
         RandElasticd(
@@ -941,7 +998,7 @@ def augmentation_steps(
             sigma_range=ELASTIC_SIGMA,
             magnitude_range=ELASTIC_MAGNITUDE,
             prob=0.5,
-            mode=("bilinear", "nearest"),
+            mode=modes,
         ),
         RandCTGammad("image", prob=0.3, gamma=(0.7, 1.5)),
         RandGaussianNoised("image", prob=0.5, mean=0.0, std=0.1),
@@ -979,16 +1036,26 @@ class BatchAugmentation:
         flip_probability: float = 0.0,
         seed: int | None = None,
         misalignment: CTMisalignment | None = None,
+        organs: bool = False,
     ) -> None:
-        self.transforms = Compose([*augmentation_steps(flip_probability, misalignment), AsTrainingTensorsd()])
+        steps = augmentation_steps(flip_probability, misalignment, organs)
+        self.transforms = Compose([*steps, AsTrainingTensorsd()])
+        self.organs = organs
         if seed is not None:
             self.transforms.set_random_state(seed=seed)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 2, X, Y, Z) images and (B, 1, X, Y, Z) labels, augmented patch by patch."""
-        pairs = zip(images, labels, strict=True)
-        patches = [self.transforms({"image": image, "label": label}) for image, label in pairs]
-        return torch.stack([p["image"] for p in patches]), torch.stack([p["label"] for p in patches])
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, organs: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(B, 2, X, Y, Z) images and (B, 1, X, Y, Z) labels (and organ maps), augmented patch by patch."""
+        patches = []
+        for index in range(len(images)):
+            patch = {"image": images[index], "label": labels[index]}
+            if organs is not None:
+                patch[ORGANS] = organs[index]
+            patches.append(self.transforms(patch))
+        stacked = torch.stack([p["image"] for p in patches]), torch.stack([p["label"] for p in patches])
+        return (*stacked, torch.stack([p[ORGANS] for p in patches])) if organs is not None else stacked
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -1032,7 +1099,10 @@ class PatchDataset(torch.utils.data.Dataset):
             sample = sample[0]
         image = convert_to_tensor(sample["image"], dtype=torch.float32, track_meta=False)
         label = convert_to_tensor(sample["label"], track_meta=False)
-        return {"image": image, "label": (label > 0.5).to(torch.float32)}
+        item = {"image": image, "label": (label > 0.5).to(torch.float32)}
+        if ORGANS in sample:
+            item[ORGANS] = convert_to_tensor(sample[ORGANS], dtype=torch.float32, track_meta=False).round()
+        return item
 
     def _seed_worker(self) -> None:
         info = torch.utils.data.get_worker_info()

@@ -73,6 +73,8 @@ SHARED = (
     "hot_probability",
     "hot_suv",
     "flip_probability",
+    "organ_classes",
+    "organ_weight",
     "misalign_probability",
     "misalign_rotation_deg",
     "misalign_shift_voxels",
@@ -217,6 +219,8 @@ def export(
                 "hot_probability": config.hot_probability,
                 "hot_suv": config.hot_suv,
                 "flip_probability": config.flip_probability,
+                "organ_classes": config.organ_classes,
+                "organ_weight": config.organ_weight,
                 "misalign_probability": config.misalign_probability,
                 "misalign_rotation_deg": config.misalign_rotation_deg,
                 "misalign_shift_voxels": config.misalign_shift_voxels,
@@ -258,7 +262,7 @@ def card_settings(
         # Test-time mirrors only where training mirrored: left-right patches, or none.
         mirror_axes=((0,),) if config.flip_probability > 0 else (),
     )
-    architecture = Architecture(config.arch, dict(config.arch_args))
+    architecture = Architecture(config.arch, dict(config.arch_args), organ_classes=config.organ_classes)
     build_network(architecture, ensemble.roi_size)
     return architecture, PreprocessSettings(spacing_mm=config.spacing_mm), ensemble
 

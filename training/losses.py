@@ -36,7 +36,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["LOSSES", "DiceFocal", "GeneralizedDiceFocal", "L1DiceFocal", "SoftmaxDice", "build_loss"]
+__all__ = [
+    "LOSSES",
+    "DiceFocal",
+    "GeneralizedDiceFocal",
+    "L1DiceFocal",
+    "OrganSupervised",
+    "SoftmaxDice",
+    "build_loss",
+]
 
 LOSSES = ("dl", "dfl", "gdfl", "l1dfl")
 
@@ -404,3 +412,29 @@ def build_loss(name: str, **options: Any) -> nn.Module:
         accepted = ", ".join(_OPTIONS[name]) or "none"
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for loss {name!r}; accepted: {accepted}")
     return _BUILDERS[name](**options)
+
+
+class OrganSupervised(nn.Module):
+    """A lesion loss on the network's first two outputs plus `weight` times the organ head's loss.
+
+    The targets are (B, 2, ...): the lesion label, then the organ label map. The organ term is MONAI's Dice +
+    cross-entropy over the organ classes (softmax over the organ outputs, background included), in float32:
+    the organ classes are many and unbalanced, as the lesion classes are, and the cross-entropy keeps small
+    organs (glands, prostate) from being ignored while the Dice keeps the large ones from dominating.
+    """
+
+    def __init__(self, lesion: nn.Module, weight: float) -> None:
+        from monai.losses import DiceCELoss
+
+        super().__init__()
+        self.lesion = lesion
+        self.weight = _real("organ_weight", weight)
+        self.organs = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.shape[1] != 2:
+            raise ValueError(f"expected lesion and organ targets (2 channels), got {targets.shape[1]}")
+        lesion = self.lesion(logits[:, :2], targets[:, :1])
+        if self.weight == 0:
+            return lesion
+        return lesion + self.weight * self.organs(logits[:, 2:].float(), targets[:, 1:2].float())

@@ -47,6 +47,7 @@ from training.config import (
 from training.data import (
     CACHE_FOLDER,
     LESION_SAMPLING,
+    ORGANS,
     BatchAugmentation,
     CaseRecord,
     CTMisalignment,
@@ -58,7 +59,7 @@ from training.data import (
     train_transforms,
 )
 from training.distributed import Distributed, init_distributed
-from training.losses import build_loss
+from training.losses import OrganSupervised, build_loss
 
 log = logging.getLogger("petseg.training")
 
@@ -228,6 +229,10 @@ def _check_config(config: TrainConfig, architecture: Architecture) -> None:
             f"--lesion-sampling must be one of {', '.join(LESION_SAMPLING)}, got {config.lesion_sampling}"
         )
     ct_misalignment(config)
+    if not (math.isfinite(config.organ_weight) and config.organ_weight >= 0):
+        raise TrainingError(
+            f"--organ-weight must be a finite number of at least 0, got {config.organ_weight}"
+        )
     network_spacing(config.spacing_mm)
     if config.tracer is not None and config.tracer not in TRACERS:
         raise TrainingError(f"--tracer must be one of {', '.join(TRACERS)}, got {config.tracer}")
@@ -386,12 +391,12 @@ def train(config: TrainConfig) -> TrainResult:
 
 def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     config.out = Path(config.out)
-    architecture = Architecture(config.arch, dict(config.arch_args))
+    architecture = Architecture(config.arch, dict(config.arch_args), organ_classes=config.organ_classes)
     _check_config(config, architecture)
     compute = _compute_device(config, dist)
     settings = PreprocessSettings(spacing_mm=network_spacing(config.spacing_mm))
 
-    records = discover_dataset(config.data)
+    records = discover_dataset(config.data, config.organs)
     folds = load_folds(config.data, [r.case_id for r in records])
     if config.fold >= len(folds):
         raise TrainingError(f"--fold {config.fold}: the dataset has {len(folds)} folds (0..{len(folds) - 1})")
@@ -432,6 +437,8 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
         device_ids = [compute.device.index] if compute.device.type == "cuda" else None
         model = DistributedDataParallel(network, device_ids=device_ids)
     loss_fn = build_loss(config.loss, **config.loss_options)
+    if config.organs is not None:
+        loss_fn = OrganSupervised(loss_fn, config.organ_weight)
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -476,7 +483,10 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             on_device = config.augment and augment_place == "device"
             device_augmentation = (
                 BatchAugmentation(
-                    config.flip_probability, seed=(epoch_seed + 1) % 2**31, misalignment=misalignment
+                    config.flip_probability,
+                    seed=(epoch_seed + 1) % 2**31,
+                    misalignment=misalignment,
+                    organs=config.organs is not None,
                 )
                 if on_device
                 else None
@@ -494,6 +504,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                     flip_probability=config.flip_probability,
                     lesion_sampling=config.lesion_sampling,
                     misalignment=misalignment,
+                    organs=config.organs is not None,
                 ),
                 config.samples_per_epoch,
             )
@@ -527,9 +538,13 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                     compute.device, non_blocking=True, memory_format=torch.channels_last_3d
                 )
                 labels = batch["label"].to(compute.device, non_blocking=True)
+                organs = batch[ORGANS].to(compute.device, non_blocking=True) if ORGANS in batch else None
                 if device_augmentation is not None:
-                    images, labels = device_augmentation(images, labels)
+                    images, labels, *rest = device_augmentation(images, labels, organs)
+                    organs = rest[0] if rest else None
                     images = images.contiguous(memory_format=torch.channels_last_3d)
+                if organs is not None:  # the targets of OrganSupervised: lesion label, then organ map
+                    labels = torch.cat([labels, organs], dim=1)
                 loss_sum += training_step(model, loss_fn, optimizer, scaler, images, labels, compute)
                 batches += 1
                 bar.set_postfix(loss=f"{loss_sum / batches:.4f}")

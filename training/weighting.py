@@ -133,7 +133,7 @@ def analyse_weighting(
     per_case = []
     settings = card.ensemble
     for record in tqdm(records, desc=f"weighting {loss}", unit="case", disable=not progress):
-        image, label = _read_and_preprocess(record, card.preprocessing)
+        image, label, _ = _read_and_preprocess(record, card.preprocessing)
         ensemble = ensembles[choose_tracer(card, image, given=tracer_of(record.case_id)).tracer]
         with torch.inference_mode():
             logits = sliding_window_inference(

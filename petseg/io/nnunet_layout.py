@@ -2,7 +2,9 @@
 and which the phantom generator writes.
 
 `imagesTr/<case>_0000.nii.gz` is the CT (resampled onto the PET grid), `imagesTr/<case>_0001.nii.gz` the
-PET, and `labelsTr/<case>.nii.gz` the lesion mask; test images sit in `imagesTs/`.
+PET, and `labelsTr/<case>.nii.gz` the lesion mask; test images sit in `imagesTs/`. petseg adds
+`organsTr/<case>.nii.gz`, an organ label map on the PET grid (`petseg.model.organs` values), which training
+with an organ head reads (`train --organs DATASET/organsTr`).
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ __all__ = [
     "FILE_ENDING",
     "IMAGES_FOLDER",
     "LABELS_FOLDER",
+    "ORGANS_FOLDER",
     "PET_CHANNEL",
     "TEST_IMAGES_FOLDER",
     "channel_name",
     "label_path",
+    "organ_map_path",
 ]
 
 IMAGES_FOLDER = "imagesTr"
 TEST_IMAGES_FOLDER = "imagesTs"
 LABELS_FOLDER = "labelsTr"
+ORGANS_FOLDER = "organsTr"
 FILE_ENDING = ".nii.gz"
 CT_CHANNEL = "0000"
 PET_CHANNEL = "0001"
@@ -38,3 +43,8 @@ def channel_name(case_id: str, channel: str) -> str:
 def label_path(dataset: Path, case_id: str) -> Path:
     """`labelsTr/<case>.nii.gz` of a dataset folder."""
     return Path(dataset) / LABELS_FOLDER / f"{case_id}{FILE_ENDING}"
+
+
+def organ_map_path(dataset: Path, case_id: str) -> Path:
+    """`organsTr/<case>.nii.gz` of a dataset folder."""
+    return Path(dataset) / ORGANS_FOLDER / f"{case_id}{FILE_ENDING}"

@@ -26,7 +26,7 @@ from petseg.synthetic.lesions import (
     draw_lesions,
     place,
 )
-from petseg.synthetic.tissues import Tissue, draw_hu, draw_suv
+from petseg.synthetic.tissues import Tissue, draw_hu, draw_suv, organ_labels
 from petseg.synthetic.variation import Habitus, Setup, draw_habitus, draw_setup
 
 TRACERS = ("fdg", "psma", "mixed")
@@ -71,6 +71,7 @@ class Phantom:
     pet: sitk.Image  # float32 SUV
     label: sitk.Image  # uint8 {0,1} lesion mask on the PET grid
     info: dict  # JSON-serialisable description (grids, anatomy scale, organs, lesions)
+    organs: sitk.Image | None = None  # uint8 organ label map on the PET grid (`petseg.model.organs` values)
 
     @property
     def source(self) -> str:
@@ -388,7 +389,10 @@ def simulate(scene: Scene) -> Phantom:
         "lesions": described,
         "lesion_volume_ml": round(float(label.sum()) * pet_grid.voxel_ml, 4),
     }
-    return Phantom(scene.case_id, scene.patient_id, scene.tracer, ct, pet, pet_grid.image(label), info)
+    organs_image = pet_grid.image(organ_labels(tissue))
+    return Phantom(
+        scene.case_id, scene.patient_id, scene.tracer, ct, pet, pet_grid.image(label), info, organs_image
+    )
 
 
 def _ct_geometry(scene: Scene) -> tuple[CtSettings, DiagonalGrid]:

@@ -9,7 +9,14 @@ import SimpleITK as sitk
 
 from petseg.geometry import Grid
 from petseg.io import write_image, write_json
-from petseg.io.nnunet_layout import CT_CHANNEL, IMAGES_FOLDER, PET_CHANNEL, channel_name, label_path
+from petseg.io.nnunet_layout import (
+    CT_CHANNEL,
+    IMAGES_FOLDER,
+    PET_CHANNEL,
+    channel_name,
+    label_path,
+    organ_map_path,
+)
 from petseg.io.splits import grouped_folds, write_splits
 from petseg.synthetic.case import Phantom
 
@@ -20,7 +27,8 @@ N_FOLDS = 5
 
 
 def write_gc(phantom: Phantom, out_dir: Path) -> dict[str, str]:
-    """`<case>/input/images/{ct,pet}/<uuid>.mha` and `<case>/ground-truth/<pet uuid>.mha`."""
+    """`<case>/input/images/{ct,pet}/<uuid>.mha`, `<case>/ground-truth/<pet uuid>.mha`, and the organ label
+    map as `<case>/organs/<pet uuid>.mha`."""
     info = phantom.info
     case = Path(out_dir) / phantom.case_id
     files = {
@@ -28,9 +36,13 @@ def write_gc(phantom: Phantom, out_dir: Path) -> dict[str, str]:
         "pet": case / "input" / "images" / "pet" / f"{info['pet_uuid']}.mha",
         "label": case / "ground-truth" / f"{info['pet_uuid']}.mha",
     }
+    if phantom.organs is not None:
+        files["organs"] = case / "organs" / f"{info['pet_uuid']}.mha"
     write_image(phantom.ct, files["ct"], compress=True)
     write_image(phantom.pet, files["pet"], compress=True)
     write_image(phantom.label, files["label"], compress=True)
+    if phantom.organs is not None:
+        write_image(phantom.organs, files["organs"], compress=True)
     return {key: path.relative_to(out_dir).as_posix() for key, path in files.items()}
 
 
@@ -44,16 +56,21 @@ def ct_on_pet_grid(phantom: Phantom) -> sitk.Image:
 
 
 def write_nnunet(phantom: Phantom, out_dir: Path) -> dict[str, str]:
-    """`imagesTr/<case>_0000.nii.gz` (CT on the PET grid), `_0001` (PET) and `labelsTr/<case>.nii.gz`."""
+    """`imagesTr/<case>_0000.nii.gz` (CT on the PET grid), `_0001` (PET), `labelsTr/<case>.nii.gz` and the
+    organ label map `organsTr/<case>.nii.gz`."""
     out_dir = Path(out_dir)
     files = {
         "ct": out_dir / IMAGES_FOLDER / channel_name(phantom.case_id, CT_CHANNEL),
         "pet": out_dir / IMAGES_FOLDER / channel_name(phantom.case_id, PET_CHANNEL),
         "label": label_path(out_dir, phantom.case_id),
     }
+    if phantom.organs is not None:
+        files["organs"] = organ_map_path(out_dir, phantom.case_id)
     write_image(ct_on_pet_grid(phantom), files["ct"], compress=True)
     write_image(phantom.pet, files["pet"], compress=True)
     write_image(phantom.label, files["label"], compress=True)
+    if phantom.organs is not None:
+        write_image(phantom.organs, files["organs"], compress=True)
     return {key: path.relative_to(out_dir).as_posix() for key, path in files.items()}
 
 

@@ -18,30 +18,20 @@ from scipy import ndimage
 from petseg.errors import InputError
 from petseg.io import image_stem
 from petseg.io.splits import patient_id as patient_of
+from petseg.model.organs import ORGAN_NAMES
 from petseg.synthetic import ids
 from petseg.synthetic.anatomy import SUPPLIABLE, build_anatomy, render
 from petseg.synthetic.case import IDS, PATIENT, STUDY, Scene, assemble_scene, draw_study, rng_for
 from petseg.synthetic.frame import Frame
 from petseg.synthetic.grids import FAMILIES, DiagonalGrid
 from petseg.synthetic.raster import Box, Ellipsoid
-from petseg.synthetic.tissues import Tissue, allowed
+from petseg.synthetic.tissues import ORGAN_TISSUES, Tissue, allowed
 from petseg.synthetic.variation import draw_habitus
 
 T = Tissue
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-# Label values of the autoPET III organ maps (see shared/data/README.md).
-LABELS = {
-    1: ("spleen", T.SPLEEN),
-    2: ("kidneys", T.KIDNEY),
-    3: ("liver", T.LIVER),
-    4: ("bladder", T.BLADDER),
-    5: ("lungs", T.LUNG),
-    6: ("brain", T.BRAIN),
-    7: ("heart", T.HEART),
-    8: ("stomach", T.STOMACH),
-    9: ("prostate", T.PROSTATE),
-    10: ("glands", T.PAROTID),
-}
+# Label values of the autoPET III organ maps (`petseg.model.organs`), and the tissue each is painted as.
+LABELS = {value: (ORGAN_NAMES[value], tissues[0]) for value, tissues in ORGAN_TISSUES.items()}
 # Where each labelled organ's centroid lies in the reference body frame (u, v, w).
 REFERENCE = {
     "brain": (0.0, -5.0, 75.0),

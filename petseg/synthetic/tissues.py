@@ -46,6 +46,19 @@ class Tissue(IntEnum):
 
 
 N_TISSUES = len(Tissue)
+# The tissues behind each organ label of `petseg.model.organs` (the first is the one an organ map paints).
+ORGAN_TISSUES: dict[int, tuple[Tissue, ...]] = {
+    1: (Tissue.SPLEEN,),
+    2: (Tissue.KIDNEY, Tissue.RENAL_PELVIS),
+    3: (Tissue.LIVER,),
+    4: (Tissue.BLADDER,),
+    5: (Tissue.LUNG,),
+    6: (Tissue.BRAIN,),
+    7: (Tissue.HEART, Tissue.MYOCARDIUM),
+    8: (Tissue.STOMACH, Tissue.STOMACH_GAS),
+    9: (Tissue.PROSTATE,),
+    10: (Tissue.PAROTID, Tissue.SUBMANDIBULAR),
+}
 OUTSIDE_BODY = (Tissue.AIR, Tissue.TABLE, Tissue.TABLE_CORE)
 BONE = (Tissue.MARROW, Tissue.YELLOW_MARROW, Tissue.CORTICAL)
 
@@ -191,3 +204,11 @@ def draw_hu(contrast: bool, rng: np.random.Generator) -> dict[Tissue, float]:
     hu[Tissue.AIR] = -1000.0
     hu[Tissue.CORTICAL] = max(hu[Tissue.CORTICAL], 700.0)
     return hu
+
+
+def organ_labels(tissue: np.ndarray) -> np.ndarray:
+    """A tissue map as an organ label map (uint8, `petseg.model.organs` values; 0 elsewhere)."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for value, tissues in ORGAN_TISSUES.items():
+        lut[[int(t) for t in tissues]] = value
+    return lut[tissue]
