@@ -181,6 +181,14 @@ def _write_case_preview(case: Case, mask_path: Path, destination: Path, title: s
     write_preview(pet, sitk.ReadImage(str(mask_path)), None, destination, title=title)
 
 
+def _from_dicom(args: argparse.Namespace) -> int:
+    from petseg.io.dicom import convert_dicom
+
+    result = convert_dicom(args.pet, args.output, ct_dir=args.ct)
+    print(f"wrote {result.case_dir} (PET in SUV, {result.suv.units} series; record in suv.json)")
+    return 0
+
+
 def _random_model(args: argparse.Namespace) -> int:
     from petseg.model.untrained import create_untrained_model
 
@@ -390,6 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=_evaluate)
+
+    from_dicom = commands.add_parser(
+        "from-dicom", help="convert a PET (and CT) DICOM series into a case folder, PET in body-weight SUV"
+    )
+    from_dicom.add_argument("--pet", type=Path, required=True, metavar="DIR", help="folder of one PET series")
+    from_dicom.add_argument("--ct", type=Path, default=None, metavar="DIR", help="folder of one CT series")
+    add_output(
+        from_dicom,
+        type=Path,
+        required=True,
+        help="case folder to write (images/pet, images/ct, suv.json); must not exist or be empty",
+    )
+    from_dicom.set_defaults(run=_from_dicom)
 
     random_model = commands.add_parser("random-model", help="write an untrained ensemble (demos, tests)")
     add_output(random_model, type=Path, required=True, help="model folder to write")
