@@ -469,6 +469,15 @@ def test_an_empty_folder_is_refused(tmp_path: Path) -> None:
         read_pet(tmp_path)
 
 
+def test_a_truncated_file_is_refused_never_skipped(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, _activity(phantom(), DOSE_BQ))
+    whole = paths[3].read_bytes()
+    for length in range(0, len(whole), len(whole) // 25):
+        paths[3].write_bytes(whole[:length])
+        with pytest.raises(InputError, match=rf"^{tmp_path}(/slice_00\d\.dcm)?: "):
+            read_pet(tmp_path)
+
+
 def test_slices_that_disagree_on_the_dose_are_refused(tmp_path: Path) -> None:
     def other_dose(index: int, ds: Dataset) -> None:
         if index == 5:

@@ -28,7 +28,7 @@ def _pydicom_slice(path: Path, slope: float, intercept: float) -> np.ndarray | N
     try:
         dataset = pydicom.dcmread(path)
         stored = dataset.pixel_array
-    except (NotImplementedError, RuntimeError, ValueError, AttributeError, ImportError):
+    except Exception:  # no decoder for the transfer syntax, or data pydicom cannot make sense of
         return None
     return stored.astype(np.float64) * slope + intercept
 

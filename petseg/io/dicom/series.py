@@ -89,7 +89,9 @@ def read_series(folder: Path, modality: str, role: str) -> Series:
     for path, header in headers.items():
         uid = element_text(header, 0x0020000E)
         if uid is None:
-            raise InputError(f"{path}: no {SERIES_UID}: cannot tell which series the file belongs to")
+            raise InputError(
+                f"{path}: no {SERIES_UID}: cannot tell which series the file belongs to (damaged?)"
+            )
         uids.setdefault(uid, []).append(path)
     if len(uids) > 1:
         listed = "; ".join(f"{uid} ({len(paths)} files, e.g. {paths[0].name})" for uid, paths in uids.items())
@@ -120,9 +122,12 @@ def _read_headers(folder: Path, role: str) -> dict[Path, Dataset]:
     for path in entries:
         if not path.is_file():
             continue
+        check_readable_name(path, role)  # ITK aborts the process on a name it cannot encode
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
+            if _looks_like_dicom(path):  # a DICOM file, damaged: its slice must not silently go missing
+                raise InputError(f"{path}: damaged DICOM file (truncated?): pydicom cannot read it") from None
             log.debug("%s: not a DICOM file, passed over", path)
             continue
         except (OSError, EOFError) as error:
@@ -131,14 +136,24 @@ def _read_headers(folder: Path, role: str) -> dict[Path, Dataset]:
             ) from None
         except Exception as error:  # pydicom raises many kinds of error on a damaged header
             raise InputError(f"{path}: cannot read the DICOM header: {error}") from None
+        if len(header) == 0:  # pydicom stops quietly where a file ends early
+            raise InputError(f"{path}: damaged DICOM file (truncated?): no data elements after its header")
         if "DirectoryRecordSequence" in header:  # a DICOMDIR: an index of files, not an image
             continue
-        if 0x00080060 not in header and 0x7FE00010 not in header and 0x0020000E not in header:
-            continue  # a DICOM file of no series at all
         headers[path] = header
     if not headers:
         raise InputError(f"{folder}: no DICOM files in the {role} folder")
     return headers
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """Empty, or the DICOM preamble's "DICM" marker at byte 128."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return not head or head[128:132] == b"DICM"
 
 
 def _gdcm_order(folder: Path, uid: str, headers: dict[Path, Dataset], role: str) -> list[Path]:
@@ -153,7 +168,9 @@ def _gdcm_order(folder: Path, uid: str, headers: dict[Path, Dataset], role: str)
     found = {os.path.realpath(path) for path in ordered}
     for path in headers:
         if os.path.realpath(path) not in found:
-            raise InputError(f"{path}: GDCM does not read this file as part of series {uid}")
+            raise InputError(
+                f"{path}: GDCM cannot read this file as part of series {uid} (damaged or truncated?)"
+            )
     by_real = {os.path.realpath(path): path for path in headers}
     return [by_real[os.path.realpath(path)] for path in ordered]
 
