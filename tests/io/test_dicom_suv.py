@@ -326,7 +326,9 @@ def test_injection_before_midnight_scan_after_it(tmp_path: Path) -> None:
             setattr(ds, "AcquisitionTime", "003000") or setattr(ds, "SeriesTime", "003000")
         ),
     )
-    _assert_suv(_suv(tmp_path)[0], truth)
+    found, warnings, _ = _suv(tmp_path)
+    _assert_suv(found, truth)
+    assert _autopet_warned(warnings)  # autoPET subtracted the times of day: -23 h
 
 
 def test_injection_time_after_the_scan_is_refused(tmp_path: Path) -> None:

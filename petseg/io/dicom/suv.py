@@ -137,7 +137,8 @@ class SuvResult:
 AUTOPET_RULE = (
     "autoPET's training data: SUV = rescaled value * PatientWeight * 1000 / (RadionuclideTotalDose * "
     "0.5 ** (t / RadionuclideHalfLife)), t = the first file's AcquisitionTime - RadiopharmaceuticalStartTime "
-    "(seconds, modulo one day), for every Units and DecayCorrection, tags taken as stored"
+    "in seconds as times of day (negative across midnight), for every Units and DecayCorrection, tags as "
+    "stored"
 )
 
 
@@ -726,19 +727,23 @@ def _autopet(record: _Record, factors: list[float]) -> AutopetComparison:
             float(needed["total_dose"]),  # type: ignore[arg-type]
             float(needed["half_life"]),  # type: ignore[arg-type]
         )
-        start = parse_tm(needed["start_time"]).replace(microsecond=0)  # type: ignore[arg-type]
-        acquired = parse_tm(needed["acquisition_time"]).replace(microsecond=0)  # type: ignore[arg-type]
+        start = parse_tm(needed["start_time"])  # type: ignore[arg-type]
+        acquired = parse_tm(needed["acquisition_time"])  # type: ignore[arg-type]
     except ValueError as error:
         return AutopetComparison(None, None, f"not computable: {error}")
     day = dt.date(2000, 1, 1)
-    elapsed = (dt.datetime.combine(day, acquired) - dt.datetime.combine(day, start)).seconds  # modulo a day
+    # Times of day subtracted as they are: a scan after midnight gives a negative time, as it did there.
+    elapsed = (dt.datetime.combine(day, acquired) - dt.datetime.combine(day, start)).total_seconds()
     if dose <= 0 or half_life <= 0:
         return AutopetComparison(None, None, "not computable: dose or half-life not positive")
     factor = weight * 1000.0 / (dose * 0.5 ** (elapsed / half_life))
     ratios = [factor / f for f in factors if f > 0]
     worst_ratio = max(ratios, key=lambda r: abs(r - 1.0)) if ratios else None
     worst = abs(worst_ratio - 1.0) if worst_ratio is not None else None
-    note = f"the first file ({first.file.name}) acquired {elapsed} s after the injection time"
+    note = (
+        f"the first file in slice order ({first.file.name}) acquired {elapsed:g} s after the injection time "
+        "(autoPET took whichever file the folder listed first)"
+    )
     if worst_ratio is not None and worst is not None and worst > AUTOPET_TOLERANCE:
         off = (
             f"{(worst_ratio - 1.0) * 100:+.1f} %"
