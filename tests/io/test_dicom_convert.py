@@ -213,3 +213,21 @@ def test_a_failure_while_writing_leaves_no_partial_case_folder(
     assert "disk full" in capsys.readouterr().err
     assert written  # the PET had been written
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_case_folder_given_stays_after_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _pet(tmp_path / "pet")
+    out = tmp_path / "case"
+    out.mkdir()
+
+    def fail(*_args: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", fail)
+    assert main(["from-dicom", "--pet", str(tmp_path / "pet"), "--out", str(out)]) == 5
+    assert "disk full" in capsys.readouterr().err
+    assert out.is_dir()
+    assert list(out.iterdir()) == []
+    assert _leftovers(tmp_path, out) == ["pet"]

@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 
-from petseg.errors import OutputError
+from petseg.errors import InputError, OutputError
 from petseg.io.dicom.pet_tags import read_pet_tags
 from petseg.io.dicom.pixels import read_rescaled, to_image
 from petseg.io.dicom.series import Series, read_series
 from petseg.io.dicom.suv import SuvResult, compute_suv
+from petseg.io.dicom.values import element_text, tag_label
 from petseg.io.files import CT_FOLDER, PET_FOLDER, json_safe, write_atomically
 
 log = logging.getLogger(__name__)
@@ -55,14 +57,33 @@ def read_pet(folder: Path) -> tuple[Series, sitk.Image, SuvResult]:
 def read_ct(folder: Path) -> tuple[Series, sitk.Image]:
     """The CT series of `folder` in HU on its own grid: int16 where the values allow, else float32."""
     series = read_series(folder, "CT", "CT")
-    slopes, intercepts = [], []
-    for header in series.headers:
-        slopes.append(float(header.get("RescaleSlope", 1.0) or 1.0))
-        intercepts.append(float(header.get("RescaleIntercept", 0.0) or 0.0))
+    slopes = [
+        _rescale_value(path, header, 0x00281053, "RescaleSlope", 1.0) for path, header in _pairs(series)
+    ]
+    intercepts = [
+        _rescale_value(path, header, 0x00281052, "RescaleIntercept", 0.0) for path, header in _pairs(series)
+    ]
     volume = read_rescaled(series, slopes, intercepts)
     if np.all(volume == np.round(volume)) and volume.min() >= -32768 and volume.max() <= 32767:
         volume = volume.astype(np.int16)
     return series, to_image(volume, series)
+
+
+def _pairs(series: Series) -> list[tuple[Path, Dataset]]:
+    return list(zip(series.files, series.headers, strict=True))
+
+
+def _rescale_value(path: Path, header: Dataset, tag: int, keyword: str, default: float) -> float:
+    text = element_text(header, tag)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{path}: {tag_label(keyword, tag)} {text!r} is not a number") from None
+    if not np.isfinite(value):
+        raise InputError(f"{path}: {tag_label(keyword, tag)} {text!r} is not a finite number")
+    return value
 
 
 def _describe(series: Series, image: sitk.Image, relative: Path) -> dict[str, Any]:
@@ -108,9 +129,15 @@ def convert_dicom(pet_dir: Path, case_dir: Path, ct_dir: Path | None = None) -> 
             raise OutputError(f"{case_dir}: cannot write image: {str(error).splitlines()[0]}") from None
         (partial / SUV_JSON).write_text(_json_text(record))
 
-    if case_dir.is_dir():
+    emptied = case_dir.is_dir()
+    if emptied:
         case_dir.rmdir()  # empty (checked above): the rename needs the name free or an empty folder
-    write_atomically(case_dir, write, "case folder")
+    try:
+        write_atomically(case_dir, write, "case folder")
+    except BaseException:
+        if emptied:
+            case_dir.mkdir(exist_ok=True)  # the empty folder the user gave back as it was
+        raise
     log.info(
         "wrote %s: PET %s in SUV (%s)%s",
         case_dir,
