@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from dicom_factory import DOSE_BQ, WEIGHT_KG, decayed, phantom, write_series
 
 from petseg.app.cli import main
+from petseg.io import find_case, read_case
 from petseg.io.dicom import SUV_JSON
 
 PET_UID = "1.2.826.0.1.3680043.10.1.1"
@@ -89,6 +90,9 @@ def test_from_dicom_writes_the_case_folder(tmp_path: Path, capsys: pytest.Captur
     ]
     assert suv["warnings"] == []
     assert suv["autopet_convention"]["max_relative_difference"] < 1e-6
+    ct_read, pet_read = read_case(find_case(out))  # what process.py and petseg predict read
+    assert pet_read.GetSize() == pet.GetSize()
+    assert ct_read.GetSize() == ct.GetSize()
 
 
 def test_a_ct_with_fractional_values_is_float32(tmp_path: Path) -> None:
