@@ -31,7 +31,17 @@ from petseg.io.files import CT_FOLDER, PET_FOLDER, json_safe, write_atomically
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUV_JSON", "Conversion", "convert_dicom", "read_ct", "read_pet"]
+__all__ = [
+    "SUV_JSON",
+    "Conversion",
+    "convert_dicom",
+    "ct_image",
+    "describe_series",
+    "json_text",
+    "pet_image",
+    "read_ct",
+    "read_pet",
+]
 
 SUV_JSON = "suv.json"
 
@@ -48,7 +58,11 @@ class Conversion:
 
 def read_pet(folder: Path) -> tuple[Series, sitk.Image, SuvResult]:
     """The PET series of `folder` in body-weight SUV, float32, with the record of its conversion."""
-    series = read_series(folder, "PT", "PET")
+    return pet_image(read_series(folder, "PT", "PET"))
+
+
+def pet_image(series: Series) -> tuple[Series, sitk.Image, SuvResult]:
+    """A validated PET series in body-weight SUV, float32, with the record of its conversion."""
     suv = compute_suv(read_pet_tags(series))
     volume = read_rescaled(series, suv.slopes, suv.intercepts, suv.factors)
     return series, to_image(volume, series), suv
@@ -56,7 +70,11 @@ def read_pet(folder: Path) -> tuple[Series, sitk.Image, SuvResult]:
 
 def read_ct(folder: Path) -> tuple[Series, sitk.Image]:
     """The CT series of `folder` in HU on its own grid: int16 where the values allow, else float32."""
-    series = read_series(folder, "CT", "CT")
+    return ct_image(read_series(folder, "CT", "CT"))
+
+
+def ct_image(series: Series) -> tuple[Series, sitk.Image]:
+    """A validated CT series in HU on its own grid: int16 where the values allow, else float32."""
     slopes = [
         _rescale_value(path, header, 0x00281053, "RescaleSlope", 1.0) for path, header in _pairs(series)
     ]
@@ -86,8 +104,9 @@ def _rescale_value(path: Path, header: Dataset, tag: int, keyword: str, default:
     return value
 
 
-def _describe(series: Series, image: sitk.Image, relative: Path) -> dict[str, Any]:
-    return {
+def describe_series(series: Series, image: sitk.Image, relative: Path | None) -> dict[str, Any]:
+    """How suv.json describes a converted series; `relative`: where its image was written, if it was."""
+    described = {
         "folder": str(series.folder),
         "series_instance_uid": series.uid,
         "files": len(series.files),
@@ -99,6 +118,9 @@ def _describe(series: Series, image: sitk.Image, relative: Path) -> dict[str, An
         "origin": list(image.GetOrigin()),
         "direction": list(image.GetDirection()),
     }
+    if relative is None:
+        del described["image"]
+    return described
 
 
 def convert_dicom(pet_dir: Path, case_dir: Path, ct_dir: Path | None = None) -> Conversion:
@@ -113,8 +135,8 @@ def convert_dicom(pet_dir: Path, case_dir: Path, ct_dir: Path | None = None) -> 
     pet_relative = PET_FOLDER / f"{pet_series.uid}.mha"
     ct_relative = CT_FOLDER / f"{ct_series.uid}.mha" if ct_series is not None else None
     record = {
-        "pet": _describe(pet_series, pet, pet_relative),
-        "ct": _describe(ct_series, ct, ct_relative) if ct_series is not None else None,  # type: ignore[arg-type]
+        "pet": describe_series(pet_series, pet, pet_relative),
+        "ct": describe_series(ct_series, ct, ct_relative) if ct_series is not None else None,  # type: ignore[arg-type]
         "suv": suv.as_json(),
     }
 
@@ -127,7 +149,7 @@ def convert_dicom(pet_dir: Path, case_dir: Path, ct_dir: Path | None = None) -> 
                 sitk.WriteImage(ct, str(partial / ct_relative), True)
         except RuntimeError as error:
             raise OutputError(f"{case_dir}: cannot write image: {str(error).splitlines()[0]}") from None
-        (partial / SUV_JSON).write_text(_json_text(record))
+        (partial / SUV_JSON).write_text(json_text(record))
 
     emptied = case_dir.is_dir()
     if emptied:
@@ -150,7 +172,7 @@ def convert_dicom(pet_dir: Path, case_dir: Path, ct_dir: Path | None = None) -> 
     )
 
 
-def _json_text(record: dict[str, Any]) -> str:
+def json_text(record: dict[str, Any]) -> str:
     """Indented JSON with each list of plain values (per-slice factors, slopes) on one line."""
     text = json.dumps(json_safe(record), indent=2)
     return (

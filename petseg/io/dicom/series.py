@@ -31,7 +31,7 @@ from petseg.io.files import check_readable_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Geometry", "Series", "read_series"]
+__all__ = ["Geometry", "Series", "read_header", "read_series", "series_of"]
 
 MODALITY = tag_label("Modality", 0x00080060)
 SERIES_UID = tag_label("SeriesInstanceUID", 0x0020000E)
@@ -99,6 +99,12 @@ def read_series(folder: Path, modality: str, role: str) -> Series:
             f"{folder}: {len(uids)} series in one folder ({listed}); give a folder that holds one series only"
         )
     (uid,) = uids
+    return series_of(folder, uid, headers, modality, role)
+
+
+def series_of(folder: Path, uid: str, headers: dict[Path, Dataset], modality: str, role: str) -> Series:
+    """The series `uid` made of the files `headers` holds (all of them directly in `folder`), validated:
+    its modality, slice order, regular grid and geometry."""
     for path, header in headers.items():
         found = element_text(header, 0x00080060)
         if found != modality:
@@ -122,28 +128,36 @@ def _read_headers(folder: Path, role: str) -> dict[Path, Dataset]:
     for path in entries:
         if not path.is_file():
             continue
-        check_readable_name(path, role)  # ITK aborts the process on a name it cannot encode
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:
-            if _looks_like_dicom(path):  # a DICOM file, damaged: its slice must not silently go missing
-                raise InputError(f"{path}: damaged DICOM file (truncated?): pydicom cannot read it") from None
-            log.debug("%s: not a DICOM file, passed over", path)
-            continue
-        except (OSError, EOFError) as error:
-            raise InputError(
-                f"{path}: cannot read the DICOM file: {getattr(error, 'strerror', None) or error}"
-            ) from None
-        except Exception as error:  # pydicom raises many kinds of error on a damaged header
-            raise InputError(f"{path}: cannot read the DICOM header: {error}") from None
-        if len(header) == 0:  # pydicom stops quietly where a file ends early
-            raise InputError(f"{path}: damaged DICOM file (truncated?): no data elements after its header")
-        if "DirectoryRecordSequence" in header:  # a DICOMDIR: an index of files, not an image
-            continue
-        headers[path] = header
+        header = read_header(path, role)
+        if header is not None:
+            headers[path] = header
     if not headers:
         raise InputError(f"{folder}: no DICOM files in the {role} folder")
     return headers
+
+
+def read_header(path: Path, role: str) -> Dataset | None:
+    """The header (without pixel data) of a DICOM file; None for a file that is not DICOM or is a
+    DICOMDIR. A damaged DICOM file is an error naming it, never passed over."""
+    check_readable_name(path, role)  # ITK aborts the process on a name it cannot encode
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        if _looks_like_dicom(path):  # a DICOM file, damaged: its slice must not silently go missing
+            raise InputError(f"{path}: damaged DICOM file (truncated?): pydicom cannot read it") from None
+        log.debug("%s: not a DICOM file, passed over", path)
+        return None
+    except (OSError, EOFError) as error:
+        raise InputError(
+            f"{path}: cannot read the DICOM file: {getattr(error, 'strerror', None) or error}"
+        ) from None
+    except Exception as error:  # pydicom raises many kinds of error on a damaged header
+        raise InputError(f"{path}: cannot read the DICOM header: {error}") from None
+    if len(header) == 0:  # pydicom stops quietly where a file ends early
+        raise InputError(f"{path}: damaged DICOM file (truncated?): no data elements after its header")
+    if "DirectoryRecordSequence" in header:  # a DICOMDIR: an index of files, not an image
+        return None
+    return header
 
 
 def _looks_like_dicom(path: Path) -> bool:
