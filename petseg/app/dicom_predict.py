@@ -23,7 +23,7 @@ import pydicom
 import SimpleITK as sitk
 
 from petseg import __version__
-from petseg.errors import PetsegError
+from petseg.errors import OutputError, PetsegError
 from petseg.io.dicom.study import Study, find_studies
 
 if TYPE_CHECKING:
@@ -180,12 +180,15 @@ def predict_studies(args: argparse.Namespace) -> int:
             log.error("%s", error)
             failed[str(folder)] = error.exit_code
     studies = _unique(studies, failed)
-    refused = len(failed)  # folders and studies refused before any was segmented
+    refused = len(failed)  # folders that could not be read, and studies without a folder of their own
     log.info("%d study(ies) in %s", len(studies), ", ".join(map(str, args.dicom)))
     pending, skipped = [], 0
     for study in studies:
         destination = args.output / study.name
-        if destination.is_dir() and any(destination.iterdir()) and not args.overwrite:
+        if destination.exists() and not destination.is_dir():  # before the model runs, not after
+            log.error("%s: %s: exists and is not a folder", study.name, destination)
+            failed[study.name] = OutputError.exit_code
+        elif destination.is_dir() and any(destination.iterdir()) and not args.overwrite:
             skipped += 1
         else:
             pending.append(study)
