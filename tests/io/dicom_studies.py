@@ -60,7 +60,7 @@ def write_pet(folder: Path, tags: dict[str, Any], descending: bool = True, **opt
     )
 
 
-def write_ct(folder: Path, tags: dict[str, Any]) -> list[Path]:
+def write_ct(folder: Path, tags: dict[str, Any], **options: Any) -> list[Path]:
     hu = np.full((12, SIZE, SIZE), -1000.0)
     hu[1:11, 3:-3, 3:-3] = 40.0
     positions = [(-21.0, -31.0, 102.0 - 2.5 * k) for k in range(12)]
@@ -73,6 +73,7 @@ def write_ct(folder: Path, tags: dict[str, Any]) -> list[Path]:
         spacing=(2.2, 2.6, 2.5),
         positions=positions,
         tags={"SeriesNumber": 1, "SeriesDescription": "CT", **tags},
+        **options,
     )
 
 
