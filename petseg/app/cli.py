@@ -110,12 +110,25 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
+        if args.dicom is not None:
+            from petseg.app.dicom_predict import predict_studies
+
+            return predict_studies(args)
         return _predict_cases(args)
+
+
+def _check_predict_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options that belong to one kind of input only are refused with the other, not silently ignored."""
+    if args.dicom is not None and args.save_probabilities:
+        parser.error("--save-probabilities: with --input only (--dicom writes a DICOM SEG)")
+    if args.dicom is None and args.rtstruct:
+        parser.error("--rtstruct: with --dicom only (an RTSTRUCT refers to the PET's DICOM series)")
 
 
 def _predict_cases(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from petseg.app.lesion_tables import lesion_table_paths, write_lesion_tables
     from petseg.inference.pipeline import run_to_file, run_to_folder
     from petseg.inference.timing import StageTimer
     from petseg.inference.tta import TimeBudget
@@ -135,6 +148,8 @@ def _predict_cases(args: argparse.Namespace) -> int:
         destination = case.output_path(args.output)
         # A Grand-Challenge output counts as done only as the pair: a mask without its JSON is redone.
         done = [destination] + ([args.output / case.name / DATA_CENTRIC_JSON] if case.layout == "gc" else [])
+        if args.quantify:  # a mask without its lesion figures is redone as well
+            done += list(lesion_table_paths(case, args.output))
         if all(p.exists() for p in done) and not args.overwrite:
             skipped += 1
             continue
@@ -148,6 +163,8 @@ def _predict_cases(args: argparse.Namespace) -> int:
                 run_to_folder(case.files, output, predictor, timer, probability_to, tracer, **options)
             else:
                 run_to_file(case.files, destination, predictor, timer, probability_to, tracer, **options)
+            if args.quantify:
+                write_lesion_tables(case, destination, args.output, predictor.card.name)
             if args.preview:
                 from petseg.evaluation.preview import preview_title
                 from petseg.io.splits import tracer_of
@@ -179,6 +196,14 @@ def _write_case_preview(case: Case, mask_path: Path, destination: Path, title: s
 
     pet = read_image(case.files.pet, "PET")
     write_preview(pet, sitk.ReadImage(str(mask_path)), None, destination, title=title)
+
+
+def _from_dicom(args: argparse.Namespace) -> int:
+    from petseg.io.dicom import convert_dicom
+
+    result = convert_dicom(args.pet, args.output, ct_dir=args.ct)
+    print(f"wrote {result.case_dir} (PET in SUV, {result.suv.units} series; record in suv.json)")
+    return 0
 
 
 def _random_model(args: argparse.Namespace) -> int:
@@ -336,8 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     samples.set_defaults(run=_samples)
 
-    predict = commands.add_parser("predict", help="segment every case in a folder (gc or nnU-Net layout)")
-    predict.add_argument("--input", type=Path, required=True, help="folder of cases")
+    predict = commands.add_parser(
+        "predict", help="segment every case in a folder (gc or nnU-Net layout), or PET/CT DICOM studies"
+    )
+    given = predict.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input", type=Path, default=None, help="folder of cases")
+    given.add_argument(
+        "--dicom",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="STUDY_DIR",
+        help="DICOM study folders, or folders of studies: each study's PET and CT series are found by their "
+        "headers and segmented into OUTPUT/<study>/ (DICOM SEG, mask, lesions.csv, summary.json, preview)",
+    )
     add_output(predict, type=Path, required=True, help="folder for the masks")
     predict.add_argument("--model", type=Path, default=None, help="model folder (default: as process.py)")
     add_compute_arguments(predict)
@@ -345,6 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     predict.add_argument(
         "--preview", action="store_true", help="also write OUTPUT/preview/<case>.png (PET MIP)"
+    )
+    predict.add_argument(
+        "--rtstruct",
+        action="store_true",
+        help="with --dicom: also write OUTPUT/<study>/rtstruct.dcm, the lesions as RTSTRUCT contours",
+    )
+    predict.add_argument(
+        "--quantify",
+        action="store_true",
+        help="with --input: also write <case>_lesions.csv and <case>_summary.json beside each mask (lesion "
+        "SUVmax, SUVpeak, SUVmean, MTV, TLG, centroid; TMTV, total TLG, Dmax); --dicom always writes them",
     )
     predict.add_argument(
         "--save-probabilities",
@@ -391,6 +439,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=_evaluate)
 
+    from_dicom = commands.add_parser(
+        "from-dicom", help="convert a PET (and CT) DICOM series into a case folder, PET in body-weight SUV"
+    )
+    from_dicom.add_argument("--pet", type=Path, required=True, metavar="DIR", help="folder of one PET series")
+    from_dicom.add_argument("--ct", type=Path, default=None, metavar="DIR", help="folder of one CT series")
+    add_output(
+        from_dicom,
+        type=Path,
+        required=True,
+        help="case folder to write (images/pet, images/ct, suv.json); must not exist or be empty",
+    )
+    from_dicom.set_defaults(run=_from_dicom)
+
     random_model = commands.add_parser("random-model", help="write an untrained ensemble (demos, tests)")
     add_output(random_model, type=Path, required=True, help="model folder to write")
     random_model.add_argument("--arch", default="resunet-tiny", help="network preset")
@@ -406,10 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[command]
+    raise LookupError(command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from petseg.app.console import setup_logging
 
-    args = parse_arguments(build_parser(), argv)
+    parser = build_parser()
+    args = parse_arguments(parser, argv)
+    if args.command == "predict":
+        _check_predict_options(_subparser(parser, "predict"), args)
     setup_logging(args.verbose)
     if getattr(args, "model", "unset") is None:
         args.model = default_model_dir()
