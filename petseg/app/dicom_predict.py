@@ -57,7 +57,7 @@ def _dicom_bytes(dataset: pydicom.Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _preview(pet: sitk.Image, mask: sitk.Image, title: str) -> bytes | None:
+def study_preview(pet: sitk.Image, mask: sitk.Image, title: str) -> bytes | None:
     """The coronal MIP preview of `predict --preview`; None (with a warning) where matplotlib is missing."""
     from petseg.evaluation.preview import PREVIEW_LEGEND, annotated_png, preview_panels
 
@@ -133,7 +133,7 @@ def segment_study(
     files[LESIONS_FILE] = lesions_csv(report).encode()
     files[SUMMARY_FILE] = json_text(summary).encode()
     with timer.stage("preview"):
-        png = _preview(pet, mask, preview_title(study.name, model, options.tracer))
+        png = study_preview(pet, mask, preview_title(study.name, model, options.tracer))
     if png is not None:
         files[PREVIEW_FILE] = png
     with timer.stage("write"):

@@ -246,7 +246,7 @@ def test_the_preview_shows_the_patients_right_on_the_left_and_the_head_up(tmp_pa
     left of and above one in the left and lower body."""
     from PIL import Image
 
-    from petseg.app.dicom_predict import _preview
+    from petseg.app.dicom_predict import study_preview
     from petseg.evaluation.preview import MASK_OPACITY, PREDICTION_RGB
 
     write_pet(tmp_path / "PET", study_tags(), descending=True)
@@ -263,7 +263,7 @@ def test_the_preview_shows_the_patients_right_on_the_left_and_the_head_up(tmp_pa
         array[index[2], index[1], index[0]] = 1
         mask = sitk.GetImageFromArray(array)
         mask.CopyInformation(pet)
-        png = _preview(blank, mask, name)
+        png = study_preview(blank, mask, name)
         assert png is not None
         (tmp_path / f"{name}.png").write_bytes(png)
         rgb = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"))

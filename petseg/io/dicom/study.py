@@ -105,15 +105,15 @@ def find_studies(root: Path) -> list[Study]:
         by_study.setdefault(uid, {})[path] = header
     if len(by_study) == 1:
         ((uid, files),) = by_study.items()
-        studies = [_study(root.resolve().name, root, uid, files)]
+        studies = [_study(root.resolve().name or "study", root, uid, files)]
     else:
         studies = _several(root, by_study)
     for path, problem in damaged:  # a study missing a damaged slice must not be read as if whole
-        owners = [s for s in studies if s.folder == root or s.folder in path.parents]
+        owners = {s.uid for s in studies if s.folder == root or s.folder in path.parents}
         if not owners:
             raise InputError(problem)
         studies = [
-            Study(s.name, s.folder, s.uid, problem=s.problem or problem) if s in owners else s
+            Study(s.name, s.folder, s.uid, problem=s.problem or problem) if s.uid in owners else s
             for s in studies
         ]
     return sorted(studies, key=lambda study: study.name)
