@@ -147,10 +147,15 @@ def positive_seconds(text: str) -> float:
 
 def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     """--device, --precision and --compile: where and how the networks run."""
-    from petseg.inference.compute_choices import DEVICES, PRECISIONS
+    from petseg.inference.compute_choices import PRECISIONS, device_argument
 
     parser.add_argument(
-        "--device", choices=DEVICES, default="auto", help="auto: the GPU where there is one, else the CPU"
+        "--device",
+        type=device_argument,
+        default="auto",
+        metavar="auto|cuda|cuda:N|cpu",
+        help="auto: the GPU where there is one, else the CPU; cuda:N: GPU N (under torchrun, auto and cuda "
+        "mean each rank's cuda:LOCAL_RANK)",
     )
     parser.add_argument(
         "--precision",

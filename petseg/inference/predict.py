@@ -17,7 +17,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from petseg.errors import ModelError
-from petseg.inference.compute_choices import DEVICES, PRECISIONS
+from petseg.inference.compute_choices import PRECISIONS, parse_device
 from petseg.model.card import EnsembleSettings, ModelCard, load_card
 from petseg.model.networks import fuse_batch_norms, load_fold
 from petseg.model.tracer_choice import choose_tracer
@@ -63,10 +63,17 @@ def select_device(
     autocast where the CPU has native bf16. Precision "fp32" means plain fp32 everywhere, in the
     default memory layout: what another fp32 pipeline computes, up to the float rounding of the folded
     batch norms (`Predictor`).
-    `cuda_index` picks the GPU (a DDP rank's own); by default the current one.
+    `cuda_index` picks the GPU (a DDP rank's own), as does a preference "cuda:N"; by default the current one.
     """
-    if preference not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {preference!r}")
+    preference, named_index = parse_device(preference)  # ValueError for an unknown name
+    if named_index is not None:
+        cuda_index = named_index
+        if not torch.cuda.is_available():
+            raise ModelError(f"--device cuda:{named_index} was requested but no CUDA device is available")
+        if named_index >= torch.cuda.device_count():
+            raise ModelError(
+                f"--device cuda:{named_index}: no such GPU (this machine has {torch.cuda.device_count()})"
+            )
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     reduced = precision == "auto"
