@@ -28,6 +28,9 @@ from petseg.errors import InputError, PetsegError
 from petseg.inference.compute_choices import DEVICES
 
 if TYPE_CHECKING:  # heavy imports (torch) stay out of `petseg --help`
+    from petseg.app.cohort import StatusLog
+    from petseg.inference.predict import Predictor
+    from petseg.inference.timing import StageTimer
     from petseg.io.cases import Case
 
 log = logging.getLogger("petseg")
@@ -128,56 +131,32 @@ def _check_predict_options(parser: argparse.ArgumentParser, args: argparse.Names
 def _predict_cases(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from petseg.app.lesion_tables import lesion_table_paths, write_lesion_tables
-    from petseg.inference.pipeline import run_to_file, run_to_folder
+    from petseg.app.cohort import Launch, StatusLog, Tally, cases_of, device_of
     from petseg.inference.timing import StageTimer
-    from petseg.inference.tta import TimeBudget
-    from petseg.io import DATA_CENTRIC_JSON
-    from petseg.io.cases import discover_cases
-    from petseg.io.probability import probability_path
 
-    cases = discover_cases(args.input)
-    log.info("%d case(s) in %s", len(cases), args.input)
+    launch = Launch.from_environment()
+    cases = cases_of(args, launch)
     timer = StageTimer()
-    predictor = load_predictor(args.model, args.device, timer, args.precision, args.compile, args.threshold)
-    tracer = None if args.tracer == "auto" else args.tracer
+    device = device_of(args.device, launch)
+    predictor = load_predictor(args.model, device, timer, args.precision, args.compile, args.threshold)
+    part = (args.parts, args.part) if args.parts is not None else None
+    status = StatusLog(args.output, launch, part)
+    tally = Tally()
     failed: dict[str, int] = {}  # case -> exit code of its error
-    skipped = 0
-    bar = not args.quiet and sys.stderr.isatty()  # the sliding window's bar, with its time estimate
-    for case in tqdm(cases, desc="cases", unit="case", disable=args.quiet or len(cases) < 2):
-        destination = case.output_path(args.output)
-        # A Grand-Challenge output counts as done only as the pair: a mask without its JSON is redone.
-        done = [destination] + ([args.output / case.name / DATA_CENTRIC_JSON] if case.layout == "gc" else [])
-        if args.quantify:  # a mask without its lesion figures is redone as well
-            done += list(lesion_table_paths(case, args.output))
-        if all(p.exists() for p in done) and not args.overwrite:
-            skipped += 1
-            continue
-        try:
-            probability_to = probability_path(destination) if args.save_probabilities else None
-            timer = StageTimer(prefix=f"{case.name}: ")
-            # Each case has its own time budget for --tta; the window bar shows how far a long case is.
-            options = {"tta": tta_plan(args.tta, predictor, TimeBudget(args.time_budget)), "progress": bar}
-            if case.layout == "gc":  # both files or neither, as process.py writes them
-                output = args.output / case.name
-                run_to_folder(case.files, output, predictor, timer, probability_to, tracer, **options)
-            else:
-                run_to_file(case.files, destination, predictor, timer, probability_to, tracer, **options)
-            if args.quantify:
-                write_lesion_tables(case, destination, args.output, predictor.card.name)
-            if args.preview:
-                from petseg.evaluation.preview import preview_title
-                from petseg.io.splits import tracer_of
-
-                title = preview_title(case.name, predictor.card.name, tracer or tracer_of(case.name))
-                _write_case_preview(case, destination, args.output / "preview" / f"{case.name}.png", title)
-        except PetsegError as error:
-            log.error("%s: %s", case.name, error)
-            failed[case.name] = error.exit_code
-    if skipped:
-        log.info("skipped %d case(s) whose output exists (use --overwrite to redo them)", skipped)
-    done = len(cases) - len(failed) - skipped
-    log.info("segmented %d case(s) into %s", done, args.output)
+    try:
+        for case in tqdm(cases, desc="cases", unit="case", disable=args.quiet or len(cases) < 2):
+            outcome, code = _predict_case(case, args, predictor, device, status)
+            tally.add(outcome)
+            if code:
+                failed[case.name] = code
+    finally:
+        status.close()
+    if tally.counts["skipped"]:
+        log.info(
+            "skipped %d case(s) whose output exists (use --overwrite to redo them)", tally.counts["skipped"]
+        )
+    log.info("segmented %d case(s) into %s", tally.counts["done"], args.output)
+    log.info("summary: %s (status per case in %s)", tally.summary(), status.path)
     if failed:
         print(
             f"petseg: error: {len(failed)} of {len(cases)} case(s) failed: {', '.join(failed)}",
@@ -186,6 +165,91 @@ def _predict_cases(args: argparse.Namespace) -> int:
         # the most serious kind among the failures: an output that cannot be written (5) over bad input (3)
         return max(failed.values())
     return 0
+
+
+def _predict_case(
+    case: Case, args: argparse.Namespace, predictor: Predictor, device: str, status: StatusLog
+) -> tuple[str, int]:
+    """Segment one case unless its output is complete; its status line; (outcome, exit code or 0).
+
+    A case interrupted by Ctrl-C or SIGTERM gets no line: its output was never renamed into place, so the
+    next run redoes it. A bug (anything but a `PetsegError`) gets its failed line before it stops the run.
+    """
+    import time
+
+    from petseg.app.cohort import peak_memory, reset_gpu_peak, stage_seconds
+    from petseg.app.lesion_tables import lesion_table_paths, write_lesion_tables
+    from petseg.inference.pipeline import run_to_file, run_to_folder
+    from petseg.inference.timing import StageTimer
+    from petseg.inference.tta import TimeBudget
+    from petseg.io import DATA_CENTRIC_JSON
+    from petseg.io.probability import probability_path
+
+    destination = case.output_path(args.output)
+    # A Grand-Challenge output counts as done only as the pair: a mask without its JSON is redone.
+    done = [destination] + ([args.output / case.name / DATA_CENTRIC_JSON] if case.layout == "gc" else [])
+    if args.quantify:  # a mask without its lesion figures is redone as well
+        done += list(lesion_table_paths(case, args.output))
+    if all(p.exists() for p in done) and not args.overwrite:
+        status.append(case.name, "skipped", seconds=0.0)
+        return "skipped", 0
+    started = time.perf_counter()
+    timer = StageTimer(prefix=f"{case.name}: ")
+    reset_gpu_peak()
+    try:
+        probability_to = probability_path(destination) if args.save_probabilities else None
+        tracer = None if args.tracer == "auto" else args.tracer
+        # Each case has its own time budget for --tta; the window bar shows how far a long case is.
+        bar = not args.quiet and sys.stderr.isatty()
+        options = {"tta": tta_plan(args.tta, predictor, TimeBudget(args.time_budget)), "progress": bar}
+        if case.layout == "gc":  # both files or neither, as process.py writes them
+            output = args.output / case.name
+            run_to_folder(case.files, output, predictor, timer, probability_to, tracer, **options)
+        else:
+            run_to_file(case.files, destination, predictor, timer, probability_to, tracer, **options)
+        if args.quantify:
+            write_lesion_tables(case, destination, args.output, predictor.card.name)
+        if args.preview:
+            from petseg.evaluation.preview import preview_title
+            from petseg.io.splits import tracer_of
+
+            title = preview_title(case.name, predictor.card.name, tracer or tracer_of(case.name))
+            _write_case_preview(case, destination, args.output / "preview" / f"{case.name}.png", title)
+    except PetsegError as error:
+        log.error("%s: %s", case.name, error)
+        _failed_line(status, case, started, timer, device, str(error), error.exit_code)
+        return "failed", error.exit_code
+    except Exception as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        _failed_line(
+            status, case, started, timer, device, f"internal error: {type(error).__name__}: {message}", 1
+        )
+        raise
+    seconds = round(time.perf_counter() - started, 3)
+    status.append(
+        case.name, "done", seconds=seconds, stages=stage_seconds(timer.seconds), **peak_memory(device)
+    )
+    return "done", 0
+
+
+def _failed_line(
+    status: StatusLog, case: Case, started: float, timer: StageTimer, device: str, error: str, code: int
+) -> None:
+    import time
+
+    from petseg.app.cohort import peak_memory, stage_seconds
+
+    seconds = round(time.perf_counter() - started, 3)
+    stages = stage_seconds(timer.seconds)
+    status.append(
+        case.name,
+        "failed",
+        seconds=seconds,
+        stages=stages,
+        error=error,
+        exit_code=code,
+        **peak_memory(device),
+    )
 
 
 def _write_case_preview(case: Case, mask_path: Path, destination: Path, title: str) -> None:
@@ -367,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     given = predict.add_mutually_exclusive_group(required=True)
     given.add_argument("--input", type=Path, default=None, help="folder of cases")
     given.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="CSV with the columns case_id,ct,pet (paths absolute or relative to the CSV's folder): each "
+        "case is written as OUTPUT/<case_id>.nii.gz",
+    )
+    given.add_argument(
         "--dicom",
         type=Path,
         nargs="+",
@@ -380,6 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_compute_arguments(predict)
     add_case_arguments(predict)
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    predict.add_argument(
+        "--parts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="split the cases into N parts (sorted case ids dealt out round-robin) and run only --part",
+    )
+    predict.add_argument(
+        "--part", type=int, default=None, metavar="K", help="the part this run takes, 0 to N-1 (with --parts)"
+    )
     predict.add_argument(
         "--preview", action="store_true", help="also write OUTPUT/preview/<case>.png (PET MIP)"
     )
@@ -480,7 +562,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_arguments(parser, argv)
     if args.command == "predict":
-        _check_predict_options(_subparser(parser, "predict"), args)
+        from petseg.app.cohort import Launch, check_launch
+
+        predict = _subparser(parser, "predict")
+        _check_predict_options(predict, args)
+        try:
+            launch = Launch.from_environment()
+        except PetsegError as error:
+            predict.error(str(error))
+        check_launch(predict, args, launch)
     setup_logging(args.verbose)
     if getattr(args, "model", "unset") is None:
         args.model = default_model_dir()

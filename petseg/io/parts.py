@@ -1,0 +1,40 @@
+"""Splitting a cohort into parts that separate processes, GPUs or Slurm array tasks run independently.
+
+A case's part depends only on its id and the set of ids, never on the order in which files were listed:
+the ids are sorted and dealt out round-robin, so the parts differ in size by at most one case and together
+hold every case exactly once. Every part must therefore be given the same cases (the same folder or
+manifest); a case added later may move others to another part, so a cohort that grows is rerun whole
+(finished cases are skipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def check_part(parts: int, part: int) -> None:
+    """ValueError unless 0 <= part < parts."""
+    if parts < 1:
+        raise ValueError(f"--parts must be at least 1, got {parts}")
+    if not 0 <= part < parts:
+        raise ValueError(f"--part must be from 0 to {parts - 1} (--parts {parts}), got {part}")
+
+
+def take_part(items: Sequence[T], parts: int, part: int, key: Callable[[T], str]) -> list[T]:
+    """The items of part `part` of `parts`: sorted by `key` (the case id), every `parts`-th from `part` on."""
+    check_part(parts, part)
+    return sorted(items, key=key)[part::parts]
+
+
+def nested_part(parts: int, part: int, ranks: int, rank: int) -> tuple[int, int]:
+    """Part `rank` of `ranks` within part `part` of `parts`, as one part of `parts * ranks`.
+
+    Round-robin twice is round-robin once with the product as the step: the items of part p are
+    sorted[p::P], and the r-th of R shares of those is sorted[p + P*r :: P*R].
+    """
+    check_part(parts, part)
+    check_part(ranks, rank)
+    return parts * ranks, part + parts * rank
