@@ -1,4 +1,4 @@
-"""`python -m training train|export ...` (also under torchrun for several GPUs)."""
+"""`python -m training train|export|prepare ...` (train also under torchrun for several GPUs)."""
 
 from __future__ import annotations
 
@@ -143,6 +143,45 @@ def _demo(args: argparse.Namespace) -> int:
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]
     print(f"demo ensemble in {args.out}: {len(card.folds)} fold(s), validation scores {scores}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    """Fill the preprocessing cache before training, in parallel and across machines.
+
+    Every process (each a pool of --workers) takes its part of the sorted case ids; entries are written
+    under a private name and renamed, so two processes that meet on one case both write it whole and one
+    of the two identical entries stays.
+    """
+    import time
+
+    from petseg.io.parts import check_part, take_part
+    from petseg.model.settings import PreprocessSettings
+    from training.config import TrainingError, network_spacing
+    from training.data import CACHE_FOLDER, PreprocessedCache, discover_dataset
+
+    if (args.parts is None) != (args.part is None):
+        raise TrainingError("--parts and --part go together")
+    parts, part = (args.parts, args.part) if args.parts is not None else (1, 0)
+    try:
+        check_part(parts, part)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    if args.workers < 1:
+        raise TrainingError(f"--workers must be at least 1, got {args.workers}")
+    records = discover_dataset(args.data, args.organs)
+    mine = take_part(records, parts, part, key=lambda record: record.case_id)
+    settings = PreprocessSettings(spacing_mm=network_spacing(args.spacing_mm))
+    cache = PreprocessedCache(args.cache_dir or args.data / CACHE_FOLDER, settings)
+    started = time.perf_counter()
+    missing = sum(not cache.path(record).is_file() for record in mine)
+    cache.prepare(mine, progress=not args.quiet, workers=args.workers)
+    minutes = (time.perf_counter() - started) / 60
+    rate = f", {missing / minutes:.1f} cases per minute" if missing and minutes > 0 else ""
+    shown = f" (part {part} of {parts}: {len(mine)} of {len(records)})" if parts > 1 else ""
+    print(
+        f"{cache.directory}: {len(mine)} case(s){shown}; {missing} preprocessed in {minutes * 60:.1f} s{rate}"
+    )
     return 0
 
 
@@ -297,6 +336,37 @@ def build_parser() -> argparse.ArgumentParser:
     weighting.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     weighting.set_defaults(run=_analyse_weighting)
 
+    prepare = commands.add_parser(
+        "prepare",
+        help="fill the preprocessing cache of a dataset in parallel (and in parts, across machines)",
+    )
+    prepare.add_argument(
+        "--data", type=Path, required=True, help="nnU-Net-layout dataset (imagesTr, labelsTr)"
+    )
+    prepare.add_argument("--workers", type=int, default=2, help="processes of this run (1: in this process)")
+    prepare.add_argument(
+        "--parts", type=int, default=None, metavar="N", help="split the sorted case ids into N parts"
+    )
+    prepare.add_argument(
+        "--part", type=int, default=None, metavar="K", help="the part this run fills (0 to N-1)"
+    )
+    add_field_options(prepare, {"spacing_mm": _train_defaults()["spacing_mm"]}, choices)
+    prepare.add_argument(
+        "--cache",
+        dest="cache_dir",
+        type=Path,
+        default=None,
+        help="preprocessed-case cache, as train's --cache (default DATA/.petseg-cache)",
+    )
+    prepare.add_argument(
+        "--organs",
+        type=Path,
+        default=None,
+        help="organ label maps, as train's --organs (cached with the case)",
+    )
+    prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    prepare.set_defaults(run=_prepare)
+
     defaults = DemoRecipe()
     demo = commands.add_parser(
         "demo",
@@ -377,6 +447,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _train_defaults() -> dict[str, object]:
+    """train's defaults, from the default recipe, so that prepare fills the cache train will read."""
+    from dataclasses import MISSING, fields
+
+    from training.config import TrainConfig
+
+    return {
+        f.name: f.default if f.default_factory is MISSING else f.default_factory()
+        for f in fields(TrainConfig)
+        if f.default is not MISSING or f.default_factory is not MISSING
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
