@@ -61,7 +61,9 @@ def test_predict_nnunet_folder_names_masks_like_labels(tmp_path, nnunet_folder, 
     args = ["predict", "--input", str(nnunet_folder), "--output", str(out), "--model", str(tiny_model_dir)]
     assert main([*args, "--preview"]) == 0
     labels = sorted(p.name for p in (nnunet_folder / "labelsTr").iterdir())
-    assert sorted(p.name for p in all_files(out) if p.parent == out) == labels
+    # beside the masks only the status log of the run (tests/app/test_cohort.py)
+    assert sorted(p.name for p in all_files(out) if p.parent == out and p.name != "status.jsonl") == labels
+    assert len((out / "status.jsonl").read_text().splitlines()) == len(labels)
     previews = sorted(p.name for p in (out / "preview").iterdir())
     assert previews == sorted(name.replace(".nii.gz", ".png") for name in labels)
     for name in labels:
@@ -222,12 +224,14 @@ def test_predict_writes_a_grand_challenge_pair_whole_and_redoes_a_half_one(
         patch.setattr(pio, "_stage_json", full_disk)
         assert main(argv) == 5
     assert "No space left on device" in capsys.readouterr().err
-    assert all_files(out) == []
+    status = out / "status.jsonl"
+    assert all_files(out) == [status]  # no half of the pair, only the failed case's status line
+    assert json.loads(status.read_text())["outcome"] == "failed"
 
     assert main(argv) == 0
     pet = next((work / name / "input" / "images" / "pet").iterdir())
     mask, answer = out / name / MASK_FOLDER / pet.name, out / name / "data-centric-model.json"
-    assert sorted(all_files(out)) == sorted([mask, answer])
+    assert sorted(all_files(out)) == sorted([mask, answer, status])
     answer.unlink()  # a pair cut in half by an earlier petseg, or by hand
     mask.write_bytes(b"half of a pair")
     assert main(argv) == 0
