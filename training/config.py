@@ -26,6 +26,9 @@ RECIPE_FORMAT = "petseg-training-recipe"
 # Settings that may change when a run is resumed; everything else must match the stored run.
 # Where and how a run computes, not what it learns: free to change on resume, and not compared by export.
 RESUMABLE = {"resume", "num_workers", "device", "augment_on", "cache_dir", "progress"}
+# What runs made before a setting existed did, where that differs from the setting's default today: a run.json
+# without the field was trained so (resuming and exporting it must not assume today's default).
+BEFORE_THE_FIELD = {"misalign_probability": 0.0}
 
 
 class TrainingError(PetsegError):
@@ -175,6 +178,7 @@ class TrainConfig:
         setting an older run.json lacks was at its default then."""
         known = {f.name: f for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
+        values = {**{k: v for k, v in BEFORE_THE_FIELD.items() if k not in values}, **values}
         for name in ("data", "out", "cache_dir", "organs"):
             if values.get(name) is not None:
                 values[name] = Path(values[name])

@@ -81,6 +81,10 @@ def test_run_json_reads_back_into_the_config():
         TrainConfig.from_json(older).flip_probability
         == TrainConfig(data="d", fold=0, out="o").flip_probability
     )
+    # A run from before CT misalignment existed trained without it, whatever today's recipe default.
+    assert TrainConfig(data="d", fold=0, out="o").misalign_probability > 0
+    before = {k: v for k, v in stored.items() if k != "misalign_probability"}
+    assert TrainConfig.from_json(before).misalign_probability == 0.0
 
 
 def test_the_recipe_card_is_what_an_export_of_the_recipe_describes(tmp_path, capsys):
