@@ -136,11 +136,16 @@ def _predict_cases(args: argparse.Namespace) -> int:
 
     launch = Launch.from_environment()
     cases = cases_of(args, launch)
-    timer = StageTimer()
-    device = device_of(args.device, launch)
-    predictor = load_predictor(args.model, device, timer, args.precision, args.compile, args.threshold)
     part = (args.parts, args.part) if args.parts is not None else None
-    status = StatusLog(args.output, launch, part)
+    status = StatusLog(args.output, launch, part)  # an output folder that cannot be written fails first
+    device = device_of(args.device, launch)
+    try:
+        predictor = load_predictor(
+            args.model, device, StageTimer(), args.precision, args.compile, args.threshold
+        )
+    except BaseException:
+        status.close()
+        raise
     tally = Tally()
     failed: dict[str, int] = {}  # case -> exit code of its error
     try:
@@ -157,7 +162,15 @@ def _predict_cases(args: argparse.Namespace) -> int:
         )
     log.info("segmented %d case(s) into %s", tally.counts["done"], args.output)
     log.info("summary: %s (status per case in %s)", tally.summary(), status.path)
-    if failed:
+    if failed and launch.world_size > 1:
+        # torchrun stops every other rank as soon as one exits non-zero: a rank that met a bad case would
+        # cut the others' work short. Its failures are in status.jsonl and on stderr.
+        print(
+            f"petseg: warning: rank {launch.rank}: {len(failed)} of {len(cases)} case(s) failed: "
+            f"{', '.join(failed)} (exit 0 under torchrun, so that the other ranks finish; see {status.path})",
+            file=sys.stderr,
+        )
+    elif failed:
         print(
             f"petseg: error: {len(failed)} of {len(cases)} case(s) failed: {', '.join(failed)}",
             file=sys.stderr,

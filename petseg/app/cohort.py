@@ -121,7 +121,9 @@ class StatusLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as error:
-            raise OutputError(f"{self.path}: cannot open the status log: {error.strerror or error}") from None
+            raise OutputError(
+                f"{self.path}: cannot write the status log: {error.strerror or error}"
+            ) from None
 
     def append(self, case: str, outcome: str, **values: Any) -> None:
         record = {"case": case, "outcome": outcome, "time": round(time.time(), 3), **values, **self.fields}
@@ -131,7 +133,7 @@ class StatusLog:
             os.fsync(self.descriptor)
         except OSError as error:
             raise OutputError(
-                f"{self.path}: cannot append to the status log: {error.strerror or error}"
+                f"{self.path}: cannot write the status log: {error.strerror or error}"
             ) from None
         if written != len(line):  # a full disk: the line is torn, and said so
             raise OutputError(f"{self.path}: status line cut short ({written} of {len(line)} bytes)")

@@ -98,18 +98,25 @@ def test_a_run_killed_mid_case_resumes_with_the_same_masks(
     assert not [p for p in out.iterdir() if p.name.startswith(".petseg-partial")]
 
 
+def _manifest_with_a_broken_case(cases, folder):
+    """A manifest of `cases` (CT paths relative to the CSV, PET paths absolute) and a case "broken" whose
+    PET is cut short."""
+    manifest = folder / "cohort.csv"
+    rows = ["case_id,ct,pet"]
+    for pet in sorted(cases.glob("*_0001.nii.gz")):
+        case = pet.name[: -len("_0001.nii.gz")]
+        rows.append(f"{case},{os.path.relpath(pet.with_name(case + '_0000.nii.gz'), folder)},{pet}")
+    broken = folder / "broken_0001.nii.gz"
+    broken.write_bytes(pet.read_bytes()[:300])
+    rows.append(f"broken,{cases / (case + '_0000.nii.gz')},broken_0001.nii.gz")
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest, broken
+
+
 def test_a_corrupt_case_gets_a_failed_line_and_the_others_are_done(
     nnunet_cases, unsharded, tiny_model_dir, tmp_path, capsys
 ):
-    manifest = tmp_path / "cohort.csv"
-    rows = ["case_id,ct,pet"]
-    for pet in sorted(nnunet_cases.glob("*_0001.nii.gz")):
-        case = pet.name[: -len("_0001.nii.gz")]
-        rows.append(f"{case},{os.path.relpath(pet.with_name(case + '_0000.nii.gz'), tmp_path)},{pet}")
-    broken = tmp_path / "broken_0001.nii.gz"
-    broken.write_bytes((nnunet_cases / pet.name).read_bytes()[:300])  # a truncated PET
-    rows.append(f"broken,{nnunet_cases / (case + '_0000.nii.gz')},broken_0001.nii.gz")
-    manifest.write_text("\n".join(rows) + "\n")
+    manifest, broken = _manifest_with_a_broken_case(nnunet_cases, tmp_path)
     out = tmp_path / "out"
 
     assert main(_predict(manifest, out, tiny_model_dir)) == 3
@@ -178,19 +185,25 @@ def test_cuda_n_without_cuda_is_one_line(nnunet_cases, tmp_path, tiny_model_dir,
     assert "Traceback" not in err
 
 
-def test_two_torchrun_ranks_split_the_cases(nnunet_cases, unsharded, tiny_model_dir, tmp_path):
+def test_two_torchrun_ranks_split_the_cases_and_a_failed_case_stops_neither(
+    nnunet_cases, unsharded, tiny_model_dir, tmp_path
+):
+    manifest, _ = _manifest_with_a_broken_case(nnunet_cases, tmp_path)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    command += ["-m", "petseg", *_predict(nnunet_cases, out, tiny_model_dir)]
+    command += ["-m", "petseg", *_predict(manifest, out, tiny_model_dir)]
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    # a rank exiting non-zero would make torchrun stop the other: failures are in the status log instead
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "rank 0: 1 of 3 case(s) failed: broken" in result.stderr
     assert _masks(out) == unsharded
     lines = _status(out)
-    assert len(lines) == len(unsharded)
+    assert len(lines) == len(unsharded) + 1
+    assert [line["case"] for line in lines if line["outcome"] == "failed"] == ["broken"]
     by_rank = {rank: {line["case"] for line in lines if line["rank"] == rank} for rank in (0, 1)}
-    assert by_rank[0]
-    assert by_rank[1]
+    assert len(by_rank[0]) == 3  # sorted ids dealt out in turn: broken, then every second case
+    assert len(by_rank[1]) == 3
     assert not by_rank[0] & by_rank[1]
-    assert {line["pid"] for line in lines} == {line["pid"] for line in lines if line["world_size"] == 2}
+    assert {line["world_size"] for line in lines} == {2}
     assert len({line["pid"] for line in lines}) == 2

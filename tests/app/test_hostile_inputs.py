@@ -716,6 +716,11 @@ def check_outputs(run: Run, outcome: Refused | Accepted, source_pet: Path | None
         assert path.read_bytes() == content, f"{path} was changed"
     assert not [p for p in run.root.rglob("*") if ".petseg-partial" in p.name]
     made = sorted(set(output_files(run)) - set(run.before))
+    status = run.output / "status.jsonl"
+    if run.entry == "predict" and status in made:  # the run's status log: one line for its one case
+        made.remove(status)
+        outcomes = [json.loads(line)["outcome"] for line in status.read_text().splitlines()]
+        assert outcomes == ["failed" if isinstance(outcome, Refused) else "done"]
     if isinstance(outcome, Refused):
         assert made == [], made
         return
