@@ -39,6 +39,7 @@ from petseg.model.networks import build_network, input_divisor, save_state
 from petseg.model.settings import Architecture, EnsembleSettings, PreprocessSettings
 from petseg.synthetic.generate import manifest_arguments
 from training.config import (
+    BEFORE_THE_FIELD,
     TrainConfig,
     TrainingError,
     comparable_defaults,
@@ -267,8 +268,9 @@ def _start_run_dir(config: TrainConfig, dist: Distributed, extra: dict[str, Any]
             )
         stored = json.loads(run_json.read_text())["config"]
         current = config.comparable()
-        # A setting added since the run was started is taken at its default, as the run trained with it.
-        stored = {**comparable_defaults(), **stored}
+        # A setting added since the run was started is taken as the run trained with it: its default, or
+        # what runs did before the setting existed where that differs (`BEFORE_THE_FIELD`).
+        stored = {**comparable_defaults(), **BEFORE_THE_FIELD, **stored}
         differ = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
         if differ:
             raise TrainingError(

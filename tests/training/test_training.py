@@ -186,6 +186,13 @@ def test_resume_refuses_other_settings_and_missing_runs(dataset, tmp_path):
     train(config(dataset, tmp_path / "run", epochs=1, resume=True))
     with pytest.raises(TrainingError, match="settings differ from the run being resumed: hot_probability"):
         train(config(dataset, tmp_path / "run", epochs=1, hot_probability=0.5, resume=True))
+    # One from before CT misalignment existed trained without it: it resumes without, not at today's default.
+    record = json.loads(run_json.read_text())
+    del record["config"]["misalign_probability"]
+    run_json.write_text(json.dumps(record))
+    with pytest.raises(TrainingError, match="settings differ from the run being resumed: misalign_probability"):
+        train(config(dataset, tmp_path / "run", epochs=1, resume=True))
+    train(config(dataset, tmp_path / "run", epochs=1, misalign_probability=0.0, resume=True))
 
 
 def test_a_truncated_checkpoint_falls_back_to_the_previous_one(dataset, tmp_path):
