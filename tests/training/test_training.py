@@ -190,7 +190,7 @@ def test_resume_refuses_other_settings_and_missing_runs(dataset, tmp_path):
     record = json.loads(run_json.read_text())
     del record["config"]["misalign_probability"]
     run_json.write_text(json.dumps(record))
-    with pytest.raises(TrainingError, match="settings differ from the run being resumed: misalign_probability"):
+    with pytest.raises(TrainingError, match="differ from the run being resumed: misalign_probability"):
         train(config(dataset, tmp_path / "run", epochs=1, resume=True))
     train(config(dataset, tmp_path / "run", epochs=1, misalign_probability=0.0, resume=True))
 
