@@ -28,6 +28,8 @@ from petseg.errors import InputError, PetsegError
 from petseg.inference.compute_choices import DEVICES
 
 if TYPE_CHECKING:  # heavy imports (torch) stay out of `petseg --help`
+    import torch
+
     from petseg.app.cohort import StatusLog
     from petseg.inference.predict import Predictor
     from petseg.inference.timing import StageTimer
@@ -150,7 +152,7 @@ def _predict_cases(args: argparse.Namespace) -> int:
     failed: dict[str, int] = {}  # case -> exit code of its error
     try:
         for case in tqdm(cases, desc="cases", unit="case", disable=args.quiet or len(cases) < 2):
-            outcome, code = _predict_case(case, args, predictor, device, status)
+            outcome, code = _predict_case(case, args, predictor, status)
             tally.add(outcome)
             if code:
                 failed[case.name] = code
@@ -181,7 +183,7 @@ def _predict_cases(args: argparse.Namespace) -> int:
 
 
 def _predict_case(
-    case: Case, args: argparse.Namespace, predictor: Predictor, device: str, status: StatusLog
+    case: Case, args: argparse.Namespace, predictor: Predictor, status: StatusLog
 ) -> tuple[str, int]:
     """Segment one case unless its output is complete; its status line; (outcome, exit code or 0).
 
@@ -208,7 +210,8 @@ def _predict_case(
         return "skipped", 0
     started = time.perf_counter()
     timer = StageTimer(prefix=f"{case.name}: ")
-    reset_gpu_peak()
+    device = predictor.compute.device
+    reset_gpu_peak(device)
     try:
         probability_to = probability_path(destination) if args.save_probabilities else None
         tracer = None if args.tracer == "auto" else args.tracer
@@ -246,7 +249,13 @@ def _predict_case(
 
 
 def _failed_line(
-    status: StatusLog, case: Case, started: float, timer: StageTimer, device: str, error: str, code: int
+    status: StatusLog,
+    case: Case,
+    started: float,
+    timer: StageTimer,
+    device: torch.device,
+    error: str,
+    code: int,
 ) -> None:
     import time
 

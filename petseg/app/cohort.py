@@ -15,7 +15,6 @@ import logging
 import os
 import resource
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from petseg.errors import InputError, OutputError
 from petseg.io.parts import check_part, nested_part, take_part
 
 if TYPE_CHECKING:
+    import torch
+
     from petseg.io.cases import Case
 
 log = logging.getLogger("petseg")
@@ -142,26 +143,25 @@ class StatusLog:
         os.close(self.descriptor)
 
 
-def peak_memory(device: str) -> dict[str, float]:
+def peak_memory(device: torch.device) -> dict[str, float]:
     """The process's peak resident memory so far (it only grows: the largest case so far sets it) and, on
-    CUDA, the GPU's peak allocation since the last `reset_gpu_peak`, in MB."""
+    CUDA, `device`'s peak allocation since the last `reset_gpu_peak`, in MB."""
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     peaks = {"peak_rss_mb": round(rss_kb / 1024, 1)}
-    if device.startswith("cuda") or device == "auto":
+    if device.type == "cuda":
         import torch
 
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            peaks["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        peaks["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return peaks
 
 
-def reset_gpu_peak() -> None:
-    """Start the next case's GPU peak from what is allocated now (the ensemble)."""
-    if "torch" in sys.modules:
+def reset_gpu_peak(device: torch.device) -> None:
+    """Start the next case's GPU peak from what is allocated now (the ensemble). The device is named: the
+    current one is GPU 0 in every torchrun rank, whose statistics are another rank's."""
+    if device.type == "cuda":
         import torch
 
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 @dataclass
