@@ -51,9 +51,15 @@ class Launch:
             world_size = int(os.environ["WORLD_SIZE"])
             rank = int(os.environ.get("RANK", "0"))
             local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-            check_part(world_size, rank)
         except ValueError as error:
             raise InputError(f"torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK): {error}") from None
+        if world_size < 1:
+            raise InputError(f"torchrun's environment: WORLD_SIZE must be at least 1, got {world_size}")
+        if not 0 <= rank < world_size or local_rank < 0:
+            raise InputError(
+                f"torchrun's environment: RANK {rank} and LOCAL_RANK {local_rank} must lie from 0 to "
+                f"{world_size - 1} (WORLD_SIZE {world_size})"
+            )
         return cls(rank, world_size, local_rank)
 
 

@@ -207,3 +207,15 @@ def test_two_torchrun_ranks_split_the_cases_and_a_failed_case_stops_neither(
     assert not by_rank[0] & by_rank[1]
     assert {line["world_size"] for line in lines} == {2}
     assert len({line["pid"] for line in lines}) == 2
+
+
+def test_a_broken_torchrun_environment_is_a_usage_error(
+    nnunet_cases, tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(SystemExit) as exit_:
+        main(_predict(nnunet_cases, tmp_path / "out", tiny_model_dir))
+    assert exit_.value.code == 2
+    assert "RANK 5 and LOCAL_RANK 5 must lie from 0 to 1 (WORLD_SIZE 2)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
