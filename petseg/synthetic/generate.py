@@ -125,7 +125,7 @@ def generate(
     extra: dict[str, str] = {}
     if layout == "nnunet":
         extra = finish_nnunet(out_dir, [row["case_id"] for row in rows], seed)
-    written = {row[key] for row in rows for key in ("ct", "pet", "label")} | set(extra.values())
+    written = {row[key] for row in rows for key in FILE_KEYS if key in row} | set(extra.values())
     _remove_stale(out_dir, previous - written)
     arguments = {
         "cases": int(cases),
@@ -189,6 +189,9 @@ def _row(phantom: Phantom, files: dict[str, str]) -> dict:
     }
 
 
+FILE_KEYS = ("ct", "pet", "label", "organs")  # a manifest row's files (organs: runs since organ maps)
+
+
 def _previous_files(out_dir: Path) -> set[str]:
     """Files of an earlier run in `out_dir` (from its manifest); refuse a folder that holds anything else."""
     if not out_dir.exists():
@@ -204,7 +207,7 @@ def _previous_files(out_dir: Path) -> set[str]:
         return set()
     try:
         data = json.loads(manifest.read_text())
-        files = {row[key] for row in data["cases"] for key in ("ct", "pet", "label")}
+        files = {row[key] for row in data["cases"] for key in FILE_KEYS if key in row}
         return files | set(data.get("extra_files", []))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise OutputError(f"{manifest}: cannot read the earlier run's manifest: {error}") from None

@@ -76,7 +76,8 @@ def write_samples(out_dir: Path, size: str = SAMPLE_SIZE) -> list[dict]:
     rows = []
     for spec in SAMPLES:
         spec = spec if size == "full" else {key: v for key, v in spec.items() if key != "z_slices"}
-        phantom = compact(make_case(seed=SAMPLE_SEED, size=size, **spec))
+        # The sample cases are for inference: no organ map (it would only take room under the 15 MB).
+        phantom = replace(compact(make_case(seed=SAMPLE_SEED, size=size, **spec)), organs=None)
         files = write_gc(phantom, out_dir)
         rows.append({"case_id": phantom.case_id, "tracer": phantom.tracer, **spec, "files": files})
     write_json({"seed": SAMPLE_SEED, "size": size, "cases": rows}, Path(out_dir) / "samples.json")

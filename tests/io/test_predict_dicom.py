@@ -162,7 +162,7 @@ def test_an_output_that_cannot_be_written_leaves_nothing(
         (["--input", "i", "--rtstruct"], "--rtstruct: with --dicom only"),
         (["--dicom", "d", "--save-probabilities"], "--save-probabilities: with --input only"),
         (["--input", "i", "--dicom", "d"], "not allowed with argument"),
-        ([], "one of the arguments --input --dicom is required"),
+        ([], "one of the arguments --input --manifest --dicom is required"),
     ],
 )
 def test_options_of_the_other_input_are_refused(argv: list[str], message: str, capsys) -> None:
