@@ -122,11 +122,14 @@ class TrainConfig:
     )  # fmt: skip
     misalign_rotation_deg: float = _default("misalign_rotation_deg", help="largest CT rotation per axis")
     misalign_shift_voxels: int = _default("misalign_shift_voxels", help="largest CT shift (x, y), voxels")
-    # organ supervision: organ label maps <case>.nii.gz (petseg.model.organs values); None: no organ head
+    # Organ supervision: organ label maps <case>.nii.gz (petseg.model.organs values); None: no organ head.
+    # Off in the code; a recipe names a folder relative to the dataset (the autoPET III recipe: organsTr),
+    # which `config_from_args` resolves once the dataset is known.
     organs: Path | None = field(
         default=None,
         metadata={"cli": {"help": "folder of organ label maps <case>.nii.gz (the autoPET III files, or a "
-                                  "phantom dataset's organsTr): adds an organ head"}},
+                                  "phantom dataset's organsTr): adds an organ head; a recipe's folder is "
+                                  "relative to --data; none: no organ head"}},
     )  # fmt: skip
     organ_weight: float = _default("organ_weight", help="weight of the organ head's loss (lesion loss: 1)")
     augment: bool = _default("augment", kind="negated", flag="--no-augment", help="no augmentation")
@@ -287,6 +290,7 @@ def config_from_args(args: argparse.Namespace, loss_options: dict[str, float | b
     if "arch_args" in given:
         given["arch_args"] = json_object(given["arch_args"], "--arch-args")
     settings = {**settings, **given}
+    settings["organs"] = _organs_folder(args.recipe, settings, from_recipe="organs" not in given)
     if "spacing_mm" in settings:
         settings["spacing_mm"] = network_spacing(settings["spacing_mm"])
     if loss_options:
@@ -294,9 +298,29 @@ def config_from_args(args: argparse.Namespace, loss_options: dict[str, float | b
     return TrainConfig(**settings)
 
 
+def _organs_folder(recipe: Path, settings: dict[str, Any], *, from_recipe: bool) -> Path | None:
+    """The organ maps' folder of a run: `--organs` as given (`none`: no organ head), or the recipe's folder
+    inside the dataset, which must then be there, since a recipe that trains an organ head should not
+    quietly train without one."""
+    organs = settings.get("organs")
+    if organs is None or str(organs).lower() == "none":
+        return None
+    if not from_recipe:
+        return Path(organs)
+    folder = Path(organs) if Path(organs).is_absolute() else Path(settings["data"]) / organs
+    if not folder.is_dir():
+        raise TrainingError(
+            f"{folder}: organ maps not found (the recipe {Path(recipe).name} trains an organ head on "
+            f"DATASET/{organs}); give --organs DIR, or --organs none to train without one"
+        )
+    return folder
+
+
 def _shown(spec: Any, value: Any = argparse.SUPPRESS) -> str:
     """A default as `--help` shows it: the field's own (the recipe's), unless another is given."""
-    if value is argparse.SUPPRESS:
+    if value is argparse.SUPPRESS and spec.name in _RECIPE:  # organs: a folder the recipe names
+        value = _RECIPE[spec.name]
+    elif value is argparse.SUPPRESS:
         value = spec.default if spec.default is not MISSING else spec.default_factory()
     if isinstance(value, (tuple, list)):
         return " ".join(f"{v:g}" for v in value)

@@ -14,15 +14,45 @@ from training.config import DEFAULT_RECIPE, TrainConfig, TrainingError, read_rec
 def _parse(argv):
     from training.__main__ import build_parser
 
-    return build_parser().parse_args(["train", "--data", "d", "--fold", "1", "--out", "o", *argv])
+    base = ["train", "--data", "d", "--fold", "1", "--out", "o", "--organs", "none"]  # "d" has no organ maps
+    return build_parser().parse_args([*base, *argv])
 
 
 def test_the_dataclass_defaults_are_the_default_recipe():
     recipe = read_recipe(DEFAULT_RECIPE)
     config = TrainConfig(data="d", fold=0, out="o")
     for name, value in recipe.items():
+        if name == "organs":  # a folder inside the dataset: resolved with --data (the test below)
+            continue
         expected = tuple(value) if isinstance(value, list) else value
         assert getattr(config, name) == expected, name
+
+
+def test_the_recipes_organ_maps_are_a_folder_of_the_dataset_and_must_be_there(tmp_path, capsys):
+    """The autoPET III recipe trains an organ head on DATASET/organsTr: found there, given elsewhere,
+    switched off with `--organs none`, and refused in one line (nothing trained) when it is missing."""
+    from training.__main__ import build_parser, main
+    from training.config import config_from_args
+
+    dataset = tmp_path / "Dataset"
+    dataset.mkdir()
+    parse = build_parser().parse_args
+    base = ["train", "--data", str(dataset), "--fold", "0", "--out", str(tmp_path / "run")]
+    assert main(base) == TrainingError.exit_code
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert f"{dataset / 'organsTr'}: organ maps not found" in error
+    assert "--organs none" in error
+    assert not (tmp_path / "run").exists()
+
+    assert config_from_args(parse([*base, "--organs", "none"]), {}).organs is None
+    assert config_from_args(parse([*base, "--organs", "NONE"]), {}).organ_classes == 0
+    elsewhere = tmp_path / "autopet3-organs"
+    assert config_from_args(parse([*base, "--organs", str(elsewhere)]), {}).organs == elsewhere
+    (dataset / "organsTr").mkdir()
+    config = config_from_args(parse(base), {})
+    assert config.organs == dataset / "organsTr"
+    assert config.organ_classes > 0
 
 
 def test_every_option_of_train_is_a_field_and_its_help_shows_the_recipe_default(capsys):
@@ -103,6 +133,8 @@ def test_the_recipe_card_is_what_an_export_of_the_recipe_describes(tmp_path, cap
     assert [f.weights for f in card.folds] == ["fold0.safetensors", "fold1.safetensors", "fold2.safetensors"]
     assert not card.trained
     assert card.training["loss"] == recipe["loss"]
+    assert recipe["organs"] and recipe["misalign_probability"] > 0  # the winner's ingredients, recommended
+    assert card.architecture.organ_classes == 11  # the autoPET III organ classes, background included
     # A second card into the same folder is refused, and the first is left as it was.
     before = (tmp_path / "m" / CARD_NAME).read_bytes()
     assert main(["card", "--out", str(tmp_path / "m")]) != 0
