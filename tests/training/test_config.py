@@ -133,7 +133,8 @@ def test_the_recipe_card_is_what_an_export_of_the_recipe_describes(tmp_path, cap
     assert [f.weights for f in card.folds] == ["fold0.safetensors", "fold1.safetensors", "fold2.safetensors"]
     assert not card.trained
     assert card.training["loss"] == recipe["loss"]
-    assert recipe["organs"] and recipe["misalign_probability"] > 0  # the winner's ingredients, recommended
+    assert recipe["organs"]  # the winner's ingredients, recommended
+    assert recipe["misalign_probability"] > 0
     assert card.architecture.organ_classes == 11  # the autoPET III organ classes, background included
     # A second card into the same folder is refused, and the first is left as it was.
     before = (tmp_path / "m" / CARD_NAME).read_bytes()

@@ -654,7 +654,8 @@ def test_train_patch_options_reach_the_config(tmp_path, monkeypatch, capsys):
         return SimpleNamespace(best_score=0.5, best_epoch=1)
 
     monkeypatch.setattr(training.trainer, "train", fake_train)
-    base = ["train", "--data", str(tmp_path), "--fold", "0", "--out", str(tmp_path / "run"), "--organs", "none"]
+    base = ["train", "--data", str(tmp_path), "--fold", "0", "--out", str(tmp_path / "run")]
+    base += ["--organs", "none"]
     assert main(base) == 0
     assert (seen[-1].flip_probability, seen[-1].hot_probability) == (0.0, 0.0)
     assert main([*base, "--flip-probability", "0.5", "--hot-probability", "0.25"]) == 0
