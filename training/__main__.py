@@ -146,6 +146,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_phantoms(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from training.evaluation_set import META_FILE, write_evaluation_set
+
+    rows = write_evaluation_set(args.out, args.cases, args.negatives, args.organs, args.seed, args.size)
+    counts = ", ".join(f"{count} {name}" for name, count in Counter(row["centre"] for row in rows).items())
+    print(f"{args.out}: {len(rows)} case folders ({counts}) and {META_FILE}")
+    print(
+        f"next: petseg predict --input {args.out} --model MODEL --output PRED, then\n"
+        f"  petseg evaluate --gt {args.out} --pred PRED --meta {args.out / META_FILE} "
+        "--compare OTHER_PRED ... --output REPORT"
+    )
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     """Fill the preprocessing cache before training, in parallel and across machines.
 
@@ -211,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     from training.demo import DemoRecipe
     from training.export import CHECKPOINTS
     from training.losses import LOSSES
+    from training.phantom_scores import EVALUATION_SEED
 
     parser = command_parser("python -m training", "Train petseg fold ensembles.")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
@@ -368,6 +385,29 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(run=_prepare)
 
     defaults = DemoRecipe()
+    evaluation = commands.add_parser(
+        "evaluation-phantoms",
+        help="write the demo's evaluation phantoms (fresh, held-out organ maps, lesion-free) as case folders",
+    )
+    add_output(evaluation, dest="out", type=Path, required=True, help="new folder for the case folders")
+    evaluation.add_argument(
+        "--cases", type=int, default=defaults.evaluation_cases, help="fresh phantoms with lesions"
+    )
+    evaluation.add_argument(
+        "--negatives", type=int, default=defaults.evaluation_negatives, help="fresh lesion-free phantoms"
+    )
+    evaluation.add_argument(
+        "--organs",
+        type=Path,
+        default=None,
+        help="folder of organ label maps: one phantom around each map of its held-out side",
+    )
+    evaluation.add_argument(
+        "--seed", type=int, default=EVALUATION_SEED, help="the phantoms' seed (not a training seed)"
+    )
+    evaluation.add_argument("--size", choices=SIZES, default=defaults.size, help="phantom size")
+    evaluation.set_defaults(run=_evaluation_phantoms)
+
     demo = commands.add_parser(
         "demo",
         help="phantoms -> five resunet-tiny folds per tracer (on the CPU by default) -> model folder",
