@@ -128,6 +128,7 @@ def _demo(args: argparse.Namespace) -> int:
         "hot_probability",
         "lesion_sampling",
         "misalign_probability",
+        "organ_weight",
         "batch_dice",
         "val_every",
         "device",
@@ -471,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
         "val_every",
     )
     add_field_options(demo, {name: getattr(defaults, name) for name in fields_of_train}, choices)
+    demo.add_argument(
+        "--organ-weight",
+        type=float,
+        default=defaults.organ_weight,
+        help="train an organ head on the phantoms' own organ maps, its loss weighted so against the lesion "
+        "loss (0: no organ head)",
+    )
     demo.add_argument(
         "--batch-dice",
         action=argparse.BooleanOptionalAction,

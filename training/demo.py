@@ -75,6 +75,8 @@ class DemoRecipe:
     misalign_probability: float = _from_recipe("misalign_probability")  # the CT moved against the PET
     misalign_rotation_deg: float = _from_recipe("misalign_rotation_deg")
     misalign_shift_voxels: int = _from_recipe("misalign_shift_voxels")
+    # An organ head trained on the phantoms' own organ maps (organsTr), its loss weighted so; 0: none.
+    organ_weight: float = _from_recipe("organ_weight")
     batch_dice: bool = _from_recipe("batch_dice")  # the dfl loss's Dice pooled over the batch
     checkpoint: str = _from_recipe("checkpoint")
     folds: int = _from_recipe("folds")
@@ -112,6 +114,8 @@ def run_training_demo(
     if recipe.parallel < 1:
         raise TrainingError(f"parallel must be 1 or more, got {recipe.parallel}")
     spacing = network_spacing(recipe.spacing_mm)  # refused before any phantom is generated
+    if not recipe.organ_weight >= 0:
+        raise TrainingError(f"the organ head's weight must be 0 (none) or more, got {recipe.organ_weight}")
     started = time.perf_counter()
     data = Path(work_dir) / "phantoms"
     if (data / "dataset.json").exists():
@@ -130,7 +134,8 @@ def run_training_demo(
         log.info("generating %d %s phantom cases in %s", recipe.cases, recipe.size, data)
         generate(partial, **_generator_arguments(recipe), progress=progress)
         partial.rename(data)
-    _prepare_shared_state(data, spacing)
+    organs = _organ_maps(data) if recipe.organ_weight > 0 else None
+    _prepare_shared_state(data, spacing, organs)
     runs = [
         (tracer, fold, Path(work_dir) / (f"{tracer}-fold{fold}" if tracer else f"fold{fold}"))
         for tracer in (recipe.tracers or (None,))
@@ -159,6 +164,8 @@ def run_training_demo(
             misalign_probability=recipe.misalign_probability,
             misalign_rotation_deg=recipe.misalign_rotation_deg,
             misalign_shift_voxels=recipe.misalign_shift_voxels,
+            organs=organs,
+            **({"organ_weight": recipe.organ_weight} if organs is not None else {}),
             val_every=recipe.val_every,
             window=recipe.window,
             overlap=recipe.overlap,
@@ -281,14 +288,29 @@ def _check_phantoms(data: Path, recipe: DemoRecipe) -> None:
         )
 
 
-def _prepare_shared_state(data: Path, spacing_mm: tuple[float, float, float]) -> None:
+def _organ_maps(data: Path) -> Path:
+    """The phantoms' own organ maps, which every phantom set written since organ maps existed has."""
+    from petseg.io.nnunet_layout import ORGANS_FOLDER
+
+    folder = data / ORGANS_FOLDER
+    if not folder.is_dir():
+        raise TrainingError(
+            f"{folder}: not found; these phantoms predate organ maps, so the organ head has nothing to "
+            "learn from: use another --work folder (or --organ-weight 0)"
+        )
+    return folder
+
+
+def _prepare_shared_state(
+    data: Path, spacing_mm: tuple[float, float, float], organs: Path | None = None
+) -> None:
     """Write the folds file and fill the preprocessing cache once, before any fold starts.
 
     Folds trained side by side would otherwise each preprocess every case and race to write the splits.
     """
     from training.data import CACHE_FOLDER, PreprocessedCache, discover_dataset, load_folds
 
-    records = discover_dataset(data)
+    records = discover_dataset(data, organs)
     load_folds(data, [r.case_id for r in records])
     settings = PreprocessSettings(spacing_mm=spacing_mm)
     PreprocessedCache(data / CACHE_FOLDER, settings).prepare(records, progress=False)

@@ -391,6 +391,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
         hot_probability=0.5,
         lesion_sampling="lesion",
         misalign_probability=0.5,
+        organ_weight=0.5,  # an organ head on the phantoms' own organ maps
         flip_probability=0.5,
         batch_dice=True,
         checkpoint="last",
@@ -413,6 +414,9 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     assert again.provenance["sampling"]["flip_probability"] == 0.5
     assert again.provenance["sampling"]["lesion_sampling"] == "lesion"
     assert again.provenance["sampling"]["misalign_probability"] == 0.5
+    assert again.architecture.organ_classes == 11
+    run = json.loads((tmp_path / "work" / "fold1" / "run.json").read_text())["config"]
+    assert (run["organs"], run["organ_weight"]) == (str(tmp_path / "work" / "phantoms" / "organsTr"), 0.5)
     assert again.provenance["loss_options"] == {"batch": True}
     assert again.provenance["checkpoint"] == "last"
     assert again.provenance["checkpoint_epochs"] == {"fold0": 1, "fold1": 1}
@@ -479,12 +483,18 @@ def test_training_demo_command_line_reaches_the_recipe(tmp_path, monkeypatch, ca
     assert main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m")]) == 0
     assert seen[-1] == DemoRecipe()
     flags = ["--flip-probability", "0.5", "--hot-probability", "0.3", "--batch-dice", "--epochs", "7"]
+    flags += ["--organ-weight", "0.25"]
     assert (
         main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m"), *flags, "--spacing-mm", "2"])
         == 0
     )
     assert seen[-1] == DemoRecipe(
-        flip_probability=0.5, hot_probability=0.3, batch_dice=True, epochs=7, spacing_mm=(2.0, 2.0, 2.0)
+        flip_probability=0.5,
+        hot_probability=0.3,
+        batch_dice=True,
+        epochs=7,
+        spacing_mm=(2.0, 2.0, 2.0),
+        organ_weight=0.25,
     )
     assert main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m"), "--no-split-by-tracer"]) == 0
     assert seen[-1] == DemoRecipe(tracers=())
@@ -532,6 +542,24 @@ def test_training_demo_refuses_phantoms_made_by_another_recipe(tmp_path):
     (data / "phantoms.json").write_text("{")
     with pytest.raises(TrainingError, match="cannot read the manifest"):
         _check_phantoms(data, DemoRecipe(size="tiny", cases=2, fdg_share=0.6))
+
+
+def test_training_demo_refuses_an_organ_head_without_organ_maps(tmp_path):
+    import shutil
+
+    from petseg.synthetic import generate
+    from training.demo import DemoRecipe, run_training_demo
+
+    with pytest.raises(TrainingError, match=r"the organ head's weight must be 0 \(none\) or more, got -1"):
+        run_training_demo(tmp_path / "work", tmp_path / "model", DemoRecipe(organ_weight=-1.0))
+    assert not (tmp_path / "work").exists()
+    data = tmp_path / "work" / "phantoms"
+    generate(data, cases=2, seed=100, tracer="mixed", size="tiny", layout="nnunet", progress=False)
+    shutil.rmtree(data / "organsTr")  # phantoms written before organ maps existed
+    recipe = DemoRecipe(size="tiny", cases=2, fdg_share=0.6, organ_weight=1.0)
+    with pytest.raises(TrainingError, match=r"organsTr: not found; these phantoms predate organ maps"):
+        run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["phantoms"]  # nothing trained
 
 
 def test_git_commit_says_when_the_tree_differs_from_the_commit(tmp_path):
