@@ -36,5 +36,12 @@ if [[ -z "${PETSEG_PARTS:-}" ]]; then
     fi
 fi
 
+# One thread per allocated core: left alone, the math libraries start one per core of the node, and tasks
+# sharing a node then contend for them (docs/cohorts.md measured two processes 3.8x slower so on 2 cores).
+if [[ -n "${SLURM_CPUS_PER_TASK:-}" ]]; then
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"
+    export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"
+fi
+
 exec "${PETSEG_PYTHON:-python3}" -m petseg predict \
     --parts "$parts" --part "$SLURM_ARRAY_TASK_ID" --quiet "$@"
