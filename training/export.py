@@ -198,7 +198,7 @@ def export(
         "data": "synthetic phantoms (petseg phantoms)" if synthetic else str(config.data),
     }
     if phantoms is not None:
-        provenance["phantoms"] = phantoms  # so an evaluation can prove it uses cases not trained on
+        provenance["phantoms"] = card_phantoms(phantoms)  # so an evaluation can prove it uses new cases
     card = ModelCard(
         name=name or f"petseg-{config.arch}-{config.loss}",
         architecture=architecture,
@@ -246,6 +246,13 @@ def export(
         return fit_components(out_dir, config.data, component_filter, progress=False)
     except TrainingError as error:
         raise TrainingError(f"{error} ({out_dir} was written without a component filter)") from None
+
+
+def card_phantoms(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The phantoms' generator arguments as a card records them: the organ maps by their folder's name, since
+    the card travels and where the maps lay on the training machine means nothing elsewhere."""
+    organs_dir = arguments.get("organs_dir")
+    return {**arguments, **({"organs_dir": Path(organs_dir).name} if organs_dir else {})}
 
 
 def card_settings(

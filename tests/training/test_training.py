@@ -771,3 +771,11 @@ def test_augmentation_on_the_training_device_trains_and_resumes_exactly(
     train(config(dataset, tmp_path / "loader", augment_on="loader"))
     loader_weights = load_checkpoint(tmp_path / "loader")["model"]
     assert any(not torch.equal(value, loader_weights[key]) for key, value in in_loader["model"].items())
+
+
+def test_the_card_names_the_phantoms_organ_maps_by_their_folder_only():
+    from training.export import card_phantoms
+
+    arguments = {"cases": 80, "seed": 100, "organs_dir": "/data/maps/autopet3-organs", "organ_maps": "train"}
+    assert card_phantoms(arguments) == {**arguments, "organs_dir": "autopet3-organs"}
+    assert card_phantoms({"cases": 8, "organs_dir": None}) == {"cases": 8, "organs_dir": None}
