@@ -152,7 +152,9 @@ def _evaluation_phantoms(args: argparse.Namespace) -> int:
 
     from training.evaluation_set import META_FILE, write_evaluation_set
 
-    rows = write_evaluation_set(args.out, args.cases, args.negatives, args.organs, args.seed, args.size)
+    rows = write_evaluation_set(
+        args.out, args.cases, args.negatives, args.organs, args.seed, args.size, args.ct_shift_mm
+    )
     counts = ", ".join(f"{count} {name}" for name, count in Counter(row["centre"] for row in rows).items())
     print(f"{args.out}: {len(rows)} case folders ({counts}) and {META_FILE}")
     print(
@@ -407,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=EVALUATION_SEED, help="the phantoms' seed (not a training seed)"
     )
     evaluation.add_argument("--size", choices=SIZES, default=defaults.size, help="phantom size")
+    evaluation.add_argument(
+        "--ct-shift-mm",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="move each CT against its PET by a rigid shift drawn per case, x, y and z each within +-MM, as "
+        "breathing and motion do between the scans (default 0: registered perfectly)",
+    )
     evaluation.set_defaults(run=_evaluation_phantoms)
 
     demo = commands.add_parser(

@@ -6,16 +6,24 @@ ranking and the paired Wilcoxon tests. This writes the three sets (fresh analyti
 phantoms around the held-out organ maps, lesion-free phantoms) as Grand-Challenge case folders, the layout
 `process.py` reads with the CT on its own grid, and `meta.csv` naming each case's tracer and set (the
 `centre` column `petseg evaluate --meta` groups by).
+
+A phantom's PET and CT are registered perfectly, as no patient's are: breathing and moving between the CT
+and the PET bed positions shift one against the other by millimetres. `ct_shift_mm` moves each CT by a rigid
+shift drawn per case, so that a model's robustness to it (and what misalignment augmentation buys) can be
+measured on the same cases as everything else.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from petseg.io import write_text
 from training.phantom_scores import EVALUATION_SEED, fresh_phantoms, held_out_phantoms
@@ -25,6 +33,7 @@ log = logging.getLogger("petseg.training")
 
 META_FILE = "meta.csv"
 SETS = ("fresh", "held-out", "lesion-free")
+CT_SHIFT = 101  # purpose of the per-case generator that draws the CT shift (the phantoms' own are below 10)
 
 
 def evaluation_phantoms(
@@ -40,6 +49,24 @@ def evaluation_phantoms(
         yield SETS[2], phantom
 
 
+def shifted_ct(phantom: object, shift_xyz_mm: tuple[float, float, float]) -> object:
+    """The phantom with its CT moved by `shift_xyz_mm` (physical x, y, z) against the PET and the labels:
+    the CT keeps its voxels and takes a new origin, so nothing is interpolated here and the pipeline's own
+    resampling onto the PET grid realises the shift."""
+    import SimpleITK as sitk
+
+    ct = sitk.Image(phantom.ct)
+    ct.SetOrigin(tuple(float(o + d) for o, d in zip(ct.GetOrigin(), shift_xyz_mm, strict=True)))
+    return dataclasses.replace(phantom, ct=ct)
+
+
+def draw_ct_shift(seed: int, number: int, largest_mm: float) -> tuple[float, float, float]:
+    """Each of x, y and z uniform in [-largest_mm, largest_mm], from the case's own generator."""
+    rng = np.random.default_rng([seed, number, CT_SHIFT])
+    x, y, z = (round(float(v), 2) for v in rng.uniform(-largest_mm, largest_mm, size=3))
+    return x, y, z
+
+
 def write_evaluation_set(
     out_dir: Path,
     cases: int,
@@ -47,8 +74,10 @@ def write_evaluation_set(
     organs_dir: Path | None = None,
     seed: int = EVALUATION_SEED,
     size: str = "full",
+    ct_shift_mm: float = 0.0,
 ) -> list[dict[str, str]]:
-    """Write the sets to `out_dir` (which must not exist) and return meta.csv's rows.
+    """Write the sets to `out_dir` (which must not exist) and return meta.csv's rows; with `ct_shift_mm`,
+    each CT moved by a shift drawn per case (meta.csv's `ct_shift_mm` column: x y z).
 
     The cases are written under `<out_dir>.partial` and the folder renamed when the last is there, so an
     interrupted run leaves no set that looks complete.
@@ -60,6 +89,8 @@ def write_evaluation_set(
         raise TrainingError(f"{out_dir}: already exists; choose a new --output")
     if cases < 0 or negatives < 0:
         raise TrainingError(f"--cases and --negatives must be at least 0, got {cases} and {negatives}")
+    if not 0 <= ct_shift_mm <= 50:
+        raise TrainingError(f"--ct-shift-mm must be in [0, 50] mm, got {ct_shift_mm}")
     if organs_dir is not None and not Path(organs_dir).is_dir():
         raise TrainingError(f"{organs_dir}: organ maps folder not found")
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -69,8 +100,12 @@ def write_evaluation_set(
     for number, (name, phantom) in enumerate(evaluation_phantoms(cases, negatives, organs_dir, seed, size)):
         if any(row["case"] == phantom.case_id for row in rows):
             raise TrainingError(f"two evaluation phantoms share the case id {phantom.case_id}")
-        write_gc(phantom, partial)
         row = {"case": phantom.case_id, "tracer": phantom.tracer, "centre": name, "source": phantom.source}
+        if ct_shift_mm > 0:
+            shift = draw_ct_shift(seed, number, ct_shift_mm)
+            phantom = shifted_ct(phantom, shift)
+            row["ct_shift_mm"] = " ".join(f"{v:g}" for v in shift)
+        write_gc(phantom, partial)
         rows.append(row)
         log.info("%d %s: %s (%s, %s)", number + 1, name, phantom.case_id, phantom.tracer, phantom.source)
     write_text(_csv(rows), partial / META_FILE)
@@ -80,7 +115,10 @@ def write_evaluation_set(
 
 def _csv(rows: list[dict[str, str]]) -> str:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["case", "tracer", "centre", "source"], lineterminator="\n")
+    if not rows:
+        return "case,tracer,centre,source\n"
+    columns = ["case", "tracer", "centre", "source"] + (["ct_shift_mm"] if "ct_shift_mm" in rows[0] else [])
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue()

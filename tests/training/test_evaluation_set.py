@@ -49,3 +49,29 @@ def test_an_existing_folder_is_refused_and_left_alone(tmp_path):
             tmp_path / "other", cases=1, negatives=0, organs_dir=tmp_path / "none", size="tiny"
         )
     assert not (tmp_path / "other").exists()
+
+
+def test_a_ct_shift_moves_the_ct_alone_by_the_drawn_vector(tmp_path):
+    """The CT takes a new origin (its voxels unchanged); the PET and the label stay where they were."""
+    import csv
+
+    from petseg.io import find_case
+
+    write_evaluation_set(tmp_path / "plain", cases=2, negatives=0, seed=5, size="tiny")
+    rows = write_evaluation_set(tmp_path / "moved", cases=2, negatives=0, seed=5, size="tiny", ct_shift_mm=6)
+    assert [row["case"] for row in rows] == [row["case"] for row in csv.DictReader(
+        (tmp_path / "moved" / META_FILE).open())]  # fmt: skip
+    shifts = [tuple(float(v) for v in row["ct_shift_mm"].split()) for row in rows]
+    assert len(set(shifts)) == 2  # drawn per case
+    for row, shift in zip(rows, shifts, strict=True):
+        assert all(abs(v) <= 6 for v in shift)
+        plain = find_case(tmp_path / "plain" / row["case"] / "input")
+        moved = find_case(tmp_path / "moved" / row["case"] / "input")
+        ct, ct_moved = sitk.ReadImage(str(plain.ct)), sitk.ReadImage(str(moved.ct))
+        assert np.allclose(np.subtract(ct_moved.GetOrigin(), ct.GetOrigin()), shift, atol=1e-6)
+        assert np.array_equal(sitk.GetArrayFromImage(ct_moved), sitk.GetArrayFromImage(ct))
+        pet, pet_moved = sitk.ReadImage(str(plain.pet)), sitk.ReadImage(str(moved.pet))
+        assert pet_moved.GetOrigin() == pet.GetOrigin()
+        assert np.array_equal(sitk.GetArrayFromImage(pet_moved), sitk.GetArrayFromImage(pet))
+    with pytest.raises(TrainingError, match=r"--ct-shift-mm must be in \[0, 50\] mm, got -1"):
+        write_evaluation_set(tmp_path / "bad", cases=1, negatives=0, size="tiny", ct_shift_mm=-1)
