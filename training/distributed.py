@@ -7,11 +7,12 @@ the run is a plain single process. NCCL is used on CUDA, gloo on the CPU.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from petseg.io.parts import Launch
 
 log = logging.getLogger("petseg.training")
 
@@ -58,14 +59,13 @@ class Distributed:
 
 
 def init_distributed() -> Distributed:
-    """Join the process group when launched by torchrun; a single process otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    """Join the process group when launched by torchrun; a single process otherwise. The ranks are read as
+    `petseg predict` reads them (`Launch`), so a malformed environment is the same one-line error."""
+    launch = Launch.from_environment()
+    if launch.world_size <= 1:
         return Distributed()
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(launch.local_rank)
     dist.init_process_group(backend=backend)
-    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank)
+    return Distributed(rank=launch.rank, world_size=launch.world_size, local_rank=launch.local_rank)

@@ -133,8 +133,9 @@ def _check_predict_options(parser: argparse.ArgumentParser, args: argparse.Names
 def _predict_cases(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from petseg.app.cohort import Launch, StatusLog, Tally, cases_of, device_of
+    from petseg.app.cohort import StatusLog, Tally, cases_of, device_of
     from petseg.inference.timing import StageTimer
+    from petseg.io.parts import Launch
 
     launch = Launch.from_environment()
     cases = cases_of(args, launch)
@@ -584,7 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_arguments(parser, argv)
     if args.command == "predict":
-        from petseg.app.cohort import Launch, check_launch
+        from petseg.app.cohort import check_launch
+        from petseg.io.parts import Launch
 
         predict = _subparser(parser, "predict")
         _check_predict_options(predict, args)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from petseg.errors import InputError, OutputError
-from petseg.io.parts import check_part, nested_part, take_part
+from petseg.errors import OutputError
+from petseg.io.parts import Launch, check_part, nested_part, take_part
 
 if TYPE_CHECKING:
     import torch
@@ -32,35 +32,6 @@ log = logging.getLogger("petseg")
 
 STATUS_FILE = "status.jsonl"
 OUTCOMES = ("done", "skipped", "failed")
-
-
-@dataclass(frozen=True)
-class Launch:
-    """This process's place among torchrun's processes (rank 0 of 1 when not launched by torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_environment(cls) -> Launch:
-        """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; a single process without them."""
-        if "WORLD_SIZE" not in os.environ:
-            return cls()
-        try:
-            world_size = int(os.environ["WORLD_SIZE"])
-            rank = int(os.environ.get("RANK", "0"))
-            local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-        except ValueError as error:
-            raise InputError(f"torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK): {error}") from None
-        if world_size < 1:
-            raise InputError(f"torchrun's environment: WORLD_SIZE must be at least 1, got {world_size}")
-        if not 0 <= rank < world_size or local_rank < 0:
-            raise InputError(
-                f"torchrun's environment: RANK {rank} and LOCAL_RANK {local_rank} must lie from 0 to "
-                f"{world_size - 1} (WORLD_SIZE {world_size})"
-            )
-        return cls(rank, world_size, local_rank)
 
 
 def check_launch(parser: argparse.ArgumentParser, args: argparse.Namespace, launch: Launch) -> None:

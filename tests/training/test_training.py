@@ -779,3 +779,21 @@ def test_the_card_names_the_phantoms_organ_maps_by_their_folder_only():
     arguments = {"cases": 80, "seed": 100, "organs_dir": "/data/maps/autopet3-organs", "organ_maps": "train"}
     assert card_phantoms(arguments) == {**arguments, "organs_dir": "autopet3-organs"}
     assert card_phantoms({"cases": 8, "organs_dir": None}) == {"cases": 8, "organs_dir": None}
+
+
+def test_training_reads_torchruns_environment_as_predict_does(monkeypatch):
+    from petseg.errors import InputError
+    from training.distributed import Distributed, init_distributed
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert init_distributed() == Distributed()  # not launched by torchrun: one process
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_distributed() == Distributed()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(InputError, match=r"RANK 2 and LOCAL_RANK 2 must lie from 0 to 1"):
+        init_distributed()
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(InputError, match="torchrun's environment"):
+        init_distributed()
