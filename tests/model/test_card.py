@@ -76,14 +76,16 @@ def test_round_trip(tmp_path):
 
 def test_an_organ_head_is_recorded_only_where_there_is_one():
     data = shipped()
-    assert "organ_classes" not in data["architecture"]
-    card = parse_card(data)
-    assert card.architecture.organ_classes == 0
-    assert "organ_classes" not in card.to_json()["architecture"]  # cards without a head read as before
-    data["architecture"]["organ_classes"] = 11
+    assert data["architecture"]["organ_classes"] == 11  # the autoPET III recipe trains one
     headed = parse_card(data)
     assert headed.architecture.organ_classes == 11
     assert parse_card(headed.to_json()).architecture == headed.architecture
+    del data["architecture"]["organ_classes"]
+    card = parse_card(data)
+    assert card.architecture.organ_classes == 0
+    assert "organ_classes" not in card.to_json()["architecture"]  # cards without a head read as before
+    demo = json.loads((REPO / "model" / "model.json").read_text())
+    assert "organ_classes" not in demo["architecture"]  # the shipped demo ensemble has none
 
 
 def test_mirror_axes_null_empty_or_listed():
