@@ -226,7 +226,9 @@ def _read_and_preprocess(
 
 
 class PreprocessedCache:
-    """Preprocessed cases on disk: `cache_dir/<settings hash>/<case>.<source hash>.npz`.
+    """Preprocessed cases on disk: `cache_dir/<settings hash>/<case>.<source hash>.npz`, or
+    `<case>.<source hash>.organs.npz` for an entry with an organ map, so a run with an organ head and one
+    without share the folder and each keeps its own entries.
 
     The image is stored as float16, half the disk and read time of float32, at a relative rounding error of
     at most 1/2048 (0.05%; below 6e-5 an absolute error of at most 3e-8): CT in [0, 1] to within 2.4e-4
@@ -274,7 +276,7 @@ class PreprocessedCache:
                 raise InputError(f"{source}: cannot read: {error.strerror or error}") from None
             identity.append(f"{Path(source).resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
         digest = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
-        return self.directory / f"{safe_name(record.case_id)}.{digest}.npz"
+        return self.directory / f"{safe_name(record.case_id)}.{digest}{_entry_suffix(record)}"
 
     def get(self, record: CaseRecord) -> dict[str, np.ndarray]:
         """{"image": float32 (2, X, Y, Z), "label": uint8 (1, X, Y, Z), `LESION_INDICES`: int64 (N,),
@@ -347,12 +349,18 @@ class PreprocessedCache:
         return {"image": stored.astype(np.float32), "label": label, **entry}
 
     def _remove_stale(self, record: CaseRecord, current: Path) -> None:
-        """Entries of this case made from earlier versions of its files can never be read again."""
+        """Entries of this case made from earlier versions of its files can never be read again; its entries
+        of the other kind (with or without an organ map) are another run's, and stay."""
         safe = safe_name(record.case_id)
-        pattern = re.compile(rf"{re.escape(safe)}\.[0-9a-f]{{16}}\.npz")
+        pattern = re.compile(rf"{re.escape(safe)}\.[0-9a-f]{{16}}{re.escape(_entry_suffix(record))}")
         for entry in self.directory.iterdir():
             if entry != current and pattern.fullmatch(entry.name):
                 entry.unlink(missing_ok=True)
+
+
+def _entry_suffix(record: CaseRecord) -> str:
+    """The end of an entry's file name: entries with an organ map are named apart from those without."""
+    return ".npz" if record.organs is None else ".organs.npz"
 
 
 def safe_name(case_id: str) -> str:

@@ -84,6 +84,21 @@ def test_cached_entries_and_patches_carry_the_organ_map(dataset: Path, tmp_path:
             assert set(torch.unique(p[ORGANS]).tolist()) <= set(range(ORGAN_CLASSES))
 
 
+def test_entries_with_and_without_organs_live_side_by_side(dataset: Path, tmp_path: Path) -> None:
+    """Runs with and without an organ head share a cache: filling one kind of entry keeps the other."""
+    with_organs = discover_dataset(dataset, dataset / ORGANS_FOLDER)[0]
+    plain = discover_dataset(dataset)[0]
+    cache = PreprocessedCache(tmp_path / "cache", PreprocessSettings(spacing_mm=(3.0, 3.0, 3.0)))
+    cache.get(with_organs)
+    cache.get(plain)
+    assert cache.path(with_organs) != cache.path(plain)
+    assert cache.path(with_organs).is_file()
+    assert cache.path(plain).is_file()
+    assert sorted(p.name for p in cache.directory.glob("*.npz")) == sorted(
+        [cache.path(with_organs).name, cache.path(plain).name]
+    )
+
+
 def test_bad_organ_files_are_refused_naming_them_and_nothing_is_cached(dataset: Path, tmp_path: Path) -> None:
     organs = tmp_path / "organs"
     organs.mkdir()
