@@ -51,6 +51,16 @@ def _suv_floor(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected TRACER=SUV (e.g. fdg=1.5), got {text!r}") from None
 
 
+def _optional_probability(text: str) -> float | None:
+    """`--component-filter`'s value: a probability, or none."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability or none, got {text!r}") from None
+
+
 def _export(args: argparse.Namespace) -> int:
     from training.export import export
 
@@ -140,6 +150,8 @@ def _demo(args: argparse.Namespace) -> int:
         spacing_mm=network_spacing(args.spacing_mm),
         tracers=DemoRecipe.tracers if args.split_by_tracer else (),
         organs=args.organs,
+        suv_floor=dict(args.suv_floor) if args.suv_floor is not None else DemoRecipe.suv_floor,
+        component_filter=args.component_filter,
     )
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]
@@ -488,6 +500,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.organ_weight,
         help="train an organ head on the phantoms' own organ maps, its loss weighted so against the lesion "
         "loss (0: no organ head)",
+    )
+    demo.add_argument(
+        "--suv-floor",
+        type=_suv_floor,
+        nargs="+",
+        default=None,
+        metavar="TRACER=SUV",
+        help="the card's SUV floor, per tracer (fdg=1.5 psma=1.0) or for all cases (all=1.0) "
+        f"(recipe default: {defaults.suv_floor})",
+    )
+    demo.add_argument(
+        "--component-filter",
+        type=_optional_probability,
+        default=defaults.component_filter,
+        metavar="P|none",
+        help="fit a component filter that removes predicted lesions below probability P; none: no filter "
+        "(recipe default: %(default)s)",
     )
     demo.add_argument(
         "--batch-dice",

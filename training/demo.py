@@ -116,6 +116,7 @@ def run_training_demo(
     spacing = network_spacing(recipe.spacing_mm)  # refused before any phantom is generated
     if not recipe.organ_weight >= 0:
         raise TrainingError(f"the organ head's weight must be 0 (none) or more, got {recipe.organ_weight}")
+    _check_postprocessing(recipe)  # refused before the hours of training, not at the export after them
     started = time.perf_counter()
     data = Path(work_dir) / "phantoms"
     if (data / "dataset.json").exists():
@@ -228,6 +229,20 @@ def run_training_demo(
         Path(work_dir) / SCORES_FILE,
     )
     return card
+
+
+def _check_postprocessing(recipe: DemoRecipe) -> None:
+    """The card settings the export and the filter fit will write, checked as the card reader checks them."""
+    from petseg.errors import ModelError
+    from petseg.model.card import parse_ensemble
+    from training.components import check_minimum
+
+    if recipe.component_filter is not None:
+        check_minimum(recipe.component_filter)
+    try:
+        parse_ensemble({"threshold": recipe.threshold, "suv_floor": recipe.suv_floor}, "demo")
+    except ModelError as error:
+        raise TrainingError(str(error)) from None
 
 
 def _fit_component_filter(

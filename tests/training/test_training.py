@@ -483,7 +483,7 @@ def test_training_demo_command_line_reaches_the_recipe(tmp_path, monkeypatch, ca
     assert main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m")]) == 0
     assert seen[-1] == DemoRecipe()
     flags = ["--flip-probability", "0.5", "--hot-probability", "0.3", "--batch-dice", "--epochs", "7"]
-    flags += ["--organ-weight", "0.25"]
+    flags += ["--organ-weight", "0.25", "--suv-floor", "fdg=1.5", "psma=1.0", "--component-filter", "none"]
     assert (
         main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m"), *flags, "--spacing-mm", "2"])
         == 0
@@ -495,7 +495,14 @@ def test_training_demo_command_line_reaches_the_recipe(tmp_path, monkeypatch, ca
         epochs=7,
         spacing_mm=(2.0, 2.0, 2.0),
         organ_weight=0.25,
+        suv_floor={"fdg": 1.5, "psma": 1.0},
+        component_filter=None,
     )
+    assert (
+        main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m"), "--component-filter", "0.3"])
+        == 0
+    )
+    assert seen[-1] == DemoRecipe(component_filter=0.3)
     assert main(["demo", "--work", str(tmp_path), "--out", str(tmp_path / "m"), "--no-split-by-tracer"]) == 0
     assert seen[-1] == DemoRecipe(tracers=())
     assert "1 fold(s)" in capsys.readouterr().out
@@ -504,7 +511,7 @@ def test_training_demo_command_line_reaches_the_recipe(tmp_path, monkeypatch, ca
         main(["demo", "--work", str(tmp_path)])
     assert raised.value.code == 2
     assert "--out" in capsys.readouterr().err
-    assert len(seen) == 3
+    assert len(seen) == 4
 
 
 def test_training_demo_refuses_a_bad_grid_before_generating_anything(tmp_path):
@@ -552,6 +559,11 @@ def test_training_demo_refuses_an_organ_head_without_organ_maps(tmp_path):
 
     with pytest.raises(TrainingError, match=r"the organ head's weight must be 0 \(none\) or more, got -1"):
         run_training_demo(tmp_path / "work", tmp_path / "model", DemoRecipe(organ_weight=-1.0))
+    # The card's settings are refused before the hours of training, not at the export after them.
+    with pytest.raises(TrainingError, match=r"suv_floor must be null or an object keyed by fdg, psma, all"):
+        run_training_demo(tmp_path / "work", tmp_path / "model", DemoRecipe(suv_floor={"pet": 1.5}))
+    with pytest.raises(TrainingError, match=r"minimum probability must be in \[0, 1\), got 1.5"):
+        run_training_demo(tmp_path / "work", tmp_path / "model", DemoRecipe(component_filter=1.5))
     assert not (tmp_path / "work").exists()
     data = tmp_path / "work" / "phantoms"
     generate(data, cases=2, seed=100, tracer="mixed", size="tiny", layout="nnunet", progress=False)
