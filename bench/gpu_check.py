@@ -113,6 +113,13 @@ def _gpu() -> dict[str, Any]:
     return {"gpu": properties.name, "gpu_memory_gb": round(properties.total_memory / 1e9, 1)}
 
 
+def _text(stream: str | bytes | None) -> str:
+    """A captured stream as text, whichever form it came in."""
+    if stream is None:
+        return ""
+    return stream.decode(errors="replace") if isinstance(stream, bytes) else stream
+
+
 def _epoch_seconds(log_text: str) -> list[float]:
     """The seconds of each epoch, from the trainer's epoch lines ("epoch 2/100 ... 12.3 s")."""
     return [float(m) for m in re.findall(r"epoch \d+/\d+ .*?([\d.]+) s$", log_text, re.MULTILINE)]
@@ -140,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
             status, log_text = result.returncode, result.stdout + result.stderr
         except subprocess.TimeoutExpired as expired:
             status = "timeout"
-            log_text = (expired.stdout or "") + (expired.stderr or "")
-            log_text = log_text.decode() if isinstance(log_text, bytes) else log_text
+            # TimeoutExpired holds bytes even when the run asked for text.
+            log_text = "".join(_text(stream) for stream in (expired.stdout, expired.stderr))
         seconds = time.perf_counter() - started
         (out / f"{name}.log").write_text(log_text)
         entry: dict[str, Any] = {"status": status, "seconds": round(seconds, 1)}

@@ -1018,7 +1018,8 @@ def augmentation_steps(
 
 
 # Where a patch is augmented: in the loader's workers, or on the training device after the batch has moved
-# there ("auto": on the device when that is a GPU, whose loader cores would otherwise be the bottleneck).
+# there. "auto" is the loader on every device: on an H200 at 128^3 the batch augmented on the GPU held the
+# step to 7 patches/s, while 12 loader workers delivered 18 (bench/README.md, the GPU check).
 AUGMENTATION_PLACES = ("auto", "loader", "device")
 
 
@@ -1027,7 +1028,7 @@ def augmentation_on(place: str, device: torch.device) -> str:
     if place not in AUGMENTATION_PLACES:
         raise ValueError(f"augment_on must be one of {', '.join(AUGMENTATION_PLACES)}, got {place!r}")
     if place == "auto":
-        return "device" if device.type != "cpu" else "loader"
+        return "loader"
     return place
 
 

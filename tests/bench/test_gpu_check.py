@@ -36,3 +36,23 @@ def test_the_gpu_check_runs_at_smoke_sizes_on_the_cpu(tmp_path):
     table = (tmp_path / "gpu-check.md").read_text()
     assert "| loader-32 | 0 |" in table
     assert table == markdown(report)
+
+
+def test_a_step_past_its_time_limit_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    import argparse
+    import sys
+
+    import bench.gpu_check as gpu_check
+
+    slow = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    fast = [sys.executable, "-c", "print('done')"]
+    monkeypatch.setattr(
+        gpu_check, "_steps", lambda out, smoke, device: [("slow", slow, None), ("fast", fast, None)]
+    )
+    args = argparse.Namespace(out=tmp_path, smoke=True, device="cpu", step_timeout=2.0)
+    assert gpu_check.run(args) == 1
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert report["steps"]["slow"]["status"] == "timeout"
+    assert "started" in report["steps"]["slow"]["tail"]
+    assert report["steps"]["fast"]["status"] == 0
+    assert (tmp_path / "fast.log").read_text() == "done\n"

@@ -705,7 +705,7 @@ def test_batch_augmentation_on_the_device_is_the_loaders_augmentation() -> None:
         assert torch.equal(expected["label"], augmented_labels[index])
     assert not torch.equal(augmented, images)  # some patch was augmented
     assert augmentation_on("auto", torch.device("cpu")) == "loader"
-    assert augmentation_on("auto", torch.device("cuda")) == "device"
+    assert augmentation_on("auto", torch.device("cuda")) == "loader"  # the faster place, as measured
     assert augmentation_on("device", torch.device("cpu")) == "device"
     with pytest.raises(ValueError, match="augment_on must be one of"):
         augmentation_on("gpu", torch.device("cpu"))
