@@ -136,7 +136,7 @@ class TrainConfig:
     # where the patches are augmented (training.data.augmentation_on)
     augment_on: str = _default(
         "augment_on", choices="augmentation_places", help="augment the patches in the loader's workers or "
-        "on the training device after the batch has moved there; auto: on the device when it is a GPU",
+        "on the training device after the batch has moved there; auto: the loader (faster on a GPU too)",
     )  # fmt: skip
     # set by the loss's own options (--batch-dice, --l1dfl-eps, ...), not one option of its own
     loss_options: dict[str, float | bool] = _default("loss_options", kind="loss_options")  # noqa: RUF009
