@@ -20,7 +20,7 @@ from typing import Any
 
 from petseg.io import write_json
 from petseg.model.card import ModelCard, PreprocessSettings
-from petseg.synthetic.generate import FDG_SHARE
+from petseg.synthetic.generate import FDG_SHARE, usable_cores
 from training.config import RECIPES
 from training.export import export
 from training.phantom_scores import EVALUATION_SEED, score_demo_model
@@ -133,7 +133,7 @@ def run_training_demo(
         if partial.exists():
             shutil.rmtree(partial)
         log.info("generating %d %s phantom cases in %s", recipe.cases, recipe.size, data)
-        generate(partial, **_generator_arguments(recipe), progress=progress)
+        generate(partial, **_generator_arguments(recipe), progress=progress, workers=usable_cores())
         partial.rename(data)
     organs = _organ_maps(data) if recipe.organ_weight > 0 else None
     _prepare_shared_state(data, spacing, organs)

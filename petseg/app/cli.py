@@ -57,6 +57,7 @@ def _phantoms(args: argparse.Namespace) -> int:
             negatives=args.negatives,
             autopet_ids=args.autopet_ids,
             organ_maps=args.organ_maps,
+            workers=args.workers,
         )
     except ValueError as error:
         raise PetsegError(str(error)) from None
@@ -350,7 +351,7 @@ def _non_negative_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from petseg.synthetic import LAYOUTS, SIZES, TRACERS
-    from petseg.synthetic.generate import FDG_SHARE
+    from petseg.synthetic.generate import FDG_SHARE, usable_cores
     from petseg.synthetic.organs import MAP_SETS
 
     parser = command_parser("petseg", "Whole-body PET/CT lesion segmentation.")
@@ -425,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="case ids with autoPET's free-text study descriptions, spaces included (default: plain ids "
         "fdg_<hex>_<date>)",
+    )
+    phantoms.add_argument(
+        "--workers",
+        type=int,
+        default=usable_cores(),
+        help="processes building cases side by side, about 1.5 GB of memory each at full size (default: "
+        f"the {usable_cores()} cores this process may use); the cases are the same for any number",
     )
     phantoms.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     phantoms.set_defaults(run=_phantoms)

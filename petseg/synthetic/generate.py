@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "phantoms.json"
 FDG_SHARE = 0.6
 SECOND_STUDY_PROBABILITY = 0.2
+STAGING = ".staging"  # scratch folder of the worker processes inside the output folder
 PLAN = 7  # purpose of the per-case generator that plans tracer and patient
 
 
@@ -69,6 +76,7 @@ def generate(
     negatives: bool = True,
     autopet_ids: bool = False,
     organ_maps: str = "all",
+    workers: int = 1,
 ) -> list[dict]:
     """Write `cases` phantoms to `out_dir` and return their manifest rows (also in `out_dir/phantoms.json`).
 
@@ -82,6 +90,9 @@ def generate(
     of the fixed train/held-out split), one case per map, and any further cases are analytic, so `cases`
     is always the number of cases written.
 
+    `workers` processes build the cases side by side (each writes to a scratch folder inside `out_dir`,
+    moved into place in case order), so the files and the manifest are those of one process.
+
     Invalid arguments raise ValueError; an unusable organ-map folder raises InputError and an output folder
     that holds something other than an earlier phantom run raises OutputError.
     """
@@ -94,6 +105,8 @@ def generate(
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if isinstance(fdg_share, bool) or not isinstance(fdg_share, (int, float)) or not 0.0 <= fdg_share <= 1.0:
         raise ValueError(f"fdg_share must be a number from 0 to 1, got {fdg_share!r}")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if organ_maps not in MAP_SETS:
         raise ValueError(f"organ_maps must be one of {', '.join(MAP_SETS)}, got {organ_maps!r}")
     out_dir = Path(out_dir)
@@ -103,24 +116,23 @@ def generate(
     previous = _previous_files(out_dir)
     plan = plan_cases(seed, cases, tracer, fdg_share)
 
+    job = _Job(seed, tracer, size, layout, tuple(maps), tuple(plan), negatives, autopet_ids)
     rows: list[dict] = []
     taken: set[str] = set()
-    for index in tqdm(range(cases), desc="phantoms", unit="case", disable=not progress):
-        lesion_free = None if negatives else False
-        if index < len(maps):
-            phantom = simulate(organ_scene(maps[index], seed, index, tracer, size, lesion_free))
-        else:
-            case_tracer, patient = plan[index]
-            phantom = make_case(
-                seed, index, tracer=case_tracer, size=size, patient_id=patient, lesion_free=lesion_free
-            )
-        if not autopet_ids:
-            phantom.case_id = phantom.info["case_id"] = ids.plain_id(phantom.case_id)
-        if index >= len(maps):
-            _make_unique(phantom, taken, seed, index, autopet_ids)
-        taken.add(phantom.case_id)
-        files = write_gc(phantom, out_dir) if layout == "gc" else write_nnunet(phantom, out_dir)
-        rows.append(_row(phantom, files))
+    with _staged_builds(job, out_dir, cases, workers) as built:
+        for index, staged in tqdm(built, total=cases, desc="phantoms", unit="case", disable=not progress):
+            if staged is not None and staged[0]["case_id"] not in taken:
+                row, stage = staged
+                _move_files(row, stage, out_dir)
+            else:
+                # Built here, not in a worker: the case the one-process run writes (a second study whose
+                # drawn date an earlier study of its patient already has gets another date).
+                phantom = job.build(index)
+                if index >= len(maps):
+                    _make_unique(phantom, taken, seed, index, autopet_ids)
+                row = _row(phantom, job.write(phantom, out_dir))
+            taken.add(row["case_id"])
+            rows.append(row)
 
     extra: dict[str, str] = {}
     if layout == "nnunet":
@@ -148,6 +160,101 @@ def generate(
     write_json(manifest, out_dir / MANIFEST)
     log.info("wrote %d phantom cases (%s layout) to %s", len(rows), layout, out_dir)
     return rows
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a case needs besides its index: what a worker process is given."""
+
+    seed: int
+    tracer: str
+    size: str
+    layout: str
+    maps: tuple[Path, ...]
+    plan: tuple[tuple[str, str | None], ...]
+    negatives: bool
+    autopet_ids: bool
+
+    def build(self, index: int) -> Phantom:
+        """Case `index` with its drawn id (plain unless `autopet_ids`); not yet made unique."""
+        lesion_free = None if self.negatives else False
+        if index < len(self.maps):
+            scene = organ_scene(self.maps[index], self.seed, index, self.tracer, self.size, lesion_free)
+            phantom = simulate(scene)
+        else:
+            case_tracer, patient = self.plan[index]
+            phantom = make_case(
+                self.seed, index, case_tracer, self.size, patient_id=patient, lesion_free=lesion_free
+            )
+        if not self.autopet_ids:
+            phantom.case_id = phantom.info["case_id"] = ids.plain_id(phantom.case_id)
+        return phantom
+
+    def write(self, phantom: Phantom, out_dir: Path) -> dict[str, str]:
+        return write_gc(phantom, out_dir) if self.layout == "gc" else write_nnunet(phantom, out_dir)
+
+    def stage(self, index: int, stage_root: Path) -> tuple[dict, Path]:
+        """Build case `index` and write it under its own scratch folder: (manifest row, that folder)."""
+        stage = stage_root / str(index)
+        phantom = self.build(index)
+        return _row(phantom, self.write(phantom, stage)), stage
+
+
+@contextmanager
+def _staged_builds(
+    job: _Job, out_dir: Path, cases: int, workers: int
+) -> Iterator[Iterator[tuple[int, tuple[dict, Path] | None]]]:
+    """(index, staged row and folder) in case order; None where the caller builds the case itself (one
+    worker). The scratch folder is removed afterwards, also when a case fails."""
+    if workers == 1 or cases == 1:
+        yield ((index, None) for index in range(cases))
+        return
+    stage_root = Path(out_dir) / STAGING
+    created = not Path(out_dir).exists()
+    if stage_root.exists():
+        shutil.rmtree(stage_root)
+    stage_root.mkdir(parents=True)
+    # spawn: the workers start clean, whatever threads the calling process (a training run) holds
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, usable_cores() // workers)
+    try:
+        pool = ProcessPoolExecutor(min(workers, cases), context, initializer=_one_worker, initargs=(threads,))
+        with pool:
+            futures = [pool.submit(job.stage, index, stage_root) for index in range(cases)]
+            try:
+                yield ((index, future.result()) for index, future in enumerate(futures))
+            finally:
+                for future in futures:
+                    future.cancel()
+    finally:
+        shutil.rmtree(stage_root, ignore_errors=True)
+        if created and not any(Path(out_dir).iterdir()):
+            Path(out_dir).rmdir()  # a run that failed before its first case leaves no folder behind
+
+
+def _one_worker(threads: int) -> None:
+    """A worker's share of the cores for SimpleITK's filters and writers."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _move_files(row: dict, stage: Path, out_dir: Path) -> None:
+    """A staged case's files into their places in `out_dir` (same relative paths)."""
+    for key in FILE_KEYS:
+        if key in row:
+            target = Path(out_dir) / row[key]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / row[key], target)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, as a batch scheduler sets it), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # platforms without affinity
+        return max(1, os.cpu_count() or 1)
 
 
 def manifest_arguments(out_dir: Path) -> dict[str, Any] | None:

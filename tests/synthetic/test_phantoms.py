@@ -351,6 +351,31 @@ def test_generate_records_the_fdg_share(tmp_path: Path) -> None:
     assert manifest["arguments"]["fdg_share"] == 0.0
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_worker_processes_write_what_one_process_writes(tmp_path: Path, layout: str) -> None:
+    # Seed 1403 draws the same date for the second study of case 1's patient (case 2), which is then
+    # given another: the worker that built it cannot know, so the case is built again in order.
+    one = generate(tmp_path / "one", 3, seed=1403, layout=layout, progress=False)
+    three = generate(tmp_path / "three", 3, seed=1403, layout=layout, progress=False, workers=3)
+    assert one == three
+    assert len({row["case_id"] for row in three}) == 3
+    assert _tree(tmp_path / "one") == _tree(tmp_path / "three")
+    assert not (tmp_path / "three" / ".staging").exists()
+
+
+def test_a_case_failing_in_a_worker_leaves_no_scratch_files(tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "fdg_0000000000_01-01-2001.nii.gz").write_text("not an image")
+    with pytest.raises(InputError, match=r"fdg_0000000000_01-01-2001\.nii\.gz: cannot read organ label map"):
+        generate(tmp_path / "out", 3, organs_dir=maps, progress=False, workers=2)
+    assert not (tmp_path / "out").exists()
+
+
 def test_regenerating_into_the_same_folder_replaces_the_earlier_run(tmp_path: Path) -> None:
     generate(tmp_path, 3, seed=1, progress=False)
     rows = generate(tmp_path, 2, seed=2, progress=False)
@@ -391,6 +416,7 @@ def test_make_case_rejects_bad_arguments(kwargs: dict, match: str) -> None:
         ({"cases": 1, "seed": -3}, "seed"),
         ({"cases": 1, "fdg_share": 1.5}, "fdg_share"),
         ({"cases": 1, "fdg_share": "half"}, "fdg_share"),
+        ({"cases": 1, "workers": 0}, "workers"),
     ],
 )
 def test_generate_rejects_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
