@@ -165,7 +165,14 @@ def _evaluation_phantoms(args: argparse.Namespace) -> int:
     from training.evaluation_set import META_FILE, write_evaluation_set
 
     rows = write_evaluation_set(
-        args.out, args.cases, args.negatives, args.organs, args.seed, args.size, args.ct_shift_mm
+        args.out,
+        args.cases,
+        args.negatives,
+        args.organs,
+        args.seed,
+        args.size,
+        args.ct_shift_mm,
+        progress=not args.quiet,
     )
     counts = ", ".join(f"{count} {name}" for name, count in Counter(row["centre"] for row in rows).items())
     print(f"{args.out}: {len(rows)} case folders ({counts}) and {META_FILE}")
@@ -429,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="move each CT against its PET by a rigid shift drawn per case, x, y and z each within +-MM, as "
         "breathing and motion do between the scans (default 0: registered perfectly)",
     )
+    evaluation.add_argument("-q", "--quiet", action="store_true", help="no line per case written")
     evaluation.set_defaults(run=_evaluation_phantoms)
 
     demo = commands.add_parser(

@@ -37,6 +37,26 @@ def test_the_sets_are_written_as_case_folders_with_their_meta(tmp_path, capsys):
     assert all(pair.pet is not None for pair in pairs)
 
 
+def test_quiet_writes_no_line_per_case(tmp_path, caplog, capsys):
+    import logging
+
+    from training.__main__ import main
+
+    def case_lines() -> list[logging.LogRecord]:
+        lines = [r for r in caplog.records if r.levelno >= logging.INFO and "1 fresh:" in r.getMessage()]
+        caplog.clear()
+        return lines
+
+    with caplog.at_level(logging.DEBUG, logger="petseg.training"):
+        write_evaluation_set(tmp_path / "loud", cases=1, negatives=0, size="tiny")
+        assert len(case_lines()) == 1
+        write_evaluation_set(tmp_path / "quiet", cases=1, negatives=0, size="tiny", progress=False)
+        assert case_lines() == []
+    assert main(["evaluation-phantoms", "--output", str(tmp_path / "cli"), "--cases", "1",
+                 "--negatives", "0", "--size", "tiny", "-q"]) == 0  # fmt: skip
+    assert "1 case folders (1 fresh)" in capsys.readouterr().out
+
+
 def test_an_existing_folder_is_refused_and_left_alone(tmp_path):
     out = tmp_path / "eval"
     out.mkdir()
