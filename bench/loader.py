@@ -84,7 +84,7 @@ def model_rate(
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.amp_dtype == torch.float16)
     images = torch.rand(batch, 2, patch, patch, patch, device=compute.device)
     labels = (torch.rand(batch, 1, patch, patch, patch, device=compute.device) > 0.97).float()
-    augmentation = BatchAugmentation(seed=0) if augment else None
+    augmentation = BatchAugmentation(seed=0, device=compute.device) if augment else None
     times = []
     for step in range(steps + 1):
         if compute.device.type == "cuda":

@@ -489,6 +489,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                     seed=(epoch_seed + 1) % 2**31,
                     misalignment=misalignment,
                     organs=config.organs is not None,
+                    device=compute.device,
                 )
                 if on_device
                 else None

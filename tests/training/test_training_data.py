@@ -711,6 +711,30 @@ def test_batch_augmentation_on_the_device_is_the_loaders_augmentation() -> None:
         augmentation_on("gpu", torch.device("cpu"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batch_augmentation_on_a_gpu_stays_there_and_repeats_with_its_seed() -> None:
+    """On a GPU the elastic field is drawn and the sampling grids are built there; the same seed gives the
+    same batch, and the labels stay {0, 1}."""
+    from training.data import BatchAugmentation, CTMisalignment
+
+    device = torch.device("cuda")
+    generator = torch.Generator(device=device).manual_seed(0)
+    images = torch.rand((4, 2, 32, 32, 32), generator=generator, device=device)
+    labels = (torch.rand((4, 1, 32, 32, 32), generator=generator, device=device) > 0.9).float()
+    misalignment = CTMisalignment(probability=0.5)
+    runs = [
+        BatchAugmentation(0.5, seed=7, misalignment=misalignment, device=device)(images, labels)
+        for _ in range(2)
+    ]
+    (augmented, augmented_labels), (again, again_labels) = runs
+    assert augmented.device.type == "cuda"
+    assert augmented_labels.device.type == "cuda"
+    assert torch.equal(augmented, again)
+    assert torch.equal(augmented_labels, again_labels)
+    assert set(torch.unique(augmented_labels).tolist()) <= {0.0, 1.0}
+    assert not torch.equal(augmented, images)
+
+
 def test_ct_misalignment_moves_the_ct_channel_alone() -> None:
     """`misalign_ct` shifts (whole voxels: exactly) and rotates the CT channel; the PET channel is the same
     tensor values, and a zero move is the identity."""
