@@ -64,8 +64,9 @@ def _steps(out: Path, smoke: bool, device: str) -> list[tuple[str, list[str], Pa
         ]
         # The same at 128³ with the augmentation on the GPU: the loader workers only crop.
         loaders.append((f"{loaders[0][0]}-device", [*loaders[0][1], "--augment-on", "device"]))
-        # 20 whole-body cases, not the recipe's 80: generating them is serial CPU work, and an epoch's
-        # training does not depend on the number of cases (64 patches; validation on a fifth of them).
+        # 20 whole-body cases, not the recipe's 80: an epoch's training does not depend on the number of
+        # cases (64 patches; validation on a fifth of them), and the check has minutes, not the recipe's
+        # 8.5 (bench/README.md, "The whole demo recipe on the GPU").
         demo = ["--cases", "20", "--epochs", "3", "--parallel", "5", "--workers", "3"]
         demo += ["--evaluation-cases", "2", "--evaluation-negatives", "1"]  # the training time is the figure
     steps: list[tuple[str, list[str], Path | None]] = [
