@@ -173,6 +173,7 @@ def _evaluation_phantoms(args: argparse.Namespace) -> int:
         args.size,
         args.ct_shift_mm,
         progress=not args.quiet,
+        workers=args.workers,
     )
     counts = ", ".join(f"{count} {name}" for name, count in Counter(row["centre"] for row in rows).items())
     print(f"{args.out}: {len(rows)} case folders ({counts}) and {META_FILE}")
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     from petseg.model.networks import PRESETS
     from petseg.model.settings import EnsembleSettings
     from petseg.synthetic import SIZES
+    from petseg.synthetic.generate import usable_cores
     from training.components import DEFAULT_MINIMUM_PROBABILITY
     from training.config import DEFAULT_RECIPE, add_config_arguments, add_field_options
     from training.data import AUGMENTATION_PLACES, LESION_SAMPLING
@@ -435,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MM",
         help="move each CT against its PET by a rigid shift drawn per case, x, y and z each within +-MM, as "
         "breathing and motion do between the scans (default 0: registered perfectly)",
+    )
+    evaluation.add_argument(
+        "--workers",
+        type=int,
+        default=usable_cores(),
+        help="processes building cases side by side, about 1.5 GB of memory each at full size (default: "
+        f"the {usable_cores()} cores this process may use); the cases are the same for any number",
     )
     evaluation.add_argument("-q", "--quiet", action="store_true", help="no line per case written")
     evaluation.set_defaults(run=_evaluation_phantoms)

@@ -56,23 +56,56 @@ def _trained_on(model_dir: Path, seed: int) -> dict:
     return phantoms
 
 
-def fresh_phantoms(seed: int, cases: int, size: str, lesion_free: bool = False) -> Iterator:
-    """Analytic phantoms, FDG and PSMA in turn; lesion-free ones take indices the others never use."""
-    from petseg.synthetic import make_case
+@dataclass(frozen=True)
+class PhantomSpec:
+    """How to build one evaluation phantom: picklable, so that worker processes can build it."""
 
+    seed: int
+    index: int
+    size: str
+    tracer: str  # "fdg" or "psma"; "mixed" around an organ map (the map decides)
+    lesion_free: bool = False
+    organ_map: Path | None = None
+
+    def build(self):
+        from petseg.synthetic import make_case
+        from petseg.synthetic.case import simulate
+        from petseg.synthetic.organs import organ_scene
+
+        if self.organ_map is not None:
+            return simulate(
+                organ_scene(self.organ_map, self.seed, self.index, self.tracer, self.size, self.lesion_free)
+            )
+        return make_case(
+            seed=self.seed, index=self.index, tracer=self.tracer, size=self.size, lesion_free=self.lesion_free
+        )
+
+
+def fresh_specs(seed: int, cases: int, size: str, lesion_free: bool = False) -> list[PhantomSpec]:
+    """Analytic phantoms, FDG and PSMA in turn; lesion-free ones take indices the others never use."""
     offset = NEGATIVE_INDEX_OFFSET if lesion_free else 0
-    for index in range(cases):
-        tracer = "fdg" if index % 2 == 0 else "psma"
-        yield make_case(seed=seed, index=offset + index, tracer=tracer, size=size, lesion_free=lesion_free)
+    return [
+        PhantomSpec(seed, offset + index, size, "fdg" if index % 2 == 0 else "psma", lesion_free)
+        for index in range(cases)
+    ]
+
+
+def held_out_specs(organs_dir: Path, seed: int, size: str) -> list[PhantomSpec]:
+    """One phantom with lesions around each map of the held-out side of the organ-map split."""
+    from petseg.synthetic.organs import find_maps, select_maps
+
+    maps = select_maps(find_maps(Path(organs_dir)), "held-out")
+    return [PhantomSpec(seed, index, size, "mixed", organ_map=path) for index, path in enumerate(maps)]
+
+
+def fresh_phantoms(seed: int, cases: int, size: str, lesion_free: bool = False) -> Iterator:
+    """The phantoms of `fresh_specs`, built one after the other."""
+    return (spec.build() for spec in fresh_specs(seed, cases, size, lesion_free))
 
 
 def held_out_phantoms(organs_dir: Path, seed: int, size: str) -> Iterator:
-    """One phantom with lesions around each map of the held-out side of the organ-map split."""
-    from petseg.synthetic.case import simulate
-    from petseg.synthetic.organs import find_maps, organ_scene, select_maps
-
-    for index, path in enumerate(select_maps(find_maps(Path(organs_dir)), "held-out")):
-        yield simulate(organ_scene(path, seed, index, "mixed", size, lesion_free=False))
+    """The phantoms of `held_out_specs`, built one after the other."""
+    return (spec.build() for spec in held_out_specs(organs_dir, seed, size))
 
 
 def score_phantoms(

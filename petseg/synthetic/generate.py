@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -119,7 +119,7 @@ def generate(
     job = _Job(seed, tracer, size, layout, tuple(maps), tuple(plan), negatives, autopet_ids)
     rows: list[dict] = []
     taken: set[str] = set()
-    with _staged_builds(job, out_dir, cases, workers) as built:
+    with staged_builds(job, out_dir, cases, workers) as built:
         for index, staged in tqdm(built, total=cases, desc="phantoms", unit="case", disable=not progress):
             if staged is not None and staged[0]["case_id"] not in taken:
                 row, stage = staged
@@ -200,12 +200,20 @@ class _Job:
         return _row(phantom, self.write(phantom, stage)), stage
 
 
+class StagedJob(Protocol):
+    """What a worker process is given: it builds case `index` and writes it under its own scratch folder in
+    `stage_root`, returning (a row describing the case, that folder). It must pickle."""
+
+    def stage(self, index: int, stage_root: Path) -> tuple[dict, Path]: ...
+
+
 @contextmanager
-def _staged_builds(
-    job: _Job, out_dir: Path, cases: int, workers: int
+def staged_builds(
+    job: StagedJob, out_dir: Path, cases: int, workers: int
 ) -> Iterator[Iterator[tuple[int, tuple[dict, Path] | None]]]:
     """(index, staged row and folder) in case order; None where the caller builds the case itself (one
-    worker). The scratch folder is removed afterwards, also when a case fails."""
+    worker). The workers write under `out_dir/.staging`, which is removed afterwards, also when a case
+    fails; the caller moves each staged case into its place, so the output holds only whole cases."""
     if workers == 1 or cases == 1:
         yield ((index, None) for index in range(cases))
         return

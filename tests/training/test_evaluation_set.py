@@ -95,3 +95,24 @@ def test_a_ct_shift_moves_the_ct_alone_by_the_drawn_vector(tmp_path):
         assert np.array_equal(sitk.GetArrayFromImage(pet_moved), sitk.GetArrayFromImage(pet))
     with pytest.raises(TrainingError, match=r"--ct-shift-mm must be in \[0, 50\] mm, got -1"):
         write_evaluation_set(tmp_path / "bad", cases=1, negatives=0, size="tiny", ct_shift_mm=-1)
+
+
+def test_worker_processes_write_what_one_process_writes(tmp_path):
+    """Cases built side by side land in the folder in the same order, with the same bytes and meta.csv."""
+    arguments = {"cases": 3, "negatives": 1, "seed": 9, "size": "tiny", "ct_shift_mm": 4.0, "progress": False}
+    one = write_evaluation_set(tmp_path / "one", workers=1, **arguments)
+    two = write_evaluation_set(tmp_path / "two", workers=2, **arguments)
+    assert two == one
+    assert not (tmp_path / "two" / ".staging").exists()
+
+    def files(root):
+        return {
+            path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*") if path.is_file()
+        }
+
+    written = files(tmp_path / "one")
+    assert len(written) == 4 * 4 + 1  # CT, PET, label and organ map per case, and meta.csv
+    assert files(tmp_path / "two") == written
+    with pytest.raises(TrainingError, match="--workers must be at least 1, got 0"):
+        write_evaluation_set(tmp_path / "none", workers=0, **arguments)
+    assert not (tmp_path / "none").exists()
