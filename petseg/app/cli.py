@@ -211,7 +211,7 @@ def _predict_case(
         status.append(case.name, "skipped", seconds=0.0)
         return "skipped", 0
     started = time.perf_counter()
-    timer = StageTimer(prefix=f"{case.name}: ")
+    timer = StageTimer(prefix=f"{case.name}: ", quiet=args.quiet)  # the times stay in status.jsonl
     device = predictor.compute.device
     reset_gpu_peak(device)
     try:
@@ -513,7 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the lesion probability beside each mask: <mask name>_probability.npz "
         "(float16, PET grid, uncompressed; for `petseg evaluate --probabilities`)",
     )
-    predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    predict.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no line per stage of each case (their times stay in status.jsonl)",
+    )
     predict.set_defaults(run=_predict)
 
     evaluate = commands.add_parser(

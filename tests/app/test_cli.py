@@ -352,3 +352,22 @@ def test_every_option_of_every_command_line_has_a_help_line(tiny_model_dir):
     walk(process_parser(tiny_model_dir), "process.py")
     walk(server_parser(tiny_model_dir), "app.py")
     assert missing == []
+
+
+def test_quiet_predict_logs_no_line_per_stage_but_keeps_the_times(
+    tmp_path, gc_folder, tiny_model_dir, capsys
+):
+    """A cohort with -q writes a summary, not six lines a case; status.jsonl keeps the times."""
+    import re
+
+    stage_line = re.compile(r": predict\s+\d+\.\d+ s")
+    base = ["predict", "--input", str(gc_folder), "--model", str(tiny_model_dir)]
+    assert main([*base, "--output", str(tmp_path / "loud")]) == 0
+    assert len(stage_line.findall(capsys.readouterr().err)) == 3
+    assert main([*base, "--output", str(tmp_path / "quiet"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert stage_line.findall(err) == []
+    assert "summary: 3 done" in err
+    statuses = [json.loads(line) for line in (tmp_path / "quiet" / "status.jsonl").read_text().splitlines()]
+    assert len(statuses) == 3
+    assert all(status["stages"]["predict"] > 0 for status in statuses)
