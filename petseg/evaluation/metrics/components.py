@@ -41,7 +41,12 @@ class Components:
     @classmethod
     def of(cls, mask: np.ndarray) -> Components:
         labels, count = label(mask)
-        return cls(labels, count, np.bincount(labels.ravel(), minlength=count + 1))
+        # Counted over the foreground only: a bincount over every voxel of a whole-body grid converts all
+        # of them to int64 first (about 1.4 s for 30 M voxels, against milliseconds for the lesions).
+        foreground = labels[labels > 0]
+        sizes = np.bincount(foreground, minlength=count + 1)
+        sizes[0] = labels.size - foreground.size
+        return cls(labels, count, sizes)
 
     @property
     def voxels(self) -> int:
