@@ -122,6 +122,45 @@ def _fit_components(args: argparse.Namespace) -> int:
     return 0
 
 
+def _growth(text: str) -> tuple[float | None, float]:
+    """One `--growths` value: none, or FRACTION@MM."""
+    if text.strip().lower() == "none":
+        return None, 0.0
+    fraction, _, within = text.partition("@")
+    try:
+        value = (float(fraction), float(within or 6.0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected none or FRACTION@MM (e.g. 0.4@6), got {text!r}") from None
+    if not (0.0 < value[0] <= 1.0 and 0.0 <= value[1] <= 100.0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the fraction must be in (0, 1] and the distance 0-100 mm"
+        )
+    return value
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from training.tune import run_tuning
+
+    chosen, current = run_tuning(
+        args.model,
+        args.cases,
+        thresholds=args.thresholds,
+        minimum_probabilities=args.minimum_probabilities,
+        growths=args.growths,
+        device=args.device,
+        output=args.out,
+        write=args.write,
+        progress=not args.quiet,
+    )
+    print(
+        f"best: {chosen.setting.describe()}: mean Dice {chosen.mean_dice:.3f}, lesion-free FPV "
+        f"{chosen.lesion_free_fpv_ml:.2f} ml (the card's own: {current.mean_dice:.3f}, "
+        f"{current.lesion_free_fpv_ml:.2f} ml)"
+        + (f"; written to {args.model}" if args.write else "; --write puts it in the card")
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import DemoRecipe, run_training_demo
     from training.trainer import network_spacing
@@ -252,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     from training.export import CHECKPOINTS
     from training.losses import LOSSES
     from training.phantom_scores import EVALUATION_SEED
+    from training.tune import DEFAULT_GROWTHS, DEFAULT_MINIMUM_PROBABILITIES, DEFAULT_THRESHOLDS, TUNING_FILE
 
     parser = command_parser("python -m training", "Train petseg fold ensembles.")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
@@ -363,6 +403,44 @@ def build_parser() -> argparse.ArgumentParser:
     components.add_argument("--device", choices=DEVICES, default="auto", help="where the folds run")
     components.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     components.set_defaults(run=_fit_components)
+
+    tune = commands.add_parser(
+        "tune",
+        help="choose a model's threshold, lesion growth and component-filter cut-off on selection cases",
+    )
+    tune.add_argument("--model", type=Path, required=True, help="model folder (model.json + folds)")
+    tune.add_argument(
+        "--cases",
+        type=Path,
+        required=True,
+        help="case folders with input/ and ground-truth/ that the folds never trained on (as "
+        "evaluation-phantoms writes them, with another --seed than the evaluation's)",
+    )
+    tune.add_argument("--thresholds", type=float, nargs="+", default=DEFAULT_THRESHOLDS, metavar="P")
+    tune.add_argument(
+        "--minimum-probabilities",
+        type=float,
+        nargs="+",
+        default=DEFAULT_MINIMUM_PROBABILITIES,
+        metavar="P",
+        help="component-filter cut-offs (searched where the card has a filter)",
+    )
+    tune.add_argument(
+        "--growths",
+        type=_growth,
+        nargs="+",
+        default=DEFAULT_GROWTHS,
+        metavar="none|FRACTION@MM",
+        help="growth to the contour at FRACTION of each lesion's SUVmax within MM (default: none 0.4@6 "
+        "0.4@9 0.5@6)",
+    )
+    tune.add_argument("--device", choices=DEVICES, default="auto", help="where the folds run")
+    add_output(
+        tune, dest="out", type=Path, default=None, help=f"folder for {TUNING_FILE} (every setting's scores)"
+    )
+    tune.add_argument("--write", action="store_true", help="write the chosen setting into the model card")
+    tune.add_argument("-q", "--quiet", action="store_true", help="no line per case written")
+    tune.set_defaults(run=_tune)
 
     weighting = commands.add_parser(
         "analyse-weighting",
