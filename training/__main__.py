@@ -61,6 +61,16 @@ def _optional_probability(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a probability or none, got {text!r}") from None
 
 
+def _optional_ml(text: str) -> float | None:
+    """`--tune-lesion-free-fpv-ml`'s value: a volume in ml, or none."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a volume in ml or none, got {text!r}") from None
+
+
 def _export(args: argparse.Namespace) -> int:
     from training.export import export
 
@@ -151,11 +161,13 @@ def _tune(args: argparse.Namespace) -> int:
         output=args.out,
         write=args.write,
         progress=not args.quiet,
+        lesion_free_fpv_ml=args.lesion_free_fpv_ml,
     )
     print(
-        f"best: {chosen.setting.describe()}: mean Dice {chosen.mean_dice:.3f}, lesion-free FPV "
-        f"{chosen.lesion_free_fpv_ml:.2f} ml (the card's own: {current.mean_dice:.3f}, "
-        f"{current.lesion_free_fpv_ml:.2f} ml)"
+        f"best: {chosen.setting.describe()}: mean Dice {chosen.mean_dice:.3f}, lesion-free FPV mean "
+        f"{chosen.lesion_free_fpv_ml:.2f} ml, largest {chosen.largest_lesion_free_fpv_ml:.2f} ml (the card's "
+        f"own: {current.mean_dice:.3f}, {current.lesion_free_fpv_ml:.2f} ml, "
+        f"{current.largest_lesion_free_fpv_ml:.2f} ml)"
         + (f"; written to {args.model}" if args.write else "; --write puts it in the card")
     )
     return 0
@@ -191,6 +203,7 @@ def _demo(args: argparse.Namespace) -> int:
         organs=args.organs,
         suv_floor=dict(args.suv_floor) if args.suv_floor is not None else DemoRecipe.suv_floor,
         component_filter=args.component_filter,
+        tune_lesion_free_fpv_ml=args.tune_lesion_free_fpv_ml,
     )
     card = run_training_demo(args.work, args.out, recipe, progress=not args.quiet)
     scores = card.provenance["validation_score"]
@@ -434,6 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="growth to the contour at FRACTION of each lesion's SUVmax within MM (default: none 0.4@6 "
         "0.4@9 0.5@6)",
     )
+    tune.add_argument(
+        "--lesion-free-fpv-ml",
+        type=float,
+        default=None,
+        metavar="ML",
+        help="choose among the settings that keep every lesion-free case at or below ML of false positives "
+        "(default: a mean lesion-free FPV no larger than the card's own settings give)",
+    )
     tune.add_argument("--device", choices=DEVICES, default="auto", help="where the folds run")
     add_output(
         tune, dest="out", type=Path, default=None, help=f"folder for {TUNING_FILE} (every setting's scores)"
@@ -612,6 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P|none",
         help="fit a component filter that removes predicted lesions below probability P; none: no filter "
         "(recipe default: %(default)s)",
+    )
+    demo.add_argument(
+        "--tune-lesion-free-fpv-ml",
+        type=_optional_ml,
+        default=defaults.tune_lesion_free_fpv_ml,
+        metavar="ML|none",
+        help="then choose the threshold, growth and filter cut-off on selection phantoms of seed "
+        f"{defaults.selection_seed} (as `tune`), keeping every lesion-free one at or below ML of false "
+        "positives; none: keep the recipe's (recipe default: %(default)s)",
     )
     demo.add_argument(
         "--batch-dice",

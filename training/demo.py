@@ -101,6 +101,13 @@ class DemoRecipe:
     component_filter: float | None = _from_recipe("component_filter")
     # SUV floors by tracer or "all" (None: off); read-only, like every recipe value
     suv_floor: dict[str, float] | None = _from_recipe("suv_floor")  # noqa: RUF009
+    # Then the threshold, growth and filter cut-off are chosen (`training.tune`) on selection phantoms of
+    # their own seed (fresh analytic ones with lesions, and lesion-free ones), keeping every lesion-free one
+    # at or below this many ml of false positives; None: the values above are kept.
+    tune_lesion_free_fpv_ml: float | None = _from_recipe("tune_lesion_free_fpv_ml")
+    selection_seed: int = _from_recipe("selection_seed")
+    selection_cases: int = _from_recipe("selection_cases")
+    selection_negatives: int = _from_recipe("selection_negatives")
     evaluation_cases: int = EVALUATION_CASES
     evaluation_negatives: int = _from_recipe("evaluation_negatives")  # lesion-free phantoms for the FPV
 
@@ -201,6 +208,8 @@ def run_training_demo(
     )
     if recipe.component_filter is not None:
         card = _fit_component_filter(model_dir, data, recipe.component_filter, recipe.device, progress)
+    if recipe.tune_lesion_free_fpv_ml is not None:
+        card = _tune_postprocessing(model_dir, Path(work_dir), recipe, progress)
     minutes = (time.perf_counter() - started) / 60
     log.info("demo ensemble written to %s in %.1f min", model_dir, minutes)
     scores = score_demo_model(
@@ -239,6 +248,20 @@ def _check_postprocessing(recipe: DemoRecipe) -> None:
 
     if recipe.component_filter is not None:
         check_minimum(recipe.component_filter)
+    if recipe.tune_lesion_free_fpv_ml is not None:
+        if not recipe.tune_lesion_free_fpv_ml >= 0:
+            raise TrainingError(
+                f"the tuning's FPV bound must be 0 ml or more, got {recipe.tune_lesion_free_fpv_ml}"
+            )
+        if recipe.selection_seed in (recipe.seed, EVALUATION_SEED):
+            raise TrainingError(
+                f"selection seed {recipe.selection_seed} is the training or the evaluation seed: pick another"
+            )
+        if recipe.selection_cases < 1 or recipe.selection_negatives < 0:
+            raise TrainingError(
+                "the selection set needs at least one case with lesions and no negative count of lesion-free "
+                f"ones, got {recipe.selection_cases} and {recipe.selection_negatives}"
+            )
     try:
         parse_ensemble({"threshold": recipe.threshold, "suv_floor": recipe.suv_floor}, "demo")
     except ModelError as error:
@@ -258,6 +281,57 @@ def _fit_component_filter(
     except TrainingError as error:
         log.warning("the demo model has no component filter: %s", error)
         return load_card(model_dir)
+
+
+def _tune_postprocessing(model_dir: Path, work_dir: Path, recipe: DemoRecipe, progress: bool) -> ModelCard:
+    """The recipe's selection phantoms (written once into the work folder, under a name that says which),
+    then the postprocessing chosen on them written into the card; where no setting keeps the lesion-free
+    phantoms within the bound, the card as it was and a warning that says so."""
+    from petseg.model.card import load_card
+    from training.evaluation_set import write_evaluation_set
+    from training.tune import run_tuning
+
+    selection = work_dir / (
+        f"selection-seed{recipe.selection_seed}-{recipe.selection_cases}-{recipe.selection_negatives}"
+    )
+    if not selection.is_dir():
+        log.info(
+            "writing %d selection phantoms to %s",
+            recipe.selection_cases + recipe.selection_negatives,
+            selection,
+        )
+        write_evaluation_set(
+            selection,
+            recipe.selection_cases,
+            recipe.selection_negatives,
+            seed=recipe.selection_seed,
+            size=recipe.size,
+            progress=False,
+            workers=usable_cores(),
+        )
+    try:
+        chosen, current = run_tuning(
+            model_dir,
+            selection,
+            device=recipe.device,
+            output=work_dir / "tuning",
+            write=True,
+            progress=progress,
+            lesion_free_fpv_ml=recipe.tune_lesion_free_fpv_ml,
+        )
+    except TrainingError as error:
+        log.warning("the demo model keeps the recipe's postprocessing: %s", error)
+        return load_card(model_dir)
+    log.info(
+        "postprocessing chosen on the selection phantoms: %s (mean Dice %.3f, lesion-free FPV at most "
+        "%.2f ml; the recipe's: %.3f, %.2f ml)",
+        chosen.setting.describe(),
+        chosen.mean_dice,
+        chosen.largest_lesion_free_fpv_ml,
+        current.mean_dice,
+        current.largest_lesion_free_fpv_ml,
+    )
+    return load_card(model_dir)
 
 
 def _generator_arguments(recipe: DemoRecipe) -> dict[str, Any]:

@@ -100,6 +100,11 @@ class SettingScore:
         return float(np.mean(values)) if values else math.nan
 
     @property
+    def largest_lesion_free_fpv_ml(self) -> float:
+        """The largest FPV of a lesion-free case; 0 where there is none."""
+        return max((f for d, f in zip(self.dice, self.fpv_ml, strict=True) if math.isnan(d)), default=0.0)
+
+    @property
     def mean_fpv_ml(self) -> float:
         return float(np.mean(self.fpv_ml))
 
@@ -114,6 +119,7 @@ class SettingScore:
             **self.setting.to_json(),
             "mean_dice": _rounded(self.mean_dice),
             "lesion_free_fpv_ml": _rounded(self.lesion_free_fpv_ml),
+            "largest_lesion_free_fpv_ml": _rounded(self.largest_lesion_free_fpv_ml),
             "mean_fpv_ml": _rounded(self.mean_fpv_ml),
             "mean_fnv_ml": _rounded(self.mean_fnv_ml),
         }
@@ -186,17 +192,32 @@ def with_setting(card: ModelCard, setting: PostprocessSetting) -> ModelCard:
     return replace(card, ensemble=ensemble, component_filter=component_filter)
 
 
-def choose(scores: Sequence[SettingScore], reference: PostprocessSetting) -> SettingScore:
-    """The highest mean Dice among the settings whose lesion-free false-positive volume is no larger than
-    `reference`'s (every setting where the set has no lesion-free case); ties go to the smaller mean FPV."""
+def choose(
+    scores: Sequence[SettingScore], reference: PostprocessSetting, lesion_free_fpv_ml: float | None = None
+) -> SettingScore:
+    """The highest mean Dice among the settings that keep the lesion-free cases clean enough; ties go to
+    the smaller mean FPV.
+
+    Clean enough: by default, a mean lesion-free FPV no larger than `reference`'s (the card's own); with
+    `lesion_free_fpv_ml`, no lesion-free case above that many ml (the autoPET targets' form, a bound on
+    every scan without disease). Where the set has no lesion-free case, every setting is allowed.
+    """
     by_setting = {score.setting: score for score in scores}
     if reference not in by_setting:
         raise ValueError(f"the reference setting ({reference.describe()}) was not scored")
-    ceiling = by_setting[reference].lesion_free_fpv_ml
-    allowed = [s for s in scores if math.isnan(ceiling) or s.lesion_free_fpv_ml <= ceiling + 1e-9]
+    if lesion_free_fpv_ml is None:
+        ceiling = by_setting[reference].lesion_free_fpv_ml
+        allowed = [s for s in scores if math.isnan(ceiling) or s.lesion_free_fpv_ml <= ceiling + 1e-9]
+    else:
+        allowed = [s for s in scores if s.largest_lesion_free_fpv_ml <= lesion_free_fpv_ml]
     with_lesions = [s for s in allowed if not math.isnan(s.mean_dice)]
     if not with_lesions:
-        raise TrainingError("the selection set has no case with lesions: there is no Dice to choose by")
+        if not any(not math.isnan(s.mean_dice) for s in scores):
+            raise TrainingError("the selection set has no case with lesions: there is no Dice to choose by")
+        raise TrainingError(
+            f"no setting keeps every lesion-free case at or below {lesion_free_fpv_ml:g} ml (the fewest: "
+            f"{min(s.largest_lesion_free_fpv_ml for s in scores):.2f} ml): widen the grid or the bound"
+        )
     return max(with_lesions, key=lambda s: (s.mean_dice, -s.mean_fpv_ml))
 
 
@@ -334,11 +355,13 @@ def run_tuning(
     output: Path | None = None,
     write: bool = False,
     progress: bool = True,
+    lesion_free_fpv_ml: float | None = None,
 ) -> tuple[SettingScore, SettingScore]:
     """Score the grid (and the card's own setting) on the selection cases; (chosen, the card's own).
 
     `output`: a folder for `tuning.json`, every setting's scores. `write`: the chosen setting goes into the
-    card, with what it was chosen on in `provenance.postprocessing_tuned`.
+    card, with what it was chosen on in `provenance.postprocessing_tuned`. `lesion_free_fpv_ml`: the bound
+    on every lesion-free case's FPV (`choose`).
     """
     from petseg.io import write_json
     from petseg.model.card import load_card, save_card
@@ -355,7 +378,7 @@ def run_tuning(
             log.info("[%d/%d] %s (%.1f s)", number + 1, len(cases), case.name, seconds)
 
     scores = score_settings(Path(model_dir), cases, settings, device=device, on_case=report)
-    chosen = choose(scores, reference)
+    chosen = choose(scores, reference, lesion_free_fpv_ml)
     current = next(s for s in scores if s.setting == reference)
     ranked = sorted(scores, key=lambda s: (-_or(s.mean_dice, -1.0), s.mean_fpv_ml))
     if output is not None:
@@ -366,8 +389,7 @@ def run_tuning(
                 "cases": [case.name for case in cases],
                 "current": current.to_json(),
                 "chosen": chosen.to_json(),
-                "rule": "the highest mean Dice among the settings whose lesion-free FPV is no larger than "
-                "the card's own",
+                "rule": _rule(lesion_free_fpv_ml),
                 "settings": [s.to_json(per_case=True) for s in ranked],
             },
             Path(output) / TUNING_FILE,
@@ -380,11 +402,20 @@ def run_tuning(
                 "folder": Path(cases_dir).name,
                 "mean_dice": round(chosen.mean_dice, 4),
                 "lesion_free_fpv_ml": _rounded(chosen.lesion_free_fpv_ml),
+                "rule": _rule(lesion_free_fpv_ml),
                 "before": current.to_json(),
             },
         }
         save_card(replace(with_setting(card, chosen.setting), provenance=provenance), Path(model_dir))
     return chosen, current
+
+
+def _rule(lesion_free_fpv_ml: float | None) -> str:
+    if lesion_free_fpv_ml is None:
+        return (
+            "the highest mean Dice whose mean lesion-free FPV is no larger than the card's own settings give"
+        )
+    return f"the highest mean Dice with no lesion-free case above {lesion_free_fpv_ml:g} ml of FPV"
 
 
 def _or(value: float, default: float) -> float:

@@ -373,6 +373,7 @@ QUICK_DEMO = {
     "evaluation_cases": 2,
     "evaluation_negatives": 1,
     "component_filter": None,  # one epoch gives no components worth a filter (fitted in test_components)
+    "tune_lesion_free_fpv_ml": None,  # the tuning stage has its own test (test_tune), and one run below
 }
 
 
@@ -382,7 +383,7 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
     from training.phantom_scores import dice_on_fresh_phantoms
 
     recipe = DemoRecipe(
-        **QUICK_DEMO,
+        **{**QUICK_DEMO, "tune_lesion_free_fpv_ml": 1000.0},  # postprocessing chosen on selection phantoms
         cases=10,
         folds=2,
         samples_per_epoch=4,
@@ -397,8 +398,15 @@ def test_training_demo_trains_exports_and_marks_the_card_synthetic(tmp_path):
         checkpoint="last",
         spacing_mm=(3.0, 3.0, 3.0),
         tracers=(),  # one ensemble for every case (the tracer-split demo has its own test)
+        selection_cases=1,
+        selection_negatives=1,
     )
     card = run_training_demo(tmp_path / "work", tmp_path / "model", recipe, progress=False)
+    tuned = card.provenance["postprocessing_tuned"]
+    assert tuned["cases"] == 2
+    assert tuned["folder"] == f"selection-seed{recipe.selection_seed}-1-1"
+    table = json.loads((tmp_path / "work" / "tuning" / "tuning.json").read_text())
+    assert card.ensemble.threshold == table["chosen"]["threshold"]
     again = load_card(tmp_path / "model")
     assert again.provenance["synthetic"] is True
     assert again.provenance["trained_on"] == ["CPU (fp32)"]
@@ -549,6 +557,19 @@ def test_training_demo_refuses_phantoms_made_by_another_recipe(tmp_path):
     (data / "phantoms.json").write_text("{")
     with pytest.raises(TrainingError, match="cannot read the manifest"):
         _check_phantoms(data, DemoRecipe(size="tiny", cases=2, fdg_share=0.6))
+
+
+def test_training_demo_refuses_a_selection_seed_it_trains_or_scores_on(tmp_path):
+    from training.demo import DemoRecipe, run_training_demo
+    from training.phantom_scores import EVALUATION_SEED
+
+    for seed in (DemoRecipe.seed, EVALUATION_SEED):
+        recipe = DemoRecipe(tune_lesion_free_fpv_ml=2.0, selection_seed=seed)
+        with pytest.raises(TrainingError, match=f"selection seed {seed} is the training or the evaluation"):
+            run_training_demo(tmp_path / "work", tmp_path / "model", recipe)
+    with pytest.raises(TrainingError, match="FPV bound must be 0 ml or more"):
+        run_training_demo(tmp_path / "work", tmp_path / "model", DemoRecipe(tune_lesion_free_fpv_ml=-1.0))
+    assert not (tmp_path / "work").exists()  # refused before any phantom is generated
 
 
 def test_training_demo_refuses_an_organ_head_without_organ_maps(tmp_path):

@@ -93,6 +93,13 @@ def test_the_choice_keeps_the_lesion_free_false_positives_of_the_card():
     assert choose([card_own, greedy, better], card_own.setting) is better
     assert choose([card_own, greedy, better, same_but_cleaner], card_own.setting) is same_but_cleaner
     assert choose([card_own, greedy], card_own.setting) is card_own
+    # A bound on every lesion-free case instead of the card's mean: a cleaner setting may cost Dice.
+    clean = _score(0.55, [0.55, 0.5, nan], [0.0, 0.0, 0.5])
+    candidates = [card_own, greedy, better, clean]
+    assert choose(candidates, card_own.setting, lesion_free_fpv_ml=1.0) is clean
+    assert choose(candidates, card_own.setting, lesion_free_fpv_ml=2.0) is better
+    with pytest.raises(TrainingError, match=r"at or below 0.1 ml \(the fewest: 0.50 ml\)"):
+        choose(candidates, card_own.setting, lesion_free_fpv_ml=0.1)
     # Without lesion-free cases there is no ceiling: the highest Dice wins.
     lesions_only = [_score(t, [d], [5.0]) for t, d in ((0.5, 0.6), (0.3, 0.8))]
     assert choose(lesions_only, lesions_only[0].setting) is lesions_only[1]
@@ -118,12 +125,14 @@ def test_tune_writes_every_setting_and_the_chosen_one_into_the_card(selection, t
     out = tmp_path / "tuning"
     args = ["tune", "--model", str(model), "--cases", str(selection), "--device", "cpu", "--output", str(out),
             "--thresholds", "0.4", "0.6", "--minimum-probabilities", "0.2", "--growths", "none", "0.4@6",
-            "--write", "-q"]  # fmt: skip
+            "--lesion-free-fpv-ml", "50", "--write", "-q"]  # fmt: skip
     assert main(args) == 0
     assert "best: threshold" in capsys.readouterr().out
     table = json.loads((out / TUNING_FILE).read_text())
     assert len(table["settings"]) == 5  # the grid of 4 and the card's own (0.5)
     assert table["current"]["threshold"] == before.ensemble.threshold
+    assert "no lesion-free case above 50 ml" in table["rule"]
+    assert table["chosen"]["largest_lesion_free_fpv_ml"] <= 50
     after = load_card(model)
     chosen = table["chosen"]
     assert after.ensemble.threshold == chosen["threshold"]
