@@ -182,12 +182,16 @@ def validate(
     network.eval()
     ensemble = FoldEnsemble([network])
     voxel_ml = float(np.prod(cache.settings.spacing_mm)) / 1000.0
-    # dice sum, lesion cases, fnv sum, fpv sum over negatives, negatives, score sum, cases
-    totals = [0.0] * 7
+    # dice sum, lesion cases, fnv sum, fpv sum over negatives, negatives, score sum, cases, lesion cases with
+    # any voxel marked
+    totals = [0.0] * 8
     for record in records[dist.rank :: dist.world_size]:
         arrays = cache.get(record)
         probability = sliding_window_probability(arrays["image"], ensemble, settings, compute)
-        scores = case_scores(probability > settings.threshold, arrays["label"][0] > 0, voxel_ml)
+        marked = probability > settings.threshold
+        scores = case_scores(marked, arrays["label"][0] > 0, voxel_ml)
+        if not scores.lesion_free and marked.any():
+            totals[7] += 1
         if scores.lesion_free:
             totals[3] += scores.fpv_ml
             totals[4] += 1
@@ -198,14 +202,36 @@ def validate(
             totals[2] += scores.fnv_ml
             totals[5] += scores.dice
         totals[6] += 1
-    dice, positives, fnv, fpv, negatives, score, cases = dist.sum(totals)
+    dice, positives, fnv, fpv, negatives, score, cases, marked_cases = dist.sum(totals)
     network.train()
     return {
         "val_score": score / cases if cases else math.nan,
         "val_dice": dice / positives if positives else math.nan,
         "val_fnv_ml": fnv / positives if positives else math.nan,
         "val_fpv_ml": fpv / negatives if negatives else math.nan,
+        # the network marks nothing in any case with lesions: collapsed (`collapse_warning`)
+        "val_marks_nothing": float(positives > 0 and marked_cases == 0),
     }
+
+
+def collapse_warning(loss: str, loss_options: dict[str, object]) -> str:
+    """What to say when validation finds a network that marks nothing where there are lesions.
+
+    A per-sample Dice with the background included (`dl`, `dfl`) scores a lesion-free patch near 1 only when
+    the lesion probability summed over the whole patch falls to the order of the smoothing term (1e-5), so
+    a network can lower its loss by pushing every lesion probability towards 0; long runs end there, every
+    case empty. The autoPET validation score then rises, since every lesion-free validation case scores 1,
+    so such an epoch is never taken as the best one.
+    """
+    remedy = (
+        "train with --batch-dice, which pools the Dice over the batch so an empty output earns nothing"
+        if loss in ("dl", "dfl") and not loss_options.get("batch")
+        else "check the labels, the learning rate and the loss"
+    )
+    return (
+        "the network marks no voxel in any validation case with lesions (collapsed to an empty output); "
+        f"this epoch is not taken as the best one; {remedy}"
+    )
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -563,7 +589,10 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                 row.update(validate(network, val_records, cache, config.ensemble, compute, dist))
                 if dist.enabled:  # every rank reports: the all-reduced score must be the same on all of them
                     log.info("rank %d: epoch %d val_score %.6f", dist.rank, epoch + 1, row["val_score"])
-                if row["val_score"] > best_score:
+                collapsed = bool(row.pop("val_marks_nothing"))
+                if collapsed and dist.is_main:
+                    log.warning("epoch %d: %s", epoch + 1, collapse_warning(config.loss, config.loss_options))
+                if row["val_score"] > best_score and not collapsed:
                     best_score, best_epoch = row["val_score"], epoch + 1
                     if dist.is_main:
                         _save_best(network, config.out, best_epoch, row)

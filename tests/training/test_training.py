@@ -830,3 +830,49 @@ def test_training_reads_torchruns_environment_as_predict_does(monkeypatch):
     monkeypatch.setenv("RANK", "one")
     with pytest.raises(InputError, match="torchrun's environment"):
         init_distributed()
+
+
+class _Constant(torch.nn.Module):
+    """A network whose every voxel is background (or every voxel lesion)."""
+
+    def __init__(self, lesion: bool) -> None:
+        super().__init__()
+        self.sign = 1.0 if lesion else -1.0
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logit = self.sign * 10.0 + 0.0 * self.weight
+        return torch.stack([-logit * torch.ones_like(x[:, 0]), logit * torch.ones_like(x[:, 0])], dim=1)
+
+
+def test_validation_says_when_the_network_marks_nothing_where_there_are_lesions(dataset, tmp_path):
+    from petseg.model.settings import PreprocessSettings
+    from training.data import PreprocessedCache, discover_dataset
+    from training.distributed import init_distributed
+    from training.trainer import network_spacing, training_device, validate
+
+    run = config(dataset, tmp_path / "run")
+    records = discover_dataset(dataset)[:3]
+    cache = PreprocessedCache(run.cache_dir, PreprocessSettings(spacing_mm=network_spacing(run.spacing_mm)))
+    cache.prepare(records, progress=False)
+    compute, dist = training_device("cpu"), init_distributed()
+    empty = validate(_Constant(lesion=False), records, cache, run.ensemble, compute, dist)
+    assert empty["val_marks_nothing"] == 1.0
+    assert empty["val_dice"] == 0.0
+    everything = validate(_Constant(lesion=True), records, cache, run.ensemble, compute, dist)
+    assert everything["val_marks_nothing"] == 0.0
+
+
+def test_a_collapsed_epoch_is_never_the_best_one_and_the_log_says_why(dataset, tmp_path, monkeypatch, caplog):
+    rows = iter([
+        {"val_score": 0.10, "val_dice": 0.10, "val_fnv_ml": 1.0, "val_fpv_ml": 2.0, "val_marks_nothing": 0.0},
+        {"val_score": 0.50, "val_dice": 0.00, "val_fnv_ml": 3.0, "val_fpv_ml": 0.0, "val_marks_nothing": 1.0},
+    ])  # fmt: skip
+    monkeypatch.setattr(trainer_module, "validate", lambda *args: next(rows))
+    with caplog.at_level("WARNING", logger="petseg.training"):
+        result = train(config(dataset, tmp_path / "run", loss="dfl"))
+    assert (result.best_epoch, result.best_score) == (1, 0.10)  # epoch 2's higher score marks nothing
+    assert "epoch 2: the network marks no voxel in any validation case with lesions" in caplog.text
+    assert "--batch-dice" in caplog.text
+    logged = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert [r["val_score"] for r in logged] == ["0.1", "0.5"]
