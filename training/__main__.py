@@ -429,7 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="case folders with input/ and ground-truth/ that the folds never trained on (as "
         "evaluation-phantoms writes them, with another --seed than the evaluation's)",
     )
-    tune.add_argument("--thresholds", type=float, nargs="+", default=DEFAULT_THRESHOLDS, metavar="P")
+    tune.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=DEFAULT_THRESHOLDS,
+        metavar="P",
+        help="probability thresholds for the lesion mask (default: 0.3 0.4 0.5 0.6)",
+    )
     tune.add_argument(
         "--minimum-probabilities",
         type=float,
