@@ -148,6 +148,12 @@ def _growth(text: str) -> tuple[float | None, float]:
     return value
 
 
+def _growth_text(growth: tuple[float | None, float]) -> str:
+    """A growth as `--growths` reads it (the inverse of `_growth`), for the help's defaults."""
+    fraction, within_mm = growth
+    return "none" if fraction is None else f"{fraction:g}@{within_mm:g}"
+
+
 def _tune(args: argparse.Namespace) -> int:
     from training.tune import run_tuning
 
@@ -435,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=DEFAULT_THRESHOLDS,
         metavar="P",
-        help="probability thresholds for the lesion mask (default: 0.3 0.4 0.5 0.6)",
+        help="probability thresholds for the lesion mask",
     )
     tune.add_argument(
         "--minimum-probabilities",
@@ -451,8 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=DEFAULT_GROWTHS,
         metavar="none|FRACTION@MM",
-        help="growth to the contour at FRACTION of each lesion's SUVmax within MM (default: none 0.4@6 "
-        "0.4@9 0.5@6)",
+        help="growth to the contour at FRACTION of each lesion's SUVmax within MM (default: "
+        + " ".join(_growth_text(g) for g in DEFAULT_GROWTHS)
+        + ")",
     )
     tune.add_argument(
         "--lesion-free-fpv-ml",

@@ -31,6 +31,14 @@ class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
             or not action.option_strings
         ):
             return text
+        if isinstance(default, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in default):
+            # As the command line takes it (`--thresholds 0.3 0.4`), not as a Python tuple.
+            return (
+                text
+                + " (default: "
+                + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+                + ")"
+            )
         return text + " (default: %(default)s)"
 
 

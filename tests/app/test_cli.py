@@ -277,6 +277,17 @@ def test_help_shows_defaults_and_output_has_one_name(capsys):
     assert parser.parse_args(["demo", "--input", "cases"]).input == Path("cases")
 
 
+def test_help_shows_a_list_default_as_the_command_line_takes_it(capsys):
+    from training.__main__ import build_parser as training_parser
+
+    with pytest.raises(SystemExit):
+        training_parser().parse_args(["tune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "probability thresholds for the lesion mask (default: 0.3 0.4 0.5 0.6)" in text
+    assert "(default: none 0.4@6 0.4@9 0.5@6)" in text
+    assert "(0.3," not in text
+
+
 def test_check_model_on_the_cpu_does_not_warn_about_a_gpu(tiny_model_dir, caplog):
     with caplog.at_level(logging.WARNING):
         assert main(["check-model", str(tiny_model_dir)]) == 0
